@@ -1,0 +1,242 @@
+"""CLIP backbones through open_clip: named models with pretrained tags, local checkpoints, or
+random weights of the real architecture.
+
+Weights are resolved in this order: an explicit ``weights`` argument (a path, or ``"random"``),
+the ``ZSRIS_CLIP_WEIGHTS`` environment variable, then the pretrained tag (default ``openai``)
+looked up in the Hugging Face cache and, when the network is reachable, downloaded. When none
+of these works the error says exactly which flag and variable to set.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import open_clip
+import torch
+from torch import nn
+
+from .errors import WeightsError, ZsrisError
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_ENV = "ZSRIS_CLIP_WEIGHTS"
+RANDOM = "random"
+DEFAULT_BACKBONE = "ViT-B/32"
+DEFAULT_PRETRAINED = "openai"
+
+#: ImageNet statistics. The reference implementation normalises with these (not CLIP's own)
+#: and fills the background of local crops with the mean *in normalised space*.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How pixels become CLIP input: per-channel statistics and the background fill of local crops.
+
+    ``fill`` is given in the *normalised* space, as the reference code applies it.
+    """
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    fill: tuple[float, float, float]
+
+
+def preprocess_preset(name: str, model: Optional[nn.Module] = None) -> Preprocess:
+    """``reference``: what the authors' code does (ImageNet statistics, ImageNet-mean fill in
+    normalised space). ``clip``: the model's own statistics, the fill being ImageNet-mean grey
+    pixels normalised with them."""
+    if name == "reference":
+        return Preprocess(IMAGENET_MEAN, IMAGENET_STD, IMAGENET_MEAN)
+    if name == "clip":
+        mean = tuple(getattr(getattr(model, "visual", None), "image_mean", None) or open_clip.OPENAI_DATASET_MEAN)
+        std = tuple(getattr(getattr(model, "visual", None), "image_std", None) or open_clip.OPENAI_DATASET_STD)
+        fill = tuple((m - mu) / s for m, mu, s in zip(IMAGENET_MEAN, mean, std))
+        return Preprocess(mean, std, fill)  # type: ignore[arg-type]
+    raise ValueError(f"unknown preprocessing {name!r}: use 'reference' or 'clip'")
+
+
+@dataclass
+class ClipBackbone:
+    """A loaded CLIP model with what the feature extractors need to know about it."""
+
+    model: nn.Module
+    tokenizer: Callable
+    name: str
+    weights: str
+    input_size: int
+
+    @property
+    def is_vit(self) -> bool:
+        return hasattr(self.model.visual, "transformer")
+
+    @property
+    def is_random(self) -> bool:
+        return self.weights == RANDOM
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def context_length(self) -> int:
+        return int(getattr(self.model, "context_length", 77))
+
+
+def canonical_name(name: str) -> str:
+    """open_clip spells ``ViT-B/32`` as ``ViT-B-32``; accept both."""
+    candidate = name.replace("/", "-")
+    available = open_clip.list_models()
+    if candidate not in available:
+        raise WeightsError(
+            f"unknown CLIP backbone {name!r}; choose one of open_clip's models, e.g. ViT-B/32, ViT-B/16, RN50"
+        )
+    return candidate
+
+
+def _missing_weights_message(name: str, pretrained: str, reason: str) -> str:
+    return (
+        f"no weights for CLIP {name} ({pretrained}): {reason}. Point --weights (or the "
+        f"{WEIGHTS_ENV} environment variable) at a local checkpoint (OpenAI .pt, torch state dict, "
+        f"open_clip .bin/.safetensors), put the open_clip weights in the Hugging Face cache "
+        f"(HF_HOME), or use --weights random for an untrained model (its masks mean nothing)"
+    )
+
+
+def _network_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    """A DNS lookup answers in milliseconds offline, where open_clip's own retries take a minute."""
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(timeout)
+    try:
+        socket.getaddrinfo(host, 443)
+        return True
+    except OSError:
+        return False
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def _create(name: str, pretrained: Optional[str], quick_gelu: bool) -> nn.Module:
+    """open_clip logs 'initialized randomly' on the root logger; zsris says that itself, once."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return open_clip.create_model(name, pretrained=pretrained, force_quick_gelu=quick_gelu)
+    finally:
+        root.setLevel(level)
+
+
+def _load_from_path(name: str, path: Path) -> nn.Module:
+    if not path.is_file():
+        raise WeightsError(f"CLIP weights file {path} does not exist")
+    errors = []
+    if path.suffix == ".pt":
+        # OpenAI's own format (a TorchScript archive or its state dict): the architecture is
+        # rebuilt from the weights, as the reference `clip.load` does.
+        try:
+            return open_clip.load_openai_model(str(path), precision="fp32", device="cpu")
+        except Exception as error:  # noqa: BLE001 - fall through to open_clip's own loader
+            errors.append(f"as OpenAI checkpoint: {error}")
+    for quick_gelu in (True, False):
+        try:
+            return _create(name, str(path), quick_gelu)
+        except Exception as error:  # noqa: BLE001 - report every attempt below
+            errors.append(f"as {name} (quick_gelu={quick_gelu}): {error}")
+    raise WeightsError(f"cannot load CLIP weights from {path}: " + "; ".join(e.splitlines()[0] for e in errors))
+
+
+HF_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+
+
+def cached_pretrained_file(cfg: dict) -> Optional[Path]:
+    """The local file of a pretrained tag, if the Hugging Face cache or open_clip's URL cache has it."""
+    hub_id = (cfg.get("hf_hub") or "").rstrip("/")
+    if hub_id:
+        from huggingface_hub import try_to_load_from_cache
+
+        for filename in HF_WEIGHT_FILES:
+            found = try_to_load_from_cache(hub_id, filename)
+            if isinstance(found, str):
+                return Path(found)
+    url = cfg.get("url") or ""
+    if url:
+        local = Path(os.path.expanduser("~/.cache/clip")) / os.path.basename(url)
+        if local.is_file():
+            return local
+    return None
+
+
+def _load_pretrained(name: str, pretrained: str) -> nn.Module:
+    cfg = open_clip.get_pretrained_cfg(name, pretrained)
+    if not cfg:
+        tags = ", ".join(tag for model, tag in open_clip.list_pretrained() if model == name) or "none"
+        raise WeightsError(f"CLIP {name} has no pretrained tag {pretrained!r} (known tags: {tags})")
+    quick_gelu = bool(cfg.get("quick_gelu", False))
+    local = cached_pretrained_file(cfg)
+    if local is not None:
+        if local.suffix == ".pt":
+            return open_clip.load_openai_model(str(local), precision="fp32", device="cpu")
+        return _create(name, str(local), quick_gelu)
+    # Offline, open_clip's own download retries for about a minute before failing: ask DNS first.
+    if not _network_reachable():
+        raise WeightsError(_missing_weights_message(name, pretrained, "not in the local cache and no network"))
+    try:
+        return _create(name, pretrained, quick_gelu)
+    except Exception as error:  # noqa: BLE001 - any download failure means the same to the user
+        raise WeightsError(_missing_weights_message(name, pretrained, str(error).splitlines()[0])) from None
+
+
+def load_backbone(
+    name: str = DEFAULT_BACKBONE,
+    pretrained: str = DEFAULT_PRETRAINED,
+    weights: Optional[str] = None,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+) -> ClipBackbone:
+    """Build the CLIP backbone ``name`` in eval mode on ``device``.
+
+    ``weights`` is a checkpoint path, ``"random"`` (the real architecture with random weights,
+    seeded, for tests and speed measurements) or None (``$ZSRIS_CLIP_WEIGHTS``, then ``pretrained``).
+    """
+    arch = canonical_name(name)
+    weights = weights or os.environ.get(WEIGHTS_ENV) or None
+    if weights == RANDOM:
+        tag = RANDOM
+        torch.manual_seed(seed)
+        quick_gelu = bool((open_clip.get_pretrained_cfg(arch, "openai") or {}).get("quick_gelu", False))
+        model = _create(arch, None, quick_gelu)
+    elif weights:
+        tag = str(weights)
+        model = _load_from_path(arch, Path(weights).expanduser())
+    else:
+        tag = pretrained
+        model = _load_pretrained(arch, pretrained)
+    model = model.float().eval().to(device)
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    size = model.visual.image_size
+    input_size = int(size[0] if isinstance(size, (tuple, list)) else size)
+    return ClipBackbone(model, open_clip.get_tokenizer(arch), arch, tag, input_size)
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when present, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as error:
+        raise ZsrisError(f"unknown device {device!r}: {error}") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ZsrisError(f"device {device!r} asked for, but CUDA is not available here")
+    return resolved

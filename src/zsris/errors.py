@@ -1,0 +1,32 @@
+"""Typed errors: every failure a user can cause has its own class and a one-line message.
+
+The CLI prints ``str(error)`` and exits non-zero; library users catch :class:`ZsrisError`.
+"""
+
+
+class ZsrisError(Exception):
+    """Base class of every error zsris raises on purpose."""
+
+
+class ImageError(ZsrisError):
+    """The image is missing, unreadable, truncated, or of an unusable size."""
+
+
+class ExpressionError(ZsrisError):
+    """The referring expression is empty or not text."""
+
+
+class WeightsError(ZsrisError):
+    """Model weights are missing or cannot be loaded."""
+
+
+class ProposalError(ZsrisError):
+    """Mask proposals are missing, empty, or malformed."""
+
+
+class NoProposalsError(ProposalError):
+    """The proposal generator found no mask in the image, so there is nothing to choose from."""
+
+
+class DatasetError(ZsrisError):
+    """A dataset file is missing or malformed."""

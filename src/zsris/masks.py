@@ -1,0 +1,69 @@
+"""Mask utilities shared by proposals, the segmenter and evaluation: boxes, RLE, IoU, NMS."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+
+def mask_box(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """Tight box ``(x1, y1, x2, y2)`` of a boolean mask, x2/y2 exclusive; zeros for an empty mask."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    if len(rows) == 0:
+        return (0, 0, 0, 0)
+    return (int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1)
+
+
+def masks_boxes(masks: np.ndarray) -> np.ndarray:
+    return np.array([mask_box(m) for m in masks], dtype=np.int64).reshape(-1, 4)
+
+
+def encode_rle(mask: np.ndarray) -> dict[str, Any]:
+    """COCO RLE with ``counts`` as text, ready for JSON."""
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+def decode_rle(rle: dict[str, Any]) -> np.ndarray:
+    """Boolean mask from a COCO RLE (compressed text/bytes counts or uncompressed list counts)."""
+    size = [int(s) for s in rle["size"]]
+    counts = rle["counts"]
+    if isinstance(counts, list):
+        rle = mask_utils.frPyObjects({"size": size, "counts": counts}, *size)
+    elif isinstance(counts, str):
+        rle = {"size": size, "counts": counts.encode("ascii")}
+    return mask_utils.decode(rle).astype(bool)
+
+
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU ``[len(a), len(b)]`` of two stacks of boolean masks of one size."""
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros((len(a), len(b)))
+    fa = a.reshape(len(a), -1).astype(np.float32)
+    fb = b.reshape(len(b), -1).astype(np.float32)
+    inter = fa @ fb.T
+    union = fa.sum(1)[:, None] + fb.sum(1)[None, :] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1), 0.0)
+
+
+def mask_nms(masks: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarray:
+    """Indices kept by greedy NMS on mask IoU, best score first."""
+    order = np.argsort(-scores, kind="stable")
+    if len(order) == 0:
+        return order
+    ious = iou_matrix(masks[order], masks[order])
+    keep: list[int] = []
+    suppressed = np.zeros(len(order), dtype=bool)
+    for i in range(len(order)):
+        if suppressed[i]:
+            continue
+        keep.append(i)
+        suppressed |= ious[i] > threshold
+    return order[keep]
+
+
+def dumps(record: Any) -> str:
+    return json.dumps(record, indent=2)

@@ -1,0 +1,108 @@
+"""Precomputed proposals: COCO RLE JSON or folders of PNG masks, so FreeSOLO's (or any other
+generator's) output plugs in unchanged.
+
+JSON: either a list of COCO result records (``image_id``, ``segmentation`` as RLE, ``score``)
+or an object mapping an image key to such a list. Folders: ``DIR/<image key>/*.png``, or PNGs
+directly in ``DIR`` (then used for every image). The image key is the image id, else the
+file name without extension.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+from PIL import Image
+
+from ..errors import ProposalError
+from ..masks import decode_rle
+from .base import Proposals
+
+
+class FileProposals:
+    """Look proposals up by image key in a JSON file or a folder of PNG masks."""
+
+    name = "file"
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path).expanduser()
+        if not self.path.exists():
+            raise ProposalError(f"{self.path}: no such proposals file or folder")
+        self._records: Optional[dict[str, list[dict[str, Any]]]] = None
+        if self.path.is_file():
+            self._records = self._read_json(self.path)
+
+    @property
+    def cache_key(self) -> str:
+        stat = self.path.stat()
+        return f"file-{self.path.resolve()}-{stat.st_mtime_ns}"
+
+    @staticmethod
+    def _read_json(path: Path) -> dict[str, list[dict[str, Any]]]:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ProposalError(f"{path}: not a readable JSON proposals file ({error})") from None
+        grouped: dict[str, list[dict[str, Any]]] = {}
+        if isinstance(data, dict):
+            for key, records in data.items():
+                if not isinstance(records, list):
+                    raise ProposalError(f"{path}: the entry for {key!r} must be a list of records")
+                grouped[str(key)] = records
+        elif isinstance(data, list):
+            for record in data:
+                if not isinstance(record, dict) or "image_id" not in record:
+                    raise ProposalError(f"{path}: a list of records needs an image_id in each record")
+                grouped.setdefault(str(record["image_id"]), []).append(record)
+        else:
+            raise ProposalError(f"{path}: expected a list or an object of proposal records")
+        return grouped
+
+    def _from_records(self, records: list[dict[str, Any]], shape: tuple[int, int], key: str) -> Proposals:
+        masks, scores = [], []
+        for record in records:
+            try:
+                mask = decode_rle(record["segmentation"])
+            except (KeyError, TypeError, ValueError) as error:
+                raise ProposalError(f"{self.path}: malformed RLE for image {key!r} ({error})") from None
+            if mask.shape != shape:
+                raise ProposalError(f"{self.path}: a mask for image {key!r} is {mask.shape}, the image is {shape}")
+            masks.append(mask)
+            scores.append(float(record.get("score", 1.0)))
+        if not masks:
+            return Proposals.empty(*shape)
+        return Proposals(np.stack(masks), np.asarray(scores))
+
+    def _from_folder(self, folder: Path, shape: tuple[int, int], key: str) -> Proposals:
+        files = sorted(folder.glob("*.png"))
+        masks = []
+        for file in files:
+            try:
+                with Image.open(file) as image:
+                    mask = np.asarray(image.convert("L")) > 0
+            except OSError as error:
+                raise ProposalError(f"{file}: unreadable mask PNG ({error})") from None
+            if mask.shape != shape:
+                raise ProposalError(f"{file}: mask is {mask.shape}, the image {key!r} is {shape}")
+            masks.append(mask)
+        if not masks:
+            return Proposals.empty(*shape)
+        return Proposals(np.stack(masks), np.ones(len(masks)))
+
+    def __call__(self, image: np.ndarray, image_id: Optional[str] = None) -> Proposals:
+        shape = tuple(image.shape[:2])
+        keys = [k for k in ([image_id, Path(image_id).stem] if image_id else []) if k]
+        if self._records is not None:
+            for key in keys:
+                if key in self._records:
+                    return self._from_records(self._records[key], shape, key).non_empty()
+            if len(self._records) == 1 and not keys:
+                return self._from_records(next(iter(self._records.values())), shape, "").non_empty()
+            raise ProposalError(f"{self.path}: no proposals for image {image_id!r}")
+        for key in keys:
+            if (self.path / key).is_dir():
+                return self._from_folder(self.path / key, shape, key).non_empty()
+        if any(self.path.glob("*.png")):
+            return self._from_folder(self.path, shape, image_id or "").non_empty()
+        raise ProposalError(f"{self.path}: no proposal masks for image {image_id!r}")

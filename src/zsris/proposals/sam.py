@@ -1,0 +1,104 @@
+"""Segment-anything proposals: SAM's automatic mask generator, filtered and capped.
+
+SAM returns many overlapping part masks; for referring segmentation we want object-sized
+candidates, so masks are filtered by area, predicted IoU and stability, de-duplicated with
+mask NMS and capped, best (predicted IoU x stability) first.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from ..errors import WeightsError, ZsrisError
+from ..masks import mask_nms
+from .base import Proposals
+
+SAM_CHECKPOINT_ENV = "ZSRIS_SAM_CHECKPOINT"
+SAM_MODEL_TYPES = ("vit_b", "vit_l", "vit_h")
+
+
+@dataclass(frozen=True)
+class SamConfig:
+    model_type: str = "vit_h"
+    points_per_side: int = 32
+    points_per_batch: int = 64
+    pred_iou_thresh: float = 0.88
+    stability_score_thresh: float = 0.95
+    min_area: float = 0.001
+    nms_iou: float = 0.8
+    max_proposals: int = 100
+
+
+def build_sam(model_type: str, checkpoint: Optional[str], device: str | torch.device = "cpu"):
+    """SAM of ``model_type`` with weights from ``checkpoint`` (or ``$ZSRIS_SAM_CHECKPOINT``);
+    ``checkpoint="random"`` builds the real architecture with random weights."""
+    try:
+        from segment_anything import sam_model_registry
+    except ImportError:
+        raise ZsrisError("SAM proposals need segment-anything: pip install 'zsris[sam]'") from None
+    if model_type not in SAM_MODEL_TYPES:
+        raise ZsrisError(f"unknown SAM model {model_type!r}; choose one of {', '.join(SAM_MODEL_TYPES)}")
+    checkpoint = checkpoint or os.environ.get(SAM_CHECKPOINT_ENV)
+    if not checkpoint:
+        raise WeightsError(
+            f"SAM proposals need a checkpoint: pass --sam-checkpoint PATH (or set {SAM_CHECKPOINT_ENV}) "
+            f"to the sam_{model_type}_*.pth file from the segment-anything release"
+        )
+    if checkpoint == "random":
+        model = sam_model_registry[model_type](checkpoint=None)
+    else:
+        path = Path(checkpoint).expanduser()
+        if not path.is_file():
+            raise WeightsError(f"SAM checkpoint {path} does not exist")
+        try:
+            model = sam_model_registry[model_type](checkpoint=str(path))
+        except Exception as error:  # noqa: BLE001 - any load failure is a weights problem to the user
+            raise WeightsError(f"cannot load SAM {model_type} from {path}: {error}") from None
+    return model.to(device).eval()
+
+
+class SamProposals:
+    """Mask proposals from SAM's automatic mask generator."""
+
+    name = "sam"
+
+    def __init__(self, checkpoint: Optional[str] = None, config: Optional[SamConfig] = None,
+                 device: str | torch.device = "cpu", **overrides) -> None:
+        from segment_anything import SamAutomaticMaskGenerator
+
+        base = config or SamConfig()
+        self.config = SamConfig(**{**base.__dict__, **overrides})
+        self.checkpoint = checkpoint or os.environ.get(SAM_CHECKPOINT_ENV) or ""
+        model = build_sam(self.config.model_type, checkpoint, device)
+        self.generator = SamAutomaticMaskGenerator(
+            model,
+            points_per_side=self.config.points_per_side,
+            points_per_batch=self.config.points_per_batch,
+            pred_iou_thresh=self.config.pred_iou_thresh,
+            stability_score_thresh=self.config.stability_score_thresh,
+        )
+
+    @property
+    def cache_key(self) -> str:
+        c = self.config
+        return (
+            f"sam-{c.model_type}-{Path(self.checkpoint).name}-p{c.points_per_side}-i{c.pred_iou_thresh}-"
+            f"s{c.stability_score_thresh}-a{c.min_area}-nms{c.nms_iou}-n{c.max_proposals}"
+        )
+
+    @torch.inference_mode()
+    def __call__(self, image: np.ndarray, image_id: Optional[str] = None) -> Proposals:
+        height, width = image.shape[:2]
+        records = self.generator.generate(image)
+        records = [r for r in records if r["area"] >= self.config.min_area * height * width]
+        if not records:
+            return Proposals.empty(height, width)
+        masks = np.stack([r["segmentation"] for r in records])
+        scores = np.array([r["predicted_iou"] * r["stability_score"] for r in records], dtype=np.float32)
+        keep = mask_nms(masks, scores, self.config.nms_iou)[: self.config.max_proposals]
+        return Proposals(masks[keep], scores[keep]).non_empty()

@@ -1,0 +1,46 @@
+"""JSON records of results: what `zsris segment` writes and the HTTP API returns."""
+from __future__ import annotations
+
+from typing import Any
+
+from .masks import encode_rle
+from .segmenter import SegmentResult, Segmenter
+
+
+def settings(segmenter: Segmenter) -> dict[str, Any]:
+    """The settings that produced a result, so a record says how to reproduce it."""
+    return {
+        "backbone": segmenter.backbone.name,
+        "weights": segmenter.backbone.weights,
+        "proposals": getattr(segmenter.proposals, "cache_key", type(segmenter.proposals).__name__),
+        "alpha": segmenter.alpha,
+        "beta": segmenter.beta,
+        "k": segmenter.k,
+        "fusion": segmenter.fusion,
+    }
+
+
+def result_record(result: SegmentResult, image: str | None = None) -> dict[str, Any]:
+    """A JSON-ready record: COCO RLE mask, box (x1, y1, x2, y2), score and the top-k proposals."""
+    height, width = result.image_size
+    return {
+        "image": image,
+        "image_size": [height, width],
+        "expression": result.expression,
+        "noun_phrase": result.noun_phrase,
+        "score": result.score,
+        "box": list(result.box),
+        "proposal_index": result.proposal_index,
+        "mask": encode_rle(result.mask),
+        "top_proposals": [
+            {
+                "index": r.index,
+                "score": r.score,
+                "global_score": r.global_score,
+                "local_score": r.local_score,
+                "box": list(r.box),
+                "area": r.area,
+            }
+            for r in result.ranked
+        ],
+    }

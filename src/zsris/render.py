@@ -1,0 +1,46 @@
+"""Pictures of results: the mask as a PNG, and an overlay with the mask, its box and the caption."""
+from __future__ import annotations
+
+import textwrap
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+MASK_COLOUR = (255, 64, 64)
+BOX_COLOUR = (255, 220, 0)
+
+
+def mask_image(mask: np.ndarray) -> Image.Image:
+    """A black-and-white 8-bit PNG-ready image of a boolean mask."""
+    return Image.fromarray(mask.astype(np.uint8) * 255, mode="L")
+
+
+def _font(size: int) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 has only the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, box: tuple[int, int, int, int], caption: str,
+            opacity: float = 0.5) -> Image.Image:
+    """The image with the mask tinted, its box outlined and ``caption`` in a band below it."""
+    height, width = mask.shape
+    tinted = image.astype(np.float32)
+    tinted[mask] = (1 - opacity) * tinted[mask] + opacity * np.array(MASK_COLOUR, np.float32)
+    picture = Image.fromarray(np.clip(tinted, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(picture)
+    line = max(1, round(min(height, width) / 200))
+    x1, y1, x2, y2 = box
+    if x2 > x1 and y2 > y1:
+        draw.rectangle([x1, y1, x2 - 1, y2 - 1], outline=BOX_COLOUR, width=line)
+    font_size = max(12, min(32, width // 30))
+    lines = textwrap.wrap(caption, width=max(10, int(width / (font_size * 0.55)))) or [""]
+    band = Image.new("RGB", (width, (font_size + 6) * len(lines) + 8), (0, 0, 0))
+    band_draw = ImageDraw.Draw(band)
+    for i, text in enumerate(lines):
+        band_draw.text((6, 4 + i * (font_size + 6)), text, fill=(255, 255, 255), font=_font(font_size))
+    canvas = Image.new("RGB", (width, height + band.height))
+    canvas.paste(picture, (0, 0))
+    canvas.paste(band, (0, height))
+    return canvas

@@ -1,0 +1,245 @@
+"""The global-local CLIP segmenter: proposals -> visual features -> scores against text -> mask.
+
+Models load once (in :func:`create_segmenter`); the visual work of an image (proposals, the
+shared ViT trunk, per-proposal features) is done once and scored against every expression.
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision.transforms.functional as TF
+from torch import Tensor
+
+from . import visual
+from .backbones import ClipBackbone, Preprocess, load_backbone, preprocess_preset, resolve_device
+from .errors import NoProposalsError, ZsrisError
+from .images import DEFAULT_MAX_PIXELS, ImageInput, load_image
+from .proposals import ProposalGenerator, Proposals, create_proposals
+from .text import ExpressionParser, ParsedExpression, TextEncoder, check_expression, fuse
+
+log = logging.getLogger(__name__)
+
+RANDOM_WEIGHTS_WARNING = "zsris: CLIP has RANDOM weights (--weights random): its masks mean nothing"
+FUSIONS = ("reference", "normalized")
+
+
+@dataclass
+class RankedProposal:
+    """One proposal's scores against one expression (cosine similarities)."""
+
+    index: int
+    score: float
+    global_score: float
+    local_score: float
+    box: tuple[int, int, int, int]
+    area: int
+
+
+@dataclass
+class SegmentResult:
+    """The answer for one expression: the chosen proposal's mask and how every candidate ranked."""
+
+    expression: str
+    noun_phrase: str
+    mask: np.ndarray
+    score: float
+    box: tuple[int, int, int, int]
+    proposal_index: int
+    ranked: list[RankedProposal] = field(default_factory=list)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return int(self.mask.shape[0]), int(self.mask.shape[1])
+
+
+@dataclass
+class ImageFeatures:
+    """Everything about an image that does not depend on the expression."""
+
+    proposals: Proposals
+    global_features: Tensor
+    local_features: Tensor
+    visual_features: Tensor  # fused, L2-normalised
+
+
+class Segmenter:
+    """Zero-shot referring segmentation with global-local CLIP features (Yu et al., CVPR 2023).
+
+    ``alpha`` weighs the global-context visual feature against the local one, ``beta`` the
+    whole sentence against its target noun phrase, ``k`` is how many final ViT blocks see the
+    mask. ``fusion='reference'`` fuses raw features as the authors' code does (its ResNet path
+    normalising the local and text parts first); ``'normalized'`` normalises every part first.
+    """
+
+    def __init__(
+        self,
+        backbone: ClipBackbone,
+        proposals: ProposalGenerator,
+        alpha: float = 0.95,
+        beta: float = 0.5,
+        k: int = 3,
+        fusion: str = "reference",
+        preprocess: str | Preprocess = "reference",
+        top_k: int = 5,
+        batch_size: int = 64,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        parser: Optional[ExpressionParser] = None,
+    ) -> None:
+        if not 0.0 <= alpha <= 1.0 or not 0.0 <= beta <= 1.0:
+            raise ZsrisError(f"alpha and beta must lie in [0, 1], got alpha={alpha}, beta={beta}")
+        if fusion not in FUSIONS:
+            raise ZsrisError(f"unknown fusion {fusion!r}; choose one of {', '.join(FUSIONS)}")
+        if backbone.is_vit and not 0 <= k <= visual.vit_num_blocks(backbone.model):
+            raise ZsrisError(f"k must be between 0 and {visual.vit_num_blocks(backbone.model)}, not {k}")
+        self.backbone = backbone
+        self.proposals = proposals
+        self.alpha, self.beta, self.k = alpha, beta, k
+        self.fusion = fusion
+        self.preprocess_config = (
+            preprocess if isinstance(preprocess, Preprocess) else preprocess_preset(preprocess, backbone.model)
+        )
+        self.top_k = top_k
+        self.batch_size = batch_size
+        self.max_pixels = max_pixels
+        self.parser = parser or ExpressionParser()
+        self.text_encoder = TextEncoder(backbone.model, backbone.tokenizer, backbone.context_length)
+        if backbone.is_random:
+            warnings.warn(RANDOM_WEIGHTS_WARNING, stacklevel=2)
+
+    @property
+    def device(self) -> torch.device:
+        return self.backbone.device
+
+    # -- preprocessing -------------------------------------------------------------------
+    def image_tensor(self, image: np.ndarray) -> Tensor:
+        """The normalised full-resolution image ``[1, 3, H, W]`` on the model's device."""
+        pixels = torch.tensor(image, device=self.device).permute(2, 0, 1).float() / 255.0
+        mean = torch.tensor(self.preprocess_config.mean, device=self.device)[:, None, None]
+        std = torch.tensor(self.preprocess_config.std, device=self.device)[:, None, None]
+        return ((pixels - mean) / std)[None]
+
+    def clip_input(self, image_tensor: Tensor) -> Tensor:
+        """The whole image resized (not cropped) to CLIP's input size, as the reference does."""
+        size = self.backbone.input_size
+        return TF.resize(image_tensor, [size, size])
+
+    # -- visual features ------------------------------------------------------------------
+    def global_features(self, clip_input: Tensor, masks: Tensor | np.ndarray) -> Tensor:
+        """Global-context features ``[N, D]`` (raw) of ``masks`` on a preprocessed CLIP input."""
+        masks = torch.as_tensor(masks, device=self.device)
+        return visual.global_features(self.backbone.model, clip_input.to(self.device), masks, self.k,
+                                      batch_size=self.batch_size)
+
+    def local_features(self, image_tensor: Tensor, masks: Tensor | np.ndarray,
+                       boxes: Optional[Tensor | np.ndarray] = None) -> Tensor:
+        """Local-context features ``[N, D]`` (raw) of ``masks`` on a preprocessed full-size image."""
+        masks = torch.as_tensor(masks)
+        boxes = None if boxes is None else torch.as_tensor(boxes)
+        return visual.local_features(self.backbone.model, image_tensor.to(self.device), masks,
+                                     self.preprocess_config.fill, self.backbone.input_size, boxes,
+                                     batch_size=self.batch_size)
+
+    def fuse_visual(self, global_features: Tensor, local_features: Tensor) -> Tensor:
+        normalize_local = self.fusion == "normalized" or not self.backbone.is_vit
+        if self.fusion == "normalized":
+            fused = fuse(global_features, local_features, self.alpha, normalize_parts=True)
+        else:
+            local = F.normalize(local_features, dim=-1) if normalize_local else local_features
+            fused = self.alpha * global_features + (1 - self.alpha) * local
+        return F.normalize(fused, dim=-1)
+
+    def image_features(self, image: ImageInput, image_id: Optional[str] = None,
+                       proposals: Optional[Proposals] = None) -> ImageFeatures:
+        """Proposals and their global, local and fused features: the per-image work."""
+        pixels, image_id = self._load(image, image_id)
+        if proposals is None:
+            proposals = self.proposals(pixels, image_id)
+        if len(proposals) == 0:
+            raise NoProposalsError(
+                f"no mask proposals in {image_id or 'the image'}: the {getattr(self.proposals, 'name', '')} "
+                f"generator found nothing to choose from"
+            )
+        if proposals.image_size != pixels.shape[:2]:
+            raise ZsrisError(f"proposals are {proposals.image_size}, the image is {pixels.shape[:2]}")
+        image_tensor = self.image_tensor(pixels)
+        masks = torch.from_numpy(proposals.masks)
+        g = self.global_features(self.clip_input(image_tensor), masks)
+        loc = self.local_features(image_tensor, masks, torch.from_numpy(proposals.boxes))
+        return ImageFeatures(proposals, g, loc, self.fuse_visual(g, loc))
+
+    def _load(self, image: ImageInput, image_id: Optional[str]) -> tuple[np.ndarray, Optional[str]]:
+        if image_id is None and isinstance(image, (str, Path)):
+            image_id = Path(image).name
+        return load_image(image, self.max_pixels), image_id
+
+    # -- text ---------------------------------------------------------------------------
+    def text_features(self, expressions: Sequence[str]) -> tuple[Tensor, list[ParsedExpression]]:
+        """Fused, L2-normalised text features ``[E, D]`` and the parses behind them."""
+        parsed = [self.parser(check_expression(e)) for e in expressions]
+        sentences = self.text_encoder.encode(p.sentence for p in parsed)
+        phrases = self.text_encoder.encode(p.noun_phrase for p in parsed)
+        normalize_parts = self.fusion == "normalized" or not self.backbone.is_vit
+        return F.normalize(fuse(sentences, phrases, self.beta, normalize_parts), dim=-1), parsed
+
+    # -- scoring --------------------------------------------------------------------------
+    def score(self, features: ImageFeatures, expressions: Sequence[str]) -> list[SegmentResult]:
+        """Score every proposal against every expression and pick the best for each."""
+        text, parsed = self.text_features(expressions)
+        fused = (text @ features.visual_features.T).cpu()
+        global_scores = (text @ F.normalize(features.global_features, dim=-1).T).cpu()
+        local_scores = (text @ F.normalize(features.local_features, dim=-1).T).cpu()
+        proposals = features.proposals
+        areas = proposals.masks.reshape(len(proposals), -1).sum(1)
+        results = []
+        for row, parse in enumerate(parsed):
+            order = torch.argsort(fused[row], descending=True, stable=True).tolist()
+            ranked = [
+                RankedProposal(i, float(fused[row, i]), float(global_scores[row, i]), float(local_scores[row, i]),
+                               tuple(int(v) for v in proposals.boxes[i]), int(areas[i]))
+                for i in order[: max(self.top_k, 1)]
+            ]
+            best = order[0]
+            results.append(SegmentResult(parse.raw, parse.noun_phrase, proposals.masks[best], ranked[0].score,
+                                         ranked[0].box, best, ranked))
+        return results
+
+    def segment_many(self, image: ImageInput, expressions: Sequence[str],
+                     image_id: Optional[str] = None) -> list[SegmentResult]:
+        """Segment several expressions about one image; the visual work is done once."""
+        if isinstance(expressions, str):
+            raise ZsrisError("segment_many takes a list of expressions; use segment for one")
+        for expression in expressions:
+            check_expression(expression)
+        return self.score(self.image_features(image, image_id), expressions)
+
+    def segment(self, image: ImageInput, expression: str, image_id: Optional[str] = None) -> SegmentResult:
+        """The mask of the object that ``expression`` refers to in ``image``."""
+        return self.segment_many(image, [expression], image_id)[0]
+
+
+def create_segmenter(
+    backbone: str = "ViT-B/32",
+    pretrained: str = "openai",
+    weights: Optional[str] = None,
+    proposals: str | ProposalGenerator = "classical",
+    device: str = "auto",
+    max_proposals: int = 100,
+    sam_checkpoint: Optional[str] = None,
+    sam_model: str = "vit_h",
+    proposals_path: Optional[str] = None,
+    **options,
+) -> Segmenter:
+    """Load the models once and return a ready :class:`Segmenter` (see its options)."""
+    resolved = resolve_device(device)
+    clip = load_backbone(backbone, pretrained, weights, resolved)
+    generator = proposals if not isinstance(proposals, str) else create_proposals(
+        proposals, max_proposals, sam_checkpoint, sam_model, proposals_path, resolved
+    )
+    return Segmenter(clip, generator, **options)

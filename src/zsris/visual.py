@@ -1,0 +1,189 @@
+"""Visual features of mask proposals: the global-context and local-context CLIP features.
+
+Both work on already normalised image tensors, so another implementation fed the same tensors
+can be compared number for number. Shapes: ``image`` is ``[1, 3, H, W]`` (or ``[3, H, W]``),
+``masks`` is ``[N, H, W]`` (bool or float in [0, 1]), features are ``[N, D]``.
+
+Global (method.md step 2): ViT backbones run the first ``L - k`` blocks once for the image and
+only the last ``k`` blocks per proposal, multiplying patch tokens by the mask (resized to the
+patch grid) before each of them. ResNet backbones pool the L2-normalised final feature map,
+multiplied by the mask, with CLIP's own attention pool.
+
+Local (step 3): every pixel outside the mask gets a constant fill, the mask's box is cropped and
+resized to the CLIP input size, and the crops go through the plain image encoder in batches.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torchvision.transforms.functional as TF
+from torch import Tensor, nn
+
+
+def _as_batch(image: Tensor) -> Tensor:
+    if image.dim() == 3:
+        image = image[None]
+    if image.dim() != 4 or image.shape[0] != 1 or image.shape[1] != 3:
+        raise ValueError(f"expected one image of shape [1, 3, H, W], got {tuple(image.shape)}")
+    return image
+
+
+def resize_masks(masks: Tensor, size: Sequence[int]) -> Tensor:
+    """Soft masks on a coarse grid: bilinear with antialiasing, torchvision's default resize,
+    which is what the reference code calls."""
+    return TF.resize(masks.float(), list(size))
+
+
+def is_vit(model: nn.Module) -> bool:
+    return hasattr(model.visual, "transformer")
+
+
+def vit_num_blocks(model: nn.Module) -> int:
+    return len(model.visual.transformer.resblocks)
+
+
+def _vit_embed(visual: nn.Module, image: Tensor) -> Tensor:
+    """Patch embedding, class token, positions and ln_pre: tokens ``[B, 1 + g*g, D]``."""
+    x = visual.conv1(image)
+    x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
+    cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+    x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
+    return visual.ln_pre(x)
+
+
+def _run_blocks(visual: nn.Module, blocks: Sequence[nn.Module], x: Tensor) -> Tensor:
+    batch_first = getattr(visual.transformer, "batch_first", True)
+    if not batch_first:
+        x = x.transpose(0, 1)
+    for block in blocks:
+        x = block(x)
+    return x if batch_first else x.transpose(0, 1)
+
+
+def _vit_head(visual: nn.Module, cls_token: Tensor) -> Tensor:
+    x = visual.ln_post(cls_token)
+    return x @ visual.proj if visual.proj is not None else x
+
+
+def _resnet_trunk(visual: nn.Module, image: Tensor) -> Tensor:
+    x = visual.stem(image)
+    for layer in (visual.layer1, visual.layer2, visual.layer3, visual.layer4):
+        x = layer(x)
+    return x
+
+
+@torch.inference_mode()
+def global_features(
+    model: nn.Module,
+    image: Tensor,
+    masks: Tensor,
+    k: int = 3,
+    normalize_map: bool = True,
+    batch_size: int = 64,
+) -> Tensor:
+    """Global-context features ``[N, D]`` of ``masks`` on ``image`` (``[1, 3, S, S]``, the CLIP input).
+
+    ``k`` (ViT only) is how many final blocks see masked tokens; ``k=0`` gives every mask the
+    plain image feature. ``normalize_map`` (ResNet only) L2-normalises each position of the
+    feature map before masking, as the reference code does.
+    """
+    image = _as_batch(image)
+    masks = masks.to(image.device)
+    visual = model.visual
+    if not is_vit(model):
+        fmap = _resnet_trunk(visual, image)
+        if normalize_map:
+            fmap = fmap / fmap.norm(dim=1, keepdim=True)
+        weights = resize_masks(masks, fmap.shape[-2:])
+        return torch.cat(
+            [visual.attnpool(fmap * w[:, None]) for w in weights.split(batch_size)]
+        ) if len(weights) else fmap.new_zeros(0, visual.attnpool.c_proj.out_features)
+    blocks = list(visual.transformer.resblocks)
+    if not 0 <= k <= len(blocks):
+        raise ValueError(f"k must be between 0 and {len(blocks)} for this model, not {k}")
+    trunk = _run_blocks(visual, blocks[: len(blocks) - k], _vit_embed(visual, image))
+    tail = blocks[len(blocks) - k:]
+    if k == 0:
+        return _vit_head(visual, trunk[:, 0]).expand(len(masks), -1).clone()
+    grid = visual.grid_size
+    weights = resize_masks(masks, grid).flatten(1)[:, :, None]
+    outputs = []
+    for w in weights.split(batch_size):
+        x = trunk.expand(len(w), -1, -1)
+        for block in tail:
+            x = torch.cat([x[:, :1], x[:, 1:] * w], dim=1)
+            x = _run_blocks(visual, [block], x)
+        outputs.append(_vit_head(visual, x[:, 0]))
+    return torch.cat(outputs) if outputs else trunk.new_zeros(0, visual.output_dim)
+
+
+def mask_boxes(masks: Tensor) -> Tensor:
+    """Tight boxes ``[N, 4]`` (x1, y1, x2, y2; x2 and y2 exclusive) of boolean masks."""
+    rows = masks.any(dim=2)
+    cols = masks.any(dim=1)
+    boxes = torch.zeros(len(masks), 4, dtype=torch.int64, device=masks.device)
+    for i, (r, c) in enumerate(zip(rows, cols)):
+        ys = torch.nonzero(r).flatten()
+        xs = torch.nonzero(c).flatten()
+        if len(ys):
+            boxes[i] = torch.stack([xs[0], ys[0], xs[-1] + 1, ys[-1] + 1])
+    return boxes
+
+
+def local_crops(
+    image: Tensor,
+    masks: Tensor,
+    boxes: Optional[Tensor],
+    fill: Sequence[float],
+    size: int,
+) -> Tensor:
+    """``[N, 3, size, size]``: each mask's box cropped from ``image`` with the outside filled.
+
+    Filling after cropping equals filling the whole image and cropping it (the reference's
+    order), at a fraction of the cost.
+    """
+    image = _as_batch(image)[0]
+    if boxes is None:
+        boxes = mask_boxes(masks.bool())
+    fill_value = torch.as_tensor(fill, dtype=image.dtype, device=image.device)[:, None, None]
+    crops = []
+    for mask, box in zip(masks, boxes.tolist()):
+        x1, y1, x2, y2 = (int(v) for v in box)
+        if x2 <= x1 or y2 <= y1:
+            raise ValueError(f"empty box {box} for a local crop")
+        window = mask[y1:y2, x1:x2].to(device=image.device, dtype=image.dtype)
+        patch = image[:, y1:y2, x1:x2] * window + (1 - window) * fill_value
+        crops.append(TF.resize(patch, [size, size]))
+    return torch.stack(crops) if crops else image.new_zeros(0, 3, size, size)
+
+
+@torch.inference_mode()
+def encode_images(model: nn.Module, images: Tensor, batch_size: int = 64) -> Tensor:
+    """CLIP's plain image features ``[B, D]`` (projected, not normalised), in batches."""
+    if len(images) == 0:
+        return images.new_zeros(0, model.visual.output_dim)
+    return torch.cat([model.encode_image(chunk) for chunk in images.split(batch_size)])
+
+
+@torch.inference_mode()
+def local_features(
+    model: nn.Module,
+    image: Tensor,
+    masks: Tensor,
+    fill: Sequence[float],
+    size: int,
+    boxes: Optional[Tensor] = None,
+    batch_size: int = 64,
+) -> Tensor:
+    """Local-context features ``[N, D]``: CLIP on each background-filled, box-cropped mask.
+
+    ``image`` is the normalised image at its full resolution; ``boxes`` default to the masks'
+    tight boxes.
+    """
+    outputs = []
+    for start in range(0, len(masks), batch_size):
+        chunk = slice(start, start + batch_size)
+        crops = local_crops(image, masks[chunk], None if boxes is None else boxes[chunk], fill, size)
+        outputs.append(encode_images(model, crops, batch_size))
+    return torch.cat(outputs) if outputs else image.new_zeros(0, model.visual.output_dim)

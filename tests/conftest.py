@@ -1,0 +1,61 @@
+"""Shared fixtures: random-weight CLIP models of the real classes, real images and real data."""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+
+from zsris.backbones import ClipBackbone, load_backbone
+
+REPO = Path(__file__).resolve().parents[1]
+REFCOCO_MINI = REPO.parent / "shared" / "data" / "refcoco-mini"
+
+
+def _tiny(vision: CLIPVisionCfg, seed: int) -> ClipBackbone:
+    torch.manual_seed(seed)
+    text = CLIPTextCfg(width=64, heads=2, layers=2)
+    model = CLIP(embed_dim=32, vision_cfg=vision, text_cfg=text, quick_gelu=True).eval()
+    size = vision.image_size
+    return ClipBackbone(model, open_clip.get_tokenizer("ViT-B-32"), "tiny", "random", int(size))
+
+
+@pytest.fixture(scope="session")
+def tiny_vit() -> ClipBackbone:
+    """open_clip's VisionTransformer in a small config: 4 blocks, 4x4 patch grid."""
+    return _tiny(CLIPVisionCfg(layers=4, width=64, head_width=32, patch_size=16, image_size=64), 0)
+
+
+@pytest.fixture(scope="session")
+def tiny_resnet() -> ClipBackbone:
+    """open_clip's ModifiedResNet in a small config: one bottleneck per stage, 3x3 final map."""
+    return _tiny(CLIPVisionCfg(layers=(1, 1, 1, 1), width=8, head_width=16, image_size=96), 1)
+
+
+@pytest.fixture(scope="session")
+def vit_b32() -> ClipBackbone:
+    """Full-size ViT-B/32 with random weights (the paper's backbone)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return load_backbone("ViT-B/32", weights="random")
+
+
+@pytest.fixture(scope="session")
+def refcoco_mini() -> Path:
+    if not (REFCOCO_MINI / "refcoco" / "refs(unc).p").is_file():
+        pytest.skip(f"refcoco-mini not found at {REFCOCO_MINI} (the shared data folder beside the repo)")
+    return REFCOCO_MINI
+
+
+@pytest.fixture(scope="session")
+def real_image_path(refcoco_mini: Path) -> Path:
+    return refcoco_mini / "images" / "train2014" / "COCO_train2014_000000000312.jpg"
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)

@@ -1,0 +1,104 @@
+"""`zsris segment` end to end on real images, and its errors: one line, non-zero exit."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from zsris.cli import main
+from zsris.masks import decode_rle
+
+FAST = ["--weights", "random", "--max-proposals", "8"]
+
+
+def _run(argv, capsys):
+    code = main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.mark.parametrize("backbone", ["ViT-B/32", "RN50"])
+def test_segment_writes_mask_overlay_and_json(backbone, real_image_path, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, stdout, stderr = _run(["segment", str(real_image_path), "the man on the left", "baby elephant",
+                                 "-o", str(out), "--backbone", backbone, "--top-k", "3", *FAST], capsys)
+    assert code == 0, stderr
+    assert "RANDOM weights" in stderr
+    for number, slug in enumerate(["the-man-on-the-left", "baby-elephant"]):
+        base = out / f"COCO_train2014_000000000312-{number:02d}-{slug}"
+        mask = np.asarray(Image.open(f"{base}.mask.png")) > 0
+        assert mask.shape == (427, 640) and mask.any()
+        with Image.open(f"{base}.overlay.png") as overlay:
+            assert overlay.width == 640 and overlay.height > 427  # caption band below the image
+        record = json.loads(open(f"{base}.json").read())
+        np.testing.assert_array_equal(decode_rle(record["mask"]), mask)
+        assert record["image_size"] == [427, 640]
+        assert len(record["top_proposals"]) == 3
+        assert record["top_proposals"][0]["score"] == pytest.approx(record["score"])
+        assert set(record["top_proposals"][0]) == {"index", "score", "global_score", "local_score", "box", "area"}
+        assert record["settings"]["backbone"] == backbone.replace("/", "-")
+    assert stdout.count("score") == 2
+
+
+def test_missing_image(tmp_path, capsys):
+    code, _, err = _run(["segment", str(tmp_path / "none.jpg"), "a cat", *FAST], capsys)
+    assert code == 1 and err.strip().endswith("none.jpg: no such file")
+
+
+def test_truncated_image(tmp_path, real_image_path, capsys):
+    path = tmp_path / "cut.jpg"
+    path.write_bytes(real_image_path.read_bytes()[:5000])
+    code, _, err = _run(["segment", str(path), "a cat", *FAST], capsys)
+    assert code == 1 and "truncated" in err and len(err.strip().splitlines()) == 1
+
+
+def test_empty_expression(real_image_path, tmp_path, capsys):
+    code, _, err = _run(["segment", str(real_image_path), "   ", "-o", str(tmp_path), *FAST], capsys)
+    assert code == 1 and "the expression is empty" in err
+
+
+def test_image_without_proposals(real_image_path, tmp_path, capsys):
+    folder = tmp_path / "masks"
+    folder.mkdir()
+    Image.fromarray(np.zeros((427, 640), dtype=np.uint8)).save(folder / "0.png")
+    code, _, err = _run(["segment", str(real_image_path), "a cat", "-o", str(tmp_path / "o"), "--proposals", "file",
+                         "--proposals-path", str(folder), *FAST], capsys)
+    assert code == 1 and "no mask proposals" in err
+
+
+def test_missing_weights_is_one_clear_line(real_image_path, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "ZSRIS_CLIP_WEIGHTS"}
+    env.update(HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1", HOME=str(tmp_path))
+    proc = subprocess.run([sys.executable, "-m", "zsris.cli", "segment", str(real_image_path), "a cat",
+                           "-o", str(tmp_path / "o")], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert "--weights" in proc.stderr and "ZSRIS_CLIP_WEIGHTS" in proc.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_local_checkpoint_is_loaded(real_image_path, tmp_path, capsys):
+    import open_clip
+    import torch
+
+    model = open_clip.create_model("ViT-B-32", force_quick_gelu=True)
+    torch.save(model.state_dict(), tmp_path / "vitb32.bin")
+    code, _, err = _run(["segment", str(real_image_path), "a cat", "-o", str(tmp_path / "o"), "--max-proposals", "4",
+                         "--weights", str(tmp_path / "vitb32.bin")], capsys)
+    assert code == 0, err
+    assert "RANDOM" not in err
+    code, _, err = _run(["segment", str(real_image_path), "a cat", "--weights", str(tmp_path / "nope.pt")], capsys)
+    assert code == 1 and "does not exist" in err
+
+
+def test_help_reads_well():
+    proc = subprocess.run([sys.executable, "-m", "zsris.cli", "segment", "--help"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0
+    for flag in ("--backbone", "--weights", "--proposals", "--alpha", "--beta", "--device", "--top-k", "-o"):
+        assert flag in proc.stdout

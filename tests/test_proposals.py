@@ -1,0 +1,136 @@
+"""Every proposal generator returns boolean masks at the image's size, on real images."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from zsris.errors import ProposalError, WeightsError, ZsrisError
+from zsris.images import load_image
+from zsris.masks import decode_rle, encode_rle, iou_matrix, mask_box, mask_nms
+from zsris.proposals import ClassicalProposals, FileProposals, Proposals, SamProposals, create_proposals
+
+IMAGES = ["COCO_train2014_000000000312.jpg", "COCO_train2014_000000009057.jpg", "COCO_train2014_000000020619.jpg"]
+
+
+@pytest.fixture(scope="module")
+def images(refcoco_mini):
+    return [load_image(refcoco_mini / "images" / "train2014" / name) for name in IMAGES]
+
+
+def _check(proposals: Proposals, image: np.ndarray, cap: int) -> None:
+    assert 1 <= len(proposals) <= cap
+    assert proposals.masks.dtype == bool and proposals.masks.shape[1:] == image.shape[:2]
+    assert proposals.masks.reshape(len(proposals), -1).any(1).all()
+    assert proposals.scores.shape == (len(proposals),)
+    for mask, box in zip(proposals.masks, proposals.boxes):
+        assert tuple(box) == mask_box(mask)
+
+
+def test_classical_on_real_images(images):
+    generator = ClassicalProposals(max_proposals=40)
+    for image in images:
+        proposals = generator(image)
+        _check(proposals, image, 40)
+        ious = iou_matrix(proposals.masks, proposals.masks)
+        np.fill_diagonal(ious, 0)
+        assert ious.max() < 0.95  # near-duplicates were suppressed
+
+
+def test_classical_is_deterministic(images):
+    first = ClassicalProposals(max_proposals=20)(images[0])
+    second = ClassicalProposals(max_proposals=20)(images[0])
+    np.testing.assert_array_equal(first.masks, second.masks)
+
+
+def test_classical_cache_key_follows_settings():
+    assert ClassicalProposals().cache_key != ClassicalProposals(max_proposals=50).cache_key
+    assert ClassicalProposals().cache_key == ClassicalProposals().cache_key
+
+
+def test_classical_on_tiny_and_flat_images():
+    _check(ClassicalProposals()(np.zeros((3, 5, 3), dtype=np.uint8)), np.zeros((3, 5, 3)), 1)
+    flat = np.full((64, 48, 3), 90, dtype=np.uint8)
+    proposals = ClassicalProposals()(flat)
+    assert proposals.masks.shape[1:] == (64, 48)
+
+
+def test_sam_with_random_weights_on_a_real_image(images):
+    generator = SamProposals("random", model_type="vit_b", points_per_side=4, pred_iou_thresh=0.0,
+                             stability_score_thresh=0.0, min_area=0.0, max_proposals=10)
+    _check(generator(images[0]), images[0], 10)
+    assert generator.cache_key.startswith("sam-vit_b-random-p4")
+
+
+def test_sam_without_checkpoint_says_how_to_supply_one(monkeypatch):
+    monkeypatch.delenv("ZSRIS_SAM_CHECKPOINT", raising=False)
+    with pytest.raises(WeightsError, match="--sam-checkpoint"):
+        SamProposals()
+    with pytest.raises(WeightsError, match="does not exist"):
+        SamProposals("/nowhere/sam_vit_h.pth")
+
+
+def test_file_proposals_from_coco_rle_json(tmp_path, images):
+    image = images[0]
+    masks = ClassicalProposals(max_proposals=5)(image).masks
+    records = [{"image_id": 312, "segmentation": encode_rle(m), "score": 0.5 + i / 10} for i, m in enumerate(masks)]
+    (tmp_path / "props.json").write_text(json.dumps(records))
+    proposals = FileProposals(tmp_path / "props.json")(image, "312")
+    _check(proposals, image, 5)
+    np.testing.assert_array_equal(proposals.masks, masks)
+    np.testing.assert_allclose(proposals.scores, [0.5, 0.6, 0.7, 0.8, 0.9], rtol=1e-6)
+    keyed = {"COCO_train2014_000000000312": records}
+    (tmp_path / "keyed.json").write_text(json.dumps(keyed))
+    by_name = FileProposals(tmp_path / "keyed.json")(image, "COCO_train2014_000000000312.jpg")
+    np.testing.assert_array_equal(by_name.masks, masks)
+    with pytest.raises(ProposalError, match="no proposals for image"):
+        FileProposals(tmp_path / "keyed.json")(image, "other.jpg")
+
+
+def test_file_proposals_from_png_folder(tmp_path, images):
+    image = images[1]
+    masks = ClassicalProposals(max_proposals=4)(image).masks
+    folder = tmp_path / "COCO_train2014_000000009057"
+    folder.mkdir()
+    for i, mask in enumerate(masks):
+        Image.fromarray(mask.astype(np.uint8) * 255).save(folder / f"{i}.png")
+    proposals = FileProposals(tmp_path)(image, "COCO_train2014_000000009057.jpg")
+    _check(proposals, image, 4)
+    np.testing.assert_array_equal(proposals.masks, masks)
+
+
+def test_file_proposals_malformed(tmp_path, images):
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ProposalError, match="not a readable JSON"):
+        FileProposals(tmp_path / "bad.json")
+    (tmp_path / "noid.json").write_text(json.dumps([{"segmentation": {}}]))
+    with pytest.raises(ProposalError, match="image_id"):
+        FileProposals(tmp_path / "noid.json")
+    wrong = [{"image_id": 1, "segmentation": encode_rle(np.ones((5, 5), bool))}]
+    (tmp_path / "wrong.json").write_text(json.dumps(wrong))
+    with pytest.raises(ProposalError, match="the image is"):
+        FileProposals(tmp_path / "wrong.json")(images[0], "1")
+    with pytest.raises(ProposalError, match="no such"):
+        FileProposals(tmp_path / "missing.json")
+
+
+def test_factory_by_name(tmp_path):
+    assert isinstance(create_proposals("classical", max_proposals=7), ClassicalProposals)
+    with pytest.raises(ZsrisError, match="--proposals-path"):
+        create_proposals("file")
+    with pytest.raises(ZsrisError, match="unknown proposal generator"):
+        create_proposals("freesolo")
+
+
+def test_rle_round_trip_and_nms():
+    rng = np.random.default_rng(0)
+    mask = rng.random((13, 17)) > 0.5
+    np.testing.assert_array_equal(decode_rle(encode_rle(mask)), mask)
+    masks = np.zeros((3, 10, 10), dtype=bool)
+    masks[0, :5] = True
+    masks[1, :5, :9] = True  # IoU 0.9 with the first
+    masks[2, 5:] = True
+    keep = mask_nms(masks, np.array([0.9, 0.8, 0.7]), 0.8)
+    assert keep.tolist() == [0, 2]

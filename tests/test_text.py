@@ -1,0 +1,111 @@
+"""Target noun phrases on real RefCOCO expressions (real spaCy parses) and the text encoder."""
+from __future__ import annotations
+
+import pickle
+import warnings
+
+import pytest
+import torch
+
+from zsris.errors import ExpressionError
+from zsris.text import ExpressionParser, TextEncoder
+
+# Expressions from refcoco-mini and the phrase the reference rules give with spaCy's
+# en_core_web_sm 3.8, each checked by hand against the parse: the noun chunk holding the ROOT;
+# else the chunk of the root's first child; else the whole (lower-cased, re-tokenised) sentence.
+NOUN_PHRASES = [
+    ("zebra head on far left middle", "zebra head"),
+    ("blue shirt left top", "blue shirt"),
+    ("man in back top left", "man"),
+    ("bear on bottom left", "bear"),
+    ("2nd cow from the right (white)", "2nd cow"),
+    ("man on computer", "man"),
+    ("man white hat", "man"),
+    ("main giraffe on right", "main giraffe"),
+    ("The black cow near to us", "the black cow"),
+    ("FLORET FAR LEFT", "floret"),
+    ("man in front sitting second right", "man"),
+    ("guy at the end of the bar", "guy"),
+    ("front person", "front person"),
+    ("Left glass", "left glass"),
+    ("middle bike", "middle bike"),
+    ("rear zebra", "rear zebra"),
+    ("giraffe on left", "giraffe"),
+    ("center girl", "center girl"),
+    ("black guy...its been a pleasure!", "black guy"),
+    ("cat", "cat"),
+    ("left guy", "guy"),
+    ("lady", "lady"),
+    ("upper right bagel", "upper right bagel"),
+    ("LEFT BIKE", "bike"),
+    ("right giraffe", "right giraffe"),
+    ("front of bus in center of image", "front"),
+    ("guy on right", "guy"),
+    ("brown cow on left", "brown cow"),
+    ("Teddy bear in red dress", "teddy bear"),
+    ("yellow plane", "yellow plane"),
+    ("bookstand on left", "bookstand"),
+    ("The blue nike bag", "the blue nike bag"),
+    ("mostleft chairs", "chairs"),
+    ("the broc closest to us", "the broc"),
+    ("white pants leg to left of girl", "white pants leg"),
+    ("front right girl", "front right girl"),
+    # No chunk holds the root or its first child: the whole sentence, as the parser split it.
+    ("the umpire you CANT see. All in grey, standing", "the umpire you ca nt see . all in grey , standing"),
+    ("sheep with head up, it is the mom of the sheep, not the baby nursing",
+     "sheep with head up , it is the mom of the sheep , not the baby nursing"),
+]
+
+
+@pytest.fixture(scope="module")
+def parser() -> ExpressionParser:
+    return ExpressionParser()
+
+
+@pytest.mark.parametrize("expression,phrase", NOUN_PHRASES)
+def test_target_noun_phrase(parser, expression, phrase):
+    assert parser(expression).noun_phrase == phrase
+
+
+def test_table_expressions_are_real_refcoco_sentences(refcoco_mini):
+    with open(refcoco_mini / "refcoco" / "refs(unc).p", "rb") as handle:
+        refs = pickle.load(handle)
+    raws = {sentence["raw"] for ref in refs for sentence in ref["sentences"]}
+    assert len(NOUN_PHRASES) >= 30
+    assert {expression for expression, _ in NOUN_PHRASES} <= raws
+
+
+def test_sentence_is_lowercased_and_rejoined_from_tokens(parser):
+    parsed = parser("The man's  hat,  LEFT")
+    assert parsed.sentence == "the man 's hat , left"
+
+
+@pytest.mark.parametrize("bad", ["", "   ", "\n\t"])
+def test_empty_expression_is_refused(parser, bad):
+    with pytest.raises(ExpressionError, match="empty"):
+        parser(bad)
+
+
+def test_non_text_expression_is_refused(parser):
+    with pytest.raises(ExpressionError, match="must be text"):
+        parser(42)  # type: ignore[arg-type]
+
+
+def test_text_features_are_cached_and_match_clip(tiny_vit):
+    encoder = TextEncoder(tiny_vit.model, tiny_vit.tokenizer)
+    features = encoder.encode(["a red car", "the man", "a red car"])
+    expected = tiny_vit.model.encode_text(tiny_vit.tokenizer(["a red car", "the man"]))
+    torch.testing.assert_close(features[[0, 1]], expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(features[2], features[0])
+    assert set(encoder._cache) == {"a red car", "the man"}
+
+
+def test_overlong_expression_warns_and_truncates(tiny_vit):
+    encoder = TextEncoder(tiny_vit.model, tiny_vit.tokenizer)
+    long_text = " ".join(["the big red car next to the small blue house"] * 20)
+    with pytest.warns(UserWarning, match="truncated"):
+        features = encoder.encode([long_text])
+    assert features.shape == (1, 32) and torch.isfinite(features).all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        encoder.encode(["a short one"])
