@@ -59,8 +59,16 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
                         help="refuse larger images (default: %(default)s)")
 
 
-def build_segmenter(args: argparse.Namespace):
-    from .segmenter import RANDOM_WEIGHTS_WARNING, create_segmenter
+def announce_random(segmenter) -> None:
+    """Untrained CLIP gives meaningless masks: say so loudly, every run."""
+    from .segmenter import RANDOM_WEIGHTS_WARNING
+
+    if segmenter.backbone.is_random:
+        print(f"{'!' * 78}\n{RANDOM_WEIGHTS_WARNING}\n{'!' * 78}", file=sys.stderr)
+
+
+def build_segmenter(args: argparse.Namespace, announce: bool = True):
+    from .segmenter import create_segmenter
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="zsris: CLIP has RANDOM")
@@ -71,8 +79,8 @@ def build_segmenter(args: argparse.Namespace):
             k=args.k, fusion=args.fusion, preprocess=args.preprocess, batch_size=args.batch_size,
             max_pixels=args.max_pixels,
         )
-    if segmenter.backbone.is_random:
-        print(f"{'!' * 78}\n{RANDOM_WEIGHTS_WARNING}\n{'!' * 78}", file=sys.stderr)
+    if announce:
+        announce_random(segmenter)
     return segmenter
 
 

@@ -1,0 +1,73 @@
+"""On-disk cache of mask proposals (COCO RLE), keyed by image and generator settings.
+
+Proposals are the slow, model-independent part of an evaluation; caching them makes a second
+run with other CLIP settings skip that work. Files are written atomically (temp + rename), so a
+crash never leaves a half-written entry.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from .masks import decode_rle, encode_rle
+from .proposals import Proposals
+
+DEFAULT_CACHE = Path(os.environ.get("ZSRIS_CACHE", Path.home() / ".cache" / "zsris")) / "proposals"
+
+
+class ProposalCache:
+    """``root/<hash of generator settings>/<image key>.json``."""
+
+    def __init__(self, root: str | Path, generator_key: str) -> None:
+        self.generator_key = generator_key
+        digest = hashlib.sha1(generator_key.encode()).hexdigest()[:16]
+        self.folder = Path(root).expanduser() / digest
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / "generator.txt").write_text(generator_key + "\n")
+
+    def _path(self, image_key: str) -> Path:
+        return self.folder / f"{Path(str(image_key)).stem}.json"
+
+    def get(self, image_key: str) -> Optional[tuple[Proposals, float]]:
+        """Cached proposals and the seconds it took to make them, or None."""
+        path = self._path(image_key)
+        try:
+            entry = json.loads(path.read_text())
+            masks = [decode_rle(rle) for rle in entry["masks"]]
+            height, width = entry["size"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if entry.get("generator") != self.generator_key:
+            return None
+        stack = np.stack(masks) if masks else np.zeros((0, height, width), dtype=bool)
+        return Proposals(stack, np.asarray(entry["scores"], dtype=np.float32)), float(entry.get("seconds", 0.0))
+
+    def put(self, image_key: str, proposals: Proposals, seconds: float) -> None:
+        entry = {
+            "generator": self.generator_key,
+            "size": list(proposals.image_size),
+            "seconds": seconds,
+            "scores": [float(s) for s in proposals.scores],
+            "masks": [encode_rle(m) for m in proposals.masks],
+        }
+        handle, temp = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
+        with os.fdopen(handle, "w") as stream:
+            json.dump(entry, stream)
+        os.replace(temp, self._path(image_key))
+
+    def get_or_make(self, image_key: str, make: Callable[[], Proposals]) -> tuple[Proposals, float]:
+        cached = self.get(image_key)
+        if cached is not None:
+            return cached
+        start = time.perf_counter()
+        proposals = make()
+        seconds = time.perf_counter() - start
+        self.put(image_key, proposals, seconds)
+        return proposals, seconds

@@ -1,0 +1,206 @@
+"""RefCOCO, RefCOCO+ and RefCOCOg in the REFER toolkit's layout.
+
+    DATA/refcoco/refs(unc).p        DATA/refcoco+/refs(unc).p      DATA/refcocog/refs(umd).p
+    DATA/<dataset>/instances.json   COCO train2014 images in DATA/images/train2014 (or --images)
+
+The refs files are pickles; they are read with an unpickler that admits only plain containers
+and scalars, so a tampered file cannot run code. Ground-truth masks are the annotation's
+polygons (or RLE) rasterised with pycocotools at the image's size.
+"""
+from __future__ import annotations
+
+import io
+import json
+import pickle
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from .errors import DatasetError
+
+DATASETS = {"refcoco": "unc", "refcoco+": "unc", "refcocog": "umd"}
+SPLIT_BYS = {"refcoco": ("unc", "google"), "refcoco+": ("unc",), "refcocog": ("umd", "google")}
+SPLITS = ("val", "testA", "testB", "test", "train")
+IMAGE_FOLDERS = ("images/train2014", "images/mscoco/images/train2014", "train2014", "images")
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """Builds only what pickle's own opcodes build (dict, list, tuple, str, bytes, numbers, bools,
+    None); any class or function reference is refused."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise DatasetError(f"refuses to load {module}.{name}: refs files may hold only plain data")
+
+
+def load_plain_pickle(path: Path) -> Any:
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise DatasetError(f"{path}: cannot read ({error.strerror or error})") from None
+    try:
+        return _PlainUnpickler(io.BytesIO(data)).load()
+    except DatasetError as error:
+        raise DatasetError(f"{path}: {error}") from None
+    except Exception as error:  # noqa: BLE001 - any unpickling failure means a malformed file
+        raise DatasetError(f"{path}: not a valid refs pickle ({type(error).__name__}: {error})") from None
+
+
+@dataclass(frozen=True)
+class Sentence:
+    sent_id: int
+    text: str
+
+
+@dataclass(frozen=True)
+class Ref:
+    ref_id: int
+    ann_id: int
+    image_id: int
+    category_id: int
+    split: str
+    sentences: tuple[Sentence, ...]
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    image_id: int
+    file_name: str
+    height: int
+    width: int
+
+
+REF_KEYS = ("ref_id", "ann_id", "image_id", "split", "sentences")
+
+
+class ReferDataset:
+    """One REFER dataset (e.g. refcoco, splitBy unc): refs, images, annotations and categories."""
+
+    def __init__(self, data_root: str | Path, dataset: str = "refcoco", split_by: Optional[str] = None,
+                 images: Optional[str | Path] = None) -> None:
+        if dataset not in DATASETS:
+            raise DatasetError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+        self.root = Path(data_root).expanduser()
+        self.name = dataset
+        self.split_by = split_by or DATASETS[dataset]
+        if self.split_by not in SPLIT_BYS[dataset]:
+            raise DatasetError(f"{dataset} has no splitBy {self.split_by!r} (it has {', '.join(SPLIT_BYS[dataset])})")
+        folder = self.root / dataset
+        if not folder.is_dir():
+            raise DatasetError(f"{folder}: no such dataset folder (expected the REFER layout under {self.root})")
+        self.refs_path = folder / f"refs({self.split_by}).p"
+        self.instances_path = folder / "instances.json"
+        self.image_dir = self._find_images(images)
+        self.refs = self._read_refs()
+        self.images, self.annotations, self.categories = self._read_instances()
+        for ref in self.refs:
+            if ref.image_id not in self.images or ref.ann_id not in self.annotations:
+                raise DatasetError(
+                    f"{self.refs_path}: ref {ref.ref_id} names image {ref.image_id} / annotation {ref.ann_id}, "
+                    f"which {self.instances_path.name} does not hold"
+                )
+        self._anns_by_image: dict[int, list[int]] = defaultdict(list)
+        for ann_id, ann in self.annotations.items():
+            self._anns_by_image[int(ann["image_id"])].append(ann_id)
+
+    def _find_images(self, images: Optional[str | Path]) -> Path:
+        if images is not None:
+            path = Path(images).expanduser()
+            if not path.is_dir():
+                raise DatasetError(f"{path}: no such image folder")
+            return path
+        for candidate in IMAGE_FOLDERS:
+            if (self.root / candidate).is_dir():
+                return self.root / candidate
+        raise DatasetError(f"no COCO train2014 image folder under {self.root}; pass --images DIR")
+
+    def _read_refs(self) -> list[Ref]:
+        if not self.refs_path.is_file():
+            raise DatasetError(f"{self.refs_path}: no such refs file")
+        raw = load_plain_pickle(self.refs_path)
+        if not isinstance(raw, list):
+            raise DatasetError(f"{self.refs_path}: expected a list of refs, found {type(raw).__name__}")
+        refs = []
+        for index, item in enumerate(raw):
+            if not isinstance(item, dict) or any(key not in item for key in REF_KEYS):
+                raise DatasetError(f"{self.refs_path}: ref #{index} lacks one of {', '.join(REF_KEYS)}")
+            try:
+                sentences = tuple(Sentence(int(s["sent_id"]), str(s.get("raw") or s["sent"]))
+                                  for s in item["sentences"])
+                refs.append(Ref(int(item["ref_id"]), int(item["ann_id"]), int(item["image_id"]),
+                                int(item.get("category_id", -1)), str(item["split"]), sentences))
+            except (KeyError, TypeError, ValueError) as error:
+                raise DatasetError(f"{self.refs_path}: ref #{index} is malformed ({error})") from None
+        return refs
+
+    def _read_instances(self):
+        if not self.instances_path.is_file():
+            raise DatasetError(f"{self.instances_path}: no such instances file")
+        try:
+            data = json.loads(self.instances_path.read_text())
+            images = {int(i["id"]): ImageInfo(int(i["id"]), str(i["file_name"]), int(i["height"]), int(i["width"]))
+                      for i in data["images"]}
+            annotations = {int(a["id"]): a for a in data["annotations"]}
+            for ann in annotations.values():
+                ann["image_id"], ann["category_id"], ann["segmentation"]  # noqa: B018 - presence check
+            categories = {int(c["id"]): str(c["name"]) for c in data.get("categories", [])}
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise DatasetError(f"{self.instances_path}: not readable JSON ({error})") from None
+        except (KeyError, TypeError, ValueError) as error:
+            raise DatasetError(f"{self.instances_path}: malformed COCO instances (missing or bad {error})") from None
+        return images, annotations, categories
+
+    # -- queries ----------------------------------------------------------------------------
+    def split(self, split: str) -> list[Ref]:
+        if split not in SPLITS:
+            raise DatasetError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+        refs = [ref for ref in self.refs if ref.split == split]
+        if not refs:
+            present = sorted({ref.split for ref in self.refs})
+            raise DatasetError(f"{self.refs_path}: no refs in split {split!r} (present: {', '.join(present)})")
+        return refs
+
+    def refs_by_image(self, split: str, limit: Optional[int] = None) -> dict[int, list[Ref]]:
+        """Refs of ``split`` grouped by image, in first-seen order; ``limit`` caps the images."""
+        grouped: dict[int, list[Ref]] = {}
+        for ref in self.split(split):
+            if ref.image_id not in grouped and limit is not None and len(grouped) >= limit:
+                continue
+            grouped.setdefault(ref.image_id, []).append(ref)
+        return grouped
+
+    def image_path(self, image_id: int) -> Path:
+        return self.image_dir / self.images[image_id].file_name
+
+    def annotation_ids(self, image_id: int) -> list[int]:
+        return list(self._anns_by_image.get(image_id, []))
+
+    def annotation_mask(self, ann_id: int) -> np.ndarray:
+        """The annotation's mask at its image's full resolution (polygons or RLE)."""
+        ann = self.annotations[ann_id]
+        info = self.images[int(ann["image_id"])]
+        return segmentation_to_mask(ann["segmentation"], info.height, info.width, f"annotation {ann_id}")
+
+
+def segmentation_to_mask(segmentation: Any, height: int, width: int, what: str = "segmentation") -> np.ndarray:
+    """Rasterise COCO polygons, uncompressed RLE or compressed RLE into a boolean mask."""
+    try:
+        if isinstance(segmentation, list):
+            rles = mask_utils.frPyObjects(segmentation, height, width)
+            rle = mask_utils.merge(rles) if isinstance(rles, list) else rles
+        elif isinstance(segmentation, dict) and isinstance(segmentation.get("counts"), list):
+            rle = mask_utils.frPyObjects(segmentation, height, width)
+        elif isinstance(segmentation, dict):
+            counts = segmentation["counts"]
+            rle = {"size": segmentation["size"], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+        else:
+            raise TypeError(type(segmentation).__name__)
+        mask = mask_utils.decode(rle).astype(bool)
+    except Exception as error:  # noqa: BLE001 - pycocotools raises bare exceptions on bad input
+        raise DatasetError(f"{what}: malformed segmentation ({error})") from None
+    if mask.shape != (height, width):
+        raise DatasetError(f"{what}: mask is {mask.shape}, the image is {(height, width)}")
+    return mask

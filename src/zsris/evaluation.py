@@ -1,0 +1,183 @@
+"""The RefCOCO / RefCOCO+ / RefCOCOg benchmark: per-image work shared by every sentence,
+proposals cached on disk, predictions stored as they are made, in-process or on Ray.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional
+
+import numpy as np
+from tqdm import tqdm
+
+from .cache import ProposalCache
+from .datasets import Ref, ReferDataset
+from .errors import NoProposalsError
+from .images import load_image
+from .masks import iou_matrix
+from .metrics import intersection_union, iou, proposal_quality
+from .proposals import ProposalGenerator, Proposals
+from .segmenter import Segmenter
+from .store import PredictionStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ImageEvaluator:
+    """Everything one image needs: proposals (cached), visual features once, then every sentence
+    of every ref about it scored against them."""
+
+    segmenter: Segmenter
+    dataset: ReferDataset
+    cache: Optional[ProposalCache] = None
+    gt_proposals: bool = False
+    _gt_masks: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
+
+    def proposals(self, image_id: int, pixels: np.ndarray) -> Proposals:
+        if self.gt_proposals:
+            ann_ids = self.dataset.annotation_ids(image_id)
+            return Proposals(np.stack([self.dataset.annotation_mask(a) for a in ann_ids]), np.ones(len(ann_ids)))
+        file_name = self.dataset.images[image_id].file_name
+        make = lambda: self.segmenter.proposals(pixels, file_name)  # noqa: E731
+        if self.cache is None:
+            return make()
+        return self.cache.get_or_make(file_name, make)[0]
+
+    def __call__(self, image_id: int, refs: list[Ref]) -> list[dict[str, Any]]:
+        pixels = load_image(self.dataset.image_path(image_id), self.segmenter.max_pixels)
+        proposals = self.proposals(image_id, pixels)
+        instance_ids = self.dataset.annotation_ids(image_id)
+        instances = np.stack([self.dataset.annotation_mask(a) for a in instance_ids])
+        categories = [int(self.dataset.annotations[a]["category_id"]) for a in instance_ids]
+        proposal_category: list[Optional[int]] = []
+        if len(proposals):
+            overlap = iou_matrix(proposals.masks, instances)
+            proposal_category = [categories[j] if overlap[i, j] > 0 else None
+                                 for i, j in enumerate(overlap.argmax(1))]
+        expressions = [s.text for ref in refs for s in ref.sentences]
+        try:
+            results = self.segmenter.score(self.segmenter.image_features(pixels, proposals=proposals), expressions)
+        except NoProposalsError:
+            results = None
+        records, position = [], 0
+        for ref in refs:
+            target = instances[instance_ids.index(ref.ann_id)]
+            oracle = {"oracle_iou": 0.0, "oracle_intersection": 0, "oracle_union": int(target.sum())}
+            if len(proposals):
+                best = int(iou_matrix(proposals.masks, target[None])[:, 0].argmax())
+                o_inter, o_union = intersection_union(proposals.masks[best], target)
+                oracle = {"oracle_iou": iou(o_inter, o_union), "oracle_intersection": o_inter, "oracle_union": o_union}
+            for sentence in ref.sentences:
+                record: dict[str, Any] = {
+                    "sent_id": sentence.sent_id, "ref_id": ref.ref_id, "ann_id": ref.ann_id, "image_id": image_id,
+                    "expression": sentence.text, "gt_category": ref.category_id, "num_proposals": len(proposals),
+                    **oracle,
+                }
+                if results is None:
+                    record.update(proposal_index=-1, score=None, noun_phrase=None, chosen_category=None,
+                                  intersection=0, union=int(target.sum()), iou=0.0)
+                else:
+                    result = results[position]
+                    inter, union = intersection_union(result.mask, target)
+                    record.update(proposal_index=result.proposal_index, score=result.score,
+                                  noun_phrase=result.noun_phrase,
+                                  chosen_category=proposal_category[result.proposal_index],
+                                  intersection=inter, union=union, iou=iou(inter, union))
+                position += 1
+                records.append(record)
+        return records
+
+
+def pending_images(groups: dict[int, list[Ref]], done: set[int]) -> list[int]:
+    return [image_id for image_id, refs in groups.items()
+            if any(s.sent_id not in done for ref in refs for s in ref.sentences)]
+
+
+def sentence_ids(groups: dict[int, list[Ref]]) -> set[int]:
+    return {s.sent_id for refs in groups.values() for ref in refs for s in ref.sentences}
+
+
+def run_local(evaluate: Callable[[int, list[Ref]], list[dict]], groups: dict[int, list[Ref]],
+              pending: Iterable[int], store: PredictionStore, progress: tqdm) -> None:
+    for image_id in pending:
+        store.add(evaluate(image_id, groups[image_id]))
+        progress.update(1)
+
+
+class RayWorker:
+    """A Ray actor body: builds the segmenter and dataset once, then evaluates images on request."""
+
+    def __init__(self, build: Callable[[], ImageEvaluator], threads: int = 1) -> None:
+        import torch
+
+        torch.set_num_threads(threads)
+        self.evaluator = build()
+
+    def evaluate(self, image_id: int, refs: list[Ref]) -> list[dict[str, Any]]:
+        return self.evaluator(image_id, refs)
+
+
+def run_ray(build: Callable[[], ImageEvaluator], groups: dict[int, list[Ref]], pending: list[int],
+            store: PredictionStore, progress: tqdm, workers: int = 2, address: Optional[str] = None) -> None:
+    """Spread images over ``workers`` Ray actors (models loaded once each); results stream into
+    the store as they finish, so an interrupted Ray run resumes like a local one."""
+    import ray
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address=address, num_cpus=None if address else workers, include_dashboard=False,
+                 log_to_driver=False, configure_logging=False)
+    try:
+        actor_class = ray.remote(num_cpus=1)(RayWorker)
+        actors = [actor_class.remote(build) for _ in range(workers)]
+        queue = list(pending)
+        in_flight: dict[Any, Any] = {}
+
+        def submit(actor) -> None:
+            if queue:
+                image_id = queue.pop(0)
+                in_flight[actor.evaluate.remote(image_id, groups[image_id])] = actor
+
+        for actor in actors:
+            for _ in range(2):  # one running, one queued per actor
+                submit(actor)
+        while in_flight:
+            ready, _ = ray.wait(list(in_flight), num_returns=1)
+            actor = in_flight.pop(ready[0])
+            store.add(ray.get(ready[0]))
+            progress.update(1)
+            submit(actor)
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def evaluate_proposals(generator: ProposalGenerator, dataset: ReferDataset, groups: dict[int, list[Ref]],
+                       cache: Optional[ProposalCache] = None, show_progress: bool = True) -> dict[str, Any]:
+    """Proposal quality alone (no CLIP): the oracle per referred object, recall, count and time."""
+    best, inters, unions, counts, seconds = [], [], [], [], []
+    for image_id in tqdm(groups, desc="proposals", unit="image", disable=not show_progress):
+        file_name = dataset.images[image_id].file_name
+        pixels = load_image(dataset.image_path(image_id))
+        if cache is not None:
+            proposals, elapsed = cache.get_or_make(file_name, lambda: generator(pixels, file_name))
+        else:
+            start = time.perf_counter()
+            proposals = generator(pixels, file_name)
+            elapsed = time.perf_counter() - start
+        counts.append(len(proposals))
+        seconds.append(elapsed)
+        for ann_id in dict.fromkeys(ref.ann_id for ref in groups[image_id]):
+            target = dataset.annotation_mask(ann_id)
+            if len(proposals):
+                index = int(iou_matrix(proposals.masks, target[None])[:, 0].argmax())
+                inter, union = intersection_union(proposals.masks[index], target)
+            else:
+                inter, union = 0, int(target.sum())
+            best.append(iou(inter, union))
+            inters.append(inter)
+            unions.append(union)
+    return proposal_quality(best, inters, unions, counts, seconds)

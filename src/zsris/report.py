@@ -1,0 +1,45 @@
+"""Evaluation outputs: the terminal table, metrics.json, report.md and an IoU histogram PNG."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+
+def table(summary: dict[str, Any], title: str = "") -> str:
+    """A two-column Markdown table of the metrics (it reads well in a terminal too)."""
+    width = max(len(k) for k in summary) if summary else 10
+    lines = [f"### {title}", ""] if title else []
+    lines += [f"| {'metric':<{width}} | value |", f"|{'-' * (width + 2)}|-------|"]
+    lines += [f"| {key:<{width}} | {value} |" for key, value in summary.items()]
+    return "\n".join(lines)
+
+
+def iou_histogram(ious: Sequence[float], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 3.5), dpi=120)
+    axis.hist(np.asarray(ious, dtype=float), bins=20, range=(0, 1), color="#d9534f", edgecolor="white")
+    axis.set_xlabel("IoU of the chosen mask")
+    axis.set_ylabel("sentences")
+    axis.set_title(title, fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def write_report(out: Path, summary: dict[str, Any], settings: dict[str, Any], ious: Sequence[float],
+                 title: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps({"metrics": summary, "settings": settings}, indent=2))
+    iou_histogram(ious, out / "iou_histogram.png", title)
+    settings_table = "\n".join(f"- `{k}`: {v}" for k, v in settings.items())
+    (out / "report.md").write_text(
+        f"# zsris evaluation: {title}\n\n{table(summary)}\n\n![IoU histogram](iou_histogram.png)\n\n"
+        f"## Settings\n\n{settings_table}\n"
+    )

@@ -1,0 +1,66 @@
+"""A crash-safe store of per-sentence predictions (SQLite), so evaluations resume.
+
+Each image's records are committed in one transaction as soon as they exist; a sentence id is
+the primary key, so a resumed or duplicated run never counts a sentence twice. The run's
+settings are kept beside the records and a resume with other settings is refused.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+from .errors import ZsrisError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS predictions (
+    sent_id INTEGER PRIMARY KEY,
+    image_id INTEGER NOT NULL,
+    record TEXT NOT NULL
+);
+"""
+
+
+class PredictionStore:
+    def __init__(self, path: str | Path, settings: dict[str, Any]) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.connection = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+        self.connection.execute("PRAGMA journal_mode=WAL")
+        self.connection.execute("PRAGMA synchronous=FULL")
+        self.connection.executescript(SCHEMA)
+        self._check_settings(settings)
+
+    def _check_settings(self, settings: dict[str, Any]) -> None:
+        wanted = json.dumps(settings, sort_keys=True)
+        row = self.connection.execute("SELECT value FROM meta WHERE key = 'settings'").fetchone()
+        if row is None:
+            self.connection.execute("INSERT INTO meta VALUES ('settings', ?)", (wanted,))
+        elif row[0] != wanted:
+            stored = json.loads(row[0])
+            changed = sorted(k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k))
+            raise ZsrisError(
+                f"{self.path.parent} holds a run with other settings ({', '.join(changed)} differ); "
+                f"use another --out to start a new run"
+            )
+
+    def done(self) -> set[int]:
+        return {row[0] for row in self.connection.execute("SELECT sent_id FROM predictions")}
+
+    def add(self, records: Iterable[dict[str, Any]]) -> int:
+        """Commit records atomically; returns how many were new."""
+        rows = [(int(r["sent_id"]), int(r["image_id"]), json.dumps(r)) for r in records]
+        with self.connection:
+            self.connection.execute("BEGIN")
+            before = self.connection.total_changes
+            self.connection.executemany("INSERT OR IGNORE INTO predictions VALUES (?, ?, ?)", rows)
+            return self.connection.total_changes - before
+
+    def records(self, sent_ids: Optional[set[int]] = None) -> list[dict[str, Any]]:
+        rows = self.connection.execute("SELECT sent_id, record FROM predictions ORDER BY sent_id")
+        return [json.loads(record) for sent_id, record in rows if sent_ids is None or sent_id in sent_ids]
+
+    def close(self) -> None:
+        self.connection.close()

@@ -1,0 +1,127 @@
+"""`zsris eval` on refcoco-mini: complete runs, kill-and-resume, Ray, the proposal cache."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from zsris.cli import main
+
+LIMIT = "6"
+
+
+def _eval_args(data: Path, out: Path, cache: Path, *extra: str) -> list[str]:
+    return ["eval", "--data", str(data), "--dataset", "refcoco", "--split", "train", "--out", str(out),
+            "--limit", LIMIT, "--weights", "random", "--max-proposals", "8", "--cache", str(cache), *extra]
+
+
+def _metrics(out: Path) -> dict:
+    return json.loads((out / "metrics.json").read_text())["metrics"]
+
+
+def _rows(out: Path) -> int:
+    try:
+        with sqlite3.connect(out / "predictions.sqlite", timeout=1) as connection:
+            return connection.execute("SELECT COUNT(*) FROM predictions").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(refcoco_mini, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("eval")
+    assert main(_eval_args(refcoco_mini, root / "run", root / "cache")) == 0
+    return root
+
+
+def test_full_run_writes_every_output(uninterrupted):
+    out = uninterrupted / "run"
+    metrics = _metrics(out)
+    assert metrics["images"] == 6 and metrics["sentences"] == _rows(out)
+    for key in ("oIoU", "mIoU", "P@0.5", "P@0.9", "mc-acc", "cc-oIoU", "oracle mIoU", "proposals/image"):
+        assert key in metrics
+    assert 0 <= metrics["mIoU"] <= metrics["oracle mIoU"] <= 100
+    assert (out / "report.md").read_text().startswith("# zsris evaluation")
+    assert (out / "iou_histogram.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_killed_run_resumes_to_the_same_metrics(refcoco_mini, uninterrupted, tmp_path):
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "zsris.cli", *_eval_args(refcoco_mini, out, uninterrupted / "cache")]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while _rows(out) < 3 and time.time() < deadline and process.poll() is None:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)  # a crash, not a polite stop
+    process.wait()
+    partial = _rows(out)
+    total = _metrics(uninterrupted / "run")["sentences"]
+    assert 0 < partial < total, "the kill should land halfway"
+    assert not (out / "metrics.json").exists()
+    resumed = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert _rows(out) == total
+    assert _metrics(out) == _metrics(uninterrupted / "run")
+
+
+def test_rerun_of_a_finished_run_counts_nothing_twice(refcoco_mini, uninterrupted, capsys):
+    out = uninterrupted / "run"
+    before = _rows(out)
+    assert main(_eval_args(refcoco_mini, out, uninterrupted / "cache")) == 0
+    assert _rows(out) == before and "100%" in capsys.readouterr().err
+
+
+def test_resume_with_other_settings_is_refused(refcoco_mini, uninterrupted, capsys):
+    code = main(_eval_args(refcoco_mini, uninterrupted / "run", uninterrupted / "cache", "--alpha", "0.5"))
+    assert code == 1 and "holds a run with other settings (alpha differ)" in capsys.readouterr().err
+
+
+def test_cached_proposals_are_reused(refcoco_mini, uninterrupted, tmp_path, monkeypatch):
+    from zsris.proposals.classical import ClassicalProposals
+
+    cache_files = list((uninterrupted / "cache").glob("*/*.json"))
+    assert len(cache_files) == 6
+    calls = []
+    original = ClassicalProposals.__call__
+    monkeypatch.setattr(ClassicalProposals, "__call__", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    assert main(_eval_args(refcoco_mini, tmp_path / "again", uninterrupted / "cache", "--alpha", "0.85")) == 0
+    assert calls == []
+
+
+def test_ray_engine_equals_in_process(refcoco_mini, uninterrupted, tmp_path):
+    out = tmp_path / "ray"
+    env = {**os.environ, "RAY_DISABLE_IMPORT_WARNING": "1"}
+    proc = subprocess.run([sys.executable, "-m", "zsris.cli",
+                           *_eval_args(refcoco_mini, out, tmp_path / "cache", "--engine", "ray", "--workers", "2")],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _metrics(out) == _metrics(uninterrupted / "run")
+
+
+def test_ground_truth_proposals_reach_the_oracle(refcoco_mini, tmp_path, capsys):
+    assert main(_eval_args(refcoco_mini, tmp_path / "gt", tmp_path / "cache", "--gt-proposals")) == 0
+    metrics = _metrics(tmp_path / "gt")
+    assert metrics["oracle mIoU"] == 100.0 and metrics["mc-acc"] > 0
+
+
+def test_proposals_eval(refcoco_mini, tmp_path, capsys):
+    out = tmp_path / "proposals.json"
+    code = main(["proposals-eval", "--data", str(refcoco_mini), "--dataset", "refcoco", "--split", "train",
+                 "--limit", "3", "--max-proposals", "20", "--no-cache", "--out", str(out)])
+    assert code == 0
+    metrics = json.loads(out.read_text())["metrics"]
+    assert metrics["images"] == 3 and metrics["objects"] == 3
+    assert 0 < metrics["oracle mIoU"] <= 100 and metrics["proposals/image"] <= 20 and metrics["seconds/image"] > 0
+    assert "oracle mIoU" in capsys.readouterr().out
+
+
+def test_missing_data_is_one_clear_line(tmp_path, capsys):
+    code = main(["eval", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--weights", "random"])
+    assert code == 1 and "no such dataset folder" in capsys.readouterr().err
