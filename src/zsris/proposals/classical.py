@@ -34,7 +34,7 @@ class ClassicalConfig:
     colour_spaces: tuple[str, ...] = ("hsv", "lab")
     sigma: float = 0.8
     min_area: float = 0.002
-    nms_iou: float = 0.8
+    nms_iou: float = 0.6
     seed: int = 0
 
 

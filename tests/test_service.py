@@ -1,0 +1,163 @@
+"""`zsris serve` on loopback: the JSON API (correct, malformed, concurrent) and the page in Chromium."""
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from zsris.masks import decode_rle
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "src" / "zsris" / "examples" / "shapes.png"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    port = _free_port()
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    with open(log, "w") as stream:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "zsris.cli", "serve", "--port", str(port), "--weights", "random",
+             "--max-proposals", "6", "--max-request-mb", "2"],
+            stdout=stream, stderr=subprocess.STDOUT, env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"})
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"server exited: {log.read_text()[-2000:]}")
+        try:
+            if httpx.get(f"{url}/api/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    else:
+        process.kill()
+        pytest.fail(f"server did not start: {log.read_text()[-2000:]}")
+    yield url
+    process.terminate()
+    process.wait(timeout=30)
+
+
+def _png(width: int, height: int, seed: int = 0) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 255, (height, width, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _segment(url, image: bytes, expressions, name="image.png", **fields):
+    data = {"expressions": expressions, **{k: str(v) for k, v in fields.items()}}
+    return httpx.post(f"{url}/api/segment", files={"image": (name, image, "image/png")}, data=data, timeout=300)
+
+
+def test_health_and_binding(server):
+    body = httpx.get(f"{server}/api/health").json()
+    assert body["status"] == "ok" and body["random_weights"] is True
+    assert server.startswith("http://127.0.0.1:")
+
+
+def test_segment_request(server):
+    response = _segment(server, EXAMPLE.read_bytes(), ["the red circle", "the blue square"], top_k=2)
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert [r["expression"] for r in results] == ["the red circle", "the blue square"]
+    for record in results:
+        mask = decode_rle(record["mask"])
+        assert mask.shape == (320, 480) and mask.any()
+        assert record["image_size"] == [320, 480] and len(record["top_proposals"]) == 2
+        x1, y1, x2, y2 = record["box"]
+        ys, xs = np.nonzero(mask)
+        assert (x1, y1, x2, y2) == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+
+
+def test_malformed_requests(server):
+    no_image = httpx.post(f"{server}/api/segment", data={"expressions": ["x"]}, timeout=60)
+    assert no_image.status_code == 422
+    garbage = _segment(server, b"not an image at all", ["x"], name="x.jpg")
+    assert garbage.status_code == 400 and "not an image file" in garbage.json()["detail"]
+    truncated = _segment(server, EXAMPLE.read_bytes()[:2000], ["x"])
+    assert truncated.status_code == 400 and "not a readable image" in truncated.json()["detail"]
+    empty = _segment(server, EXAMPLE.read_bytes(), ["   "])
+    assert empty.status_code == 422 and "non-empty expression" in empty.json()["detail"]
+    bad_k = _segment(server, EXAMPLE.read_bytes(), ["x"], top_k=0)
+    assert bad_k.status_code == 422
+    too_big = _segment(server, b"\0" * (3 * 1024 * 1024), ["x"])
+    assert too_big.status_code == 413 and "over the limit" in too_big.json()["detail"]
+    buffer = io.BytesIO()
+    Image.new("L", (8000, 6000)).save(buffer, format="PNG")  # small file, 48 MP image
+    huge = _segment(server, buffer.getvalue(), ["x"])
+    assert huge.status_code == 413 and "over the limit" in huge.json()["detail"]
+
+
+def test_concurrent_load_answers_each_request(server):
+    """50 requests from 8 clients: every answer is correct and belongs to its own request."""
+    def one(i: int):
+        width, height = 48 + 4 * i, 40 + 2 * (i % 7)
+        response = _segment(server, _png(width, height, i), [f"object number {i}"])
+        return i, width, height, response
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(pool.map(one, range(50)))
+    for i, width, height, response in answers:
+        assert response.status_code == 200, response.text
+        record = response.json()["results"][0]
+        assert record["expression"] == f"object number {i}"
+        assert record["image_size"] == [height, width]
+        assert decode_rle(record["mask"]).shape == (height, width)
+    assert httpx.get(f"{server}/api/health").status_code == 200
+
+
+def test_openapi_schema(server):
+    schema = httpx.get(f"{server}/openapi.json").json()
+    operation = schema["paths"]["/api/segment"]["post"]
+    assert "multipart/form-data" in operation["requestBody"]["content"]
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_page_in_headless_chromium(server, real_image_path, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(real_image_path.read_bytes()[:3000])
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run", "--disable-quic"])
+        page = browser.new_page(viewport={"width": 1300, "height": 1000})
+        page.goto(server + "/", wait_until="networkidle")
+        page.set_input_files("#zsris-image input[type=file]", str(real_image_path))
+        page.wait_for_selector("#zsris-preview img", timeout=60_000)
+        page.fill("#zsris-expressions textarea", "the elephant on the left")
+        page.click("#zsris-submit")
+        page.wait_for_selector("#zsris-overlay img", timeout=120_000)
+        page.wait_for_function("document.querySelector('#zsris-status').innerText.includes('Segmented 1')",
+                               timeout=60_000)
+        assert page.locator("#zsris-ranked img").count() >= 1
+        page.reload(wait_until="networkidle")  # a fresh page: the file box holds one upload
+        page.fill("#zsris-expressions textarea", "the elephant on the left")
+        page.set_input_files("#zsris-image input[type=file]", str(corrupt))
+        page.wait_for_function("document.querySelector('#zsris-status').innerText.includes('truncated')",
+                               timeout=60_000)
+        page.click("#zsris-submit")
+        page.wait_for_function("document.querySelector('#zsris-status').innerText.includes('Error')",
+                               timeout=60_000)
+        assert "truncated" in page.inner_text("#zsris-status")
+        browser.close()
