@@ -22,7 +22,6 @@ from torch import nn
 
 from .errors import WeightsError, ZsrisError
 
-log = logging.getLogger(__name__)
 
 WEIGHTS_ENV = "ZSRIS_CLIP_WEIGHTS"
 RANDOM = "random"

@@ -3,10 +3,8 @@ proposals cached on disk, predictions stored as they are made, in-process or on 
 """
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
 import numpy as np
@@ -21,8 +19,6 @@ from .metrics import intersection_union, iou, proposal_quality
 from .proposals import ProposalGenerator, Proposals
 from .segmenter import Segmenter
 from .store import PredictionStore
-
-log = logging.getLogger(__name__)
 
 
 @dataclass

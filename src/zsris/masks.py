@@ -1,7 +1,6 @@
 """Mask utilities shared by proposals, the segmenter and evaluation: boxes, RLE, IoU, NMS."""
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import numpy as np
@@ -63,7 +62,3 @@ def mask_nms(masks: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndar
         keep.append(i)
         suppressed |= ious[i] > threshold
     return order[keep]
-
-
-def dumps(record: Any) -> str:
-    return json.dumps(record, indent=2)

@@ -5,7 +5,6 @@ shared ViT trunk, per-proposal features) is done once and scored against every e
 """
 from __future__ import annotations
 
-import logging
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +22,6 @@ from .errors import NoProposalsError, ZsrisError
 from .images import DEFAULT_MAX_PIXELS, ImageInput, load_image
 from .proposals import ProposalGenerator, Proposals, create_proposals
 from .text import ExpressionParser, ParsedExpression, TextEncoder, check_expression, fuse
-
-log = logging.getLogger(__name__)
 
 RANDOM_WEIGHTS_WARNING = "zsris: CLIP has RANDOM weights (--weights random): its masks mean nothing"
 FUSIONS = ("reference", "normalized")

