@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import socket
@@ -128,6 +129,8 @@ def test_openapi_schema(server):
     schema = httpx.get(f"{server}/openapi.json").json()
     operation = schema["paths"]["/api/segment"]["post"]
     assert "multipart/form-data" in operation["requestBody"]["content"]
+    documented = json.loads((Path(__file__).resolve().parents[1] / "docs" / "openapi.json").read_text())
+    assert documented["paths"] == schema["paths"], "docs/openapi.json is stale: regenerate it (see README)"
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
@@ -160,4 +163,11 @@ def test_page_in_headless_chromium(server, real_image_path, tmp_path):
         page.wait_for_function("document.querySelector('#zsris-status').innerText.includes('Error')",
                                timeout=60_000)
         assert "truncated" in page.inner_text("#zsris-status")
+        page.reload(wait_until="networkidle")
+        page.set_input_files("#zsris-image input[type=file]", str(real_image_path))
+        page.wait_for_selector("#zsris-preview img", timeout=60_000)
+        page.fill("#zsris-expressions textarea", "   ")
+        page.click("#zsris-submit")
+        page.wait_for_function("document.querySelector('#zsris-status').innerText.includes('non-empty expression')",
+                               timeout=60_000)
         browser.close()
