@@ -4,7 +4,7 @@ proposals cached on disk, predictions stored as they are made, in-process or on 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Optional
 
 import numpy as np
@@ -30,7 +30,6 @@ class ImageEvaluator:
     dataset: ReferDataset
     cache: Optional[ProposalCache] = None
     gt_proposals: bool = False
-    _gt_masks: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
 
     def proposals(self, image_id: int, pixels: np.ndarray) -> Proposals:
         if self.gt_proposals:

@@ -144,12 +144,11 @@ class Segmenter:
                                      batch_size=self.batch_size)
 
     def fuse_visual(self, global_features: Tensor, local_features: Tensor) -> Tensor:
-        normalize_local = self.fusion == "normalized" or not self.backbone.is_vit
         if self.fusion == "normalized":
             fused = fuse(global_features, local_features, self.alpha, normalize_parts=True)
-        else:
-            local = F.normalize(local_features, dim=-1) if normalize_local else local_features
-            fused = self.alpha * global_features + (1 - self.alpha) * local
+        else:  # the reference fuses raw ViT features; its ResNet path normalises the local one first
+            local = local_features if self.backbone.is_vit else F.normalize(local_features, dim=-1)
+            fused = fuse(global_features, local, self.alpha, normalize_parts=False)
         return F.normalize(fused, dim=-1)
 
     def image_features(self, image: ImageInput, image_id: Optional[str] = None,
