@@ -96,6 +96,14 @@ def test_local_checkpoint_is_loaded(real_image_path, tmp_path, capsys):
     assert code == 1 and "does not exist" in err
 
 
+def test_unwritable_output_folder(real_image_path, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the output folder should go")
+    code, _, err = _run(["segment", str(real_image_path), "a cat", "-o", str(blocker / "out"), *FAST], capsys)
+    assert code == 1 and err.strip().splitlines()[-1].startswith("zsris: error: Not a directory")
+    assert "Traceback" not in err
+
+
 def test_help_reads_well():
     proc = subprocess.run([sys.executable, "-m", "zsris.cli", "segment", "--help"], capture_output=True, text=True,
                           timeout=120)

@@ -168,6 +168,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ZsrisError as error:
         print(f"zsris: error: {error}", file=sys.stderr)
         return 1
+    except OSError as error:  # an output folder that cannot be written, a full disk ...
+        print(f"zsris: error: {error.strerror or error}: {error.filename or ''}".rstrip(": "), file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("zsris: interrupted", file=sys.stderr)
         return 130
