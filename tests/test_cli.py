@@ -104,6 +104,17 @@ def test_unwritable_output_folder(real_image_path, tmp_path, capsys):
     assert "Traceback" not in err
 
 
+def test_alpha_defaults_to_the_papers():
+    from argparse import Namespace
+
+    from zsris.cli import default_alpha
+
+    assert default_alpha(Namespace(alpha=None)) == 0.95
+    assert default_alpha(Namespace(alpha=None, dataset="refcoco+")) == 0.95
+    assert default_alpha(Namespace(alpha=None, dataset="refcocog")) == 0.85
+    assert default_alpha(Namespace(alpha=0.5, dataset="refcocog")) == 0.5
+
+
 def test_help_reads_well():
     proc = subprocess.run([sys.executable, "-m", "zsris.cli", "segment", "--help"], capture_output=True, text=True,
                           timeout=120)

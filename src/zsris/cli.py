@@ -36,8 +36,9 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
                        help=f"local CLIP checkpoint (OpenAI .pt, state dict, open_clip .bin/.safetensors), or "
                             f"'random'; default ${WEIGHTS_ENV}, then the pretrained tag")
     model.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: auto)")
-    model.add_argument("--alpha", type=float, default=0.95,
-                       help="weight of the global-context visual feature (paper: 0.95 RefCOCO/+, 0.85 RefCOCOg)")
+    model.add_argument("--alpha", type=float, default=None,
+                       help="weight of the global-context visual feature (default: the paper's, 0.85 when "
+                            "evaluating RefCOCOg, else 0.95)")
     model.add_argument("--beta", type=float, default=0.5, help="weight of the whole sentence vs its noun phrase")
     model.add_argument("-k", "--k", type=int, default=3, dest="k",
                        help="ViT blocks that see the mask (default: %(default)s)")
@@ -67,6 +68,13 @@ def announce_random(segmenter) -> None:
         print(f"{'!' * 78}\n{RANDOM_WEIGHTS_WARNING}\n{'!' * 78}", file=sys.stderr)
 
 
+def default_alpha(args: argparse.Namespace) -> float:
+    """The paper's alpha: 0.85 on RefCOCOg's longer expressions, 0.95 elsewhere, unless given."""
+    if args.alpha is not None:
+        return args.alpha
+    return 0.85 if getattr(args, "dataset", None) == "refcocog" else 0.95
+
+
 def build_segmenter(args: argparse.Namespace, announce: bool = True):
     from .segmenter import create_segmenter
 
@@ -75,7 +83,7 @@ def build_segmenter(args: argparse.Namespace, announce: bool = True):
         segmenter = create_segmenter(
             backbone=args.backbone, pretrained=args.pretrained, weights=args.weights, proposals=args.proposals,
             device=args.device, max_proposals=args.max_proposals, sam_checkpoint=args.sam_checkpoint,
-            sam_model=args.sam_model, proposals_path=args.proposals_path, alpha=args.alpha, beta=args.beta,
+            sam_model=args.sam_model, proposals_path=args.proposals_path, alpha=default_alpha(args), beta=args.beta,
             k=args.k, fusion=args.fusion, preprocess=args.preprocess, batch_size=args.batch_size,
             max_pixels=args.max_pixels,
         )
