@@ -21,6 +21,16 @@ from .segmenter import Segmenter
 from .store import PredictionStore
 
 
+def best_proposal(masks: np.ndarray, target: np.ndarray, ious: Optional[np.ndarray] = None) -> tuple[int, int]:
+    """Intersection and union of the proposal that overlaps ``target`` best (the oracle's pick);
+    ``ious`` are the proposals' IoUs with the target when already computed."""
+    if len(masks) == 0:
+        return 0, int(target.sum())
+    if ious is None:
+        ious = iou_matrix(masks, target[None])[:, 0]
+    return intersection_union(masks[int(ious.argmax())], target)
+
+
 @dataclass
 class ImageEvaluator:
     """Everything one image needs: proposals (cached), visual features once, then every sentence
@@ -31,10 +41,9 @@ class ImageEvaluator:
     cache: Optional[ProposalCache] = None
     gt_proposals: bool = False
 
-    def proposals(self, image_id: int, pixels: np.ndarray) -> Proposals:
+    def proposals(self, image_id: int, pixels: np.ndarray, instances: np.ndarray) -> Proposals:
         if self.gt_proposals:
-            ann_ids = self.dataset.annotation_ids(image_id)
-            return Proposals(np.stack([self.dataset.annotation_mask(a) for a in ann_ids]), np.ones(len(ann_ids)))
+            return Proposals(instances, np.ones(len(instances)))
         file_name = self.dataset.images[image_id].file_name
         make = lambda: self.segmenter.proposals(pixels, file_name)  # noqa: E731
         if self.cache is None:
@@ -43,13 +52,13 @@ class ImageEvaluator:
 
     def __call__(self, image_id: int, refs: list[Ref]) -> list[dict[str, Any]]:
         pixels = load_image(self.dataset.image_path(image_id), self.segmenter.max_pixels)
-        proposals = self.proposals(image_id, pixels)
         instance_ids = self.dataset.annotation_ids(image_id)
         instances = np.stack([self.dataset.annotation_mask(a) for a in instance_ids])
+        proposals = self.proposals(image_id, pixels, instances)
         categories = [int(self.dataset.annotations[a]["category_id"]) for a in instance_ids]
+        overlap = iou_matrix(proposals.masks, instances)
         proposal_category: list[Optional[int]] = []
         if len(proposals):
-            overlap = iou_matrix(proposals.masks, instances)
             proposal_category = [categories[j] if overlap[i, j] > 0 else None
                                  for i, j in enumerate(overlap.argmax(1))]
         expressions = [s.text for ref in refs for s in ref.sentences]
@@ -59,12 +68,10 @@ class ImageEvaluator:
             results = None
         records, position = [], 0
         for ref in refs:
-            target = instances[instance_ids.index(ref.ann_id)]
-            oracle = {"oracle_iou": 0.0, "oracle_intersection": 0, "oracle_union": int(target.sum())}
-            if len(proposals):
-                best = int(iou_matrix(proposals.masks, target[None])[:, 0].argmax())
-                o_inter, o_union = intersection_union(proposals.masks[best], target)
-                oracle = {"oracle_iou": iou(o_inter, o_union), "oracle_intersection": o_inter, "oracle_union": o_union}
+            column = instance_ids.index(ref.ann_id)
+            target = instances[column]
+            o_inter, o_union = best_proposal(proposals.masks, target, overlap[:, column])
+            oracle = {"oracle_iou": iou(o_inter, o_union), "oracle_intersection": o_inter, "oracle_union": o_union}
             for sentence in ref.sentences:
                 record: dict[str, Any] = {
                     "sent_id": sentence.sent_id, "ref_id": ref.ref_id, "ann_id": ref.ann_id, "image_id": image_id,
@@ -166,12 +173,7 @@ def evaluate_proposals(generator: ProposalGenerator, dataset: ReferDataset, grou
         counts.append(len(proposals))
         seconds.append(elapsed)
         for ann_id in dict.fromkeys(ref.ann_id for ref in groups[image_id]):
-            target = dataset.annotation_mask(ann_id)
-            if len(proposals):
-                index = int(iou_matrix(proposals.masks, target[None])[:, 0].argmax())
-                inter, union = intersection_union(proposals.masks[index], target)
-            else:
-                inter, union = 0, int(target.sum())
+            inter, union = best_proposal(proposals.masks, dataset.annotation_mask(ann_id))
             best.append(iou(inter, union))
             inters.append(inter)
             unions.append(union)
