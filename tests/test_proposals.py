@@ -7,10 +7,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from zsris.datasets import ReferDataset
 from zsris.errors import ProposalError, WeightsError, ZsrisError
+from zsris.evaluation import evaluate_proposals
 from zsris.images import load_image
 from zsris.masks import decode_rle, encode_rle, iou_matrix, mask_box, mask_nms
 from zsris.proposals import ClassicalProposals, FileProposals, Proposals, SamProposals, create_proposals
+from zsris.proposals.classical import _sampled_iou
 
 IMAGES = ["COCO_train2014_000000000312.jpg", "COCO_train2014_000000009057.jpg", "COCO_train2014_000000020619.jpg"]
 
@@ -55,6 +58,48 @@ def test_classical_on_tiny_and_flat_images():
     flat = np.full((64, 48, 3), 90, dtype=np.uint8)
     proposals = ClassicalProposals()(flat)
     assert proposals.masks.shape[1:] == (64, 48)
+
+
+def _two_tone_figure() -> tuple[np.ndarray, np.ndarray]:
+    """A 'person' (red top half, blue bottom half) standing where a reddish and a bluish
+    backdrop meet: each half is closer in colour to the backdrop beside it than to the other."""
+    rng = np.random.default_rng(3)
+    image = rng.normal(0, 6, (120, 160, 3))
+    image[:, :80] += (170, 40, 40)
+    image[:, 80:] += (40, 40, 170)
+    figure = np.zeros((120, 160), dtype=bool)
+    figure[20:100, 60:100] = True
+    image[20:60, 60:100] = rng.normal(0, 6, (40, 40, 3)) + (200, 30, 30)
+    image[60:100, 60:100] = rng.normal(0, 6, (40, 40, 3)) + (30, 30, 200)
+    return image.clip(0, 255).astype(np.uint8), figure
+
+
+def test_grouping_joins_differently_coloured_parts():
+    image, figure = _two_tone_figure()
+    proposals = ClassicalProposals()(image)
+    assert iou_matrix(proposals.masks, figure[None])[:, 0].max() > 0.95
+    for strategy in ("appearance", "shape"):
+        single = ClassicalProposals(similarities=(strategy,))(image)
+        assert iou_matrix(single.masks, figure[None])[:, 0].max() > 0.9
+
+
+def test_sampled_iou_is_exact_on_a_full_grid():
+    rng = np.random.default_rng(0)
+    masks = rng.random((6, 40, 50)) > 0.6
+    np.testing.assert_allclose(_sampled_iou(masks.reshape(6, -1)), iou_matrix(masks, masks), rtol=1e-6)
+
+
+def test_unknown_grouping_strategy_is_refused():
+    with pytest.raises(ValueError, match="unknown similarity"):
+        ClassicalProposals(similarities=("appearance", "smell"))
+
+
+def test_classical_quality_floor_on_real_objects(refcoco_mini):
+    dataset = ReferDataset(refcoco_mini, "refcoco")
+    groups = dataset.refs_by_image("train", limit=24)
+    quality = evaluate_proposals(ClassicalProposals(), dataset, groups, show_progress=False)
+    assert quality["proposals/image"] <= 100
+    assert quality["oracle mIoU"] >= 55
 
 
 def test_sam_with_random_weights_on_a_real_image(images):

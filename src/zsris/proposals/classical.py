@@ -1,10 +1,14 @@
 """Weights-free mask proposals: multi-scale graph-based segmentation with hierarchical grouping.
 
 Selective-search style (Uijlings et al., IJCV 2013): Felzenszwalb-Huttenlocher superpixels at
-several scales and colour spaces, then greedy merging of the most similar adjacent regions
-(colour, texture, size and fill similarity) until one region is left. Every region of every
-hierarchy is a candidate mask; duplicates are removed and the best-ranked ``max_proposals``
-kept. It runs on a downscaled copy of the image and maps the labels back to full resolution.
+several scales and colour spaces, then greedy merging of the most similar adjacent regions until
+one region is left. Every region of every hierarchy is a candidate mask. As in selective search,
+diversity comes from running several grouping strategies on the same superpixels: an *appearance*
+similarity (colour, texture, size and fill) and two colour-blind ones, *shape* (size and fill) and
+*fill* alone, which group differently coloured parts of one object (a shirt, trousers and a face)
+that colour similarity keeps apart.
+Candidates are ranked, near-duplicates suppressed and the best ``max_proposals`` kept. It runs on
+a downscaled copy of the image and maps the masks back to full resolution.
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from typing import Optional
 
 import numpy as np
 from PIL import Image
+from scipy.ndimage import find_objects
 from skimage.color import rgb2hsv, rgb2lab
 from skimage.segmentation import felzenszwalb
 
@@ -22,20 +27,35 @@ from .base import Proposals
 COLOUR_BINS = 25
 TEXTURE_BINS = 10
 ORIENTATIONS = 8
+MAX_AREA = 0.95
+MIN_SIDE = 8
+SAMPLE_POINTS = 64
+
+# Weights of the (colour, texture, size, fill) similarity terms of each grouping strategy.
+SIMILARITIES: dict[str, tuple[float, float, float, float]] = {
+    "appearance": (1.0, 1.0, 1.0, 1.0),
+    "shape": (0.0, 0.0, 1.0, 1.0),
+    "fill": (0.0, 0.0, 0.0, 1.0),
+}
 
 
 @dataclass(frozen=True)
 class ClassicalConfig:
-    """Settings of the classical generator; defaults are the library's, not tuned per dataset."""
+    """Settings of the classical generator; defaults are the library's, not tuned per dataset.
+
+    ``size_prior`` weighs ``log(area / image area)`` in the ranking: low-level agreement alone
+    favours the many small, stable pieces of texture, while a referred object is a whole thing.
+    """
 
     max_proposals: int = 100
     work_size: int = 256
     scales: tuple[int, ...] = (50, 100, 200, 400)
     colour_spaces: tuple[str, ...] = ("hsv", "lab")
+    similarities: tuple[str, ...] = ("appearance", "shape", "fill")
     sigma: float = 0.8
-    min_area: float = 0.002
+    min_area: float = 0.005
+    size_prior: float = 0.2
     nms_iou: float = 0.6
-    seed: int = 0
 
 
 def _colour_image(image: np.ndarray, space: str) -> np.ndarray:
@@ -51,12 +71,11 @@ def _colour_image(image: np.ndarray, space: str) -> np.ndarray:
 
 def _histograms(values: np.ndarray, labels: np.ndarray, count: int, bins: int) -> np.ndarray:
     """Per-region, per-channel histograms of ``values`` in [0, 1], L1-normalised: ``[count, C*bins]``."""
-    flat = labels.ravel()
     channels = values.reshape(-1, values.shape[-1])
-    hist = np.zeros((count, channels.shape[1] * bins), dtype=np.float32)
-    for c in range(channels.shape[1]):
-        b = np.clip((channels[:, c] * bins).astype(np.int64), 0, bins - 1)
-        np.add.at(hist, (flat, c * bins + b), 1.0)
+    width = channels.shape[1] * bins
+    index = labels.ravel()[:, None] * width + np.arange(channels.shape[1]) * bins
+    index = index + np.clip((channels * bins).astype(np.int64), 0, bins - 1)
+    hist = np.bincount(index.ravel(), minlength=count * width).reshape(count, width).astype(np.float32)
     return hist / np.maximum(hist.sum(1, keepdims=True), 1e-9)
 
 
@@ -84,34 +103,46 @@ def _adjacent_pairs(labels: np.ndarray) -> np.ndarray:
     return np.unique(pairs, axis=0)
 
 
-def _hierarchy(labels: np.ndarray, colour: np.ndarray, texture: np.ndarray) -> list[tuple[int, ...]]:
+@dataclass
+class _Superpixels:
+    """One Felzenszwalb segmentation and what every grouping strategy needs of its regions."""
+
+    labels: np.ndarray
+    sizes: np.ndarray
+    boxes: np.ndarray
+    pairs: np.ndarray
+    colour_hist: np.ndarray
+    texture_hist: np.ndarray
+
+    @classmethod
+    def compute(cls, labels: np.ndarray, colour: np.ndarray, texture: np.ndarray) -> "_Superpixels":
+        count = int(labels.max()) + 1
+        slices = find_objects(labels + 1)
+        boxes = np.array([(s[1].start, s[0].start, s[1].stop, s[0].stop) for s in slices], dtype=np.float64)
+        return cls(
+            labels=labels,
+            sizes=np.bincount(labels.ravel(), minlength=count).astype(np.float64),
+            boxes=boxes,
+            pairs=_adjacent_pairs(labels),
+            colour_hist=_histograms(colour, labels, count, COLOUR_BINS),
+            texture_hist=_histograms(texture, labels, count, TEXTURE_BINS),
+        )
+
+
+def _hierarchy(superpixels: _Superpixels, weights: tuple[float, float, float, float]) -> list[tuple[int, ...]]:
     """Greedy hierarchical grouping; returns every region as the tuple of superpixels it holds,
     in creation order (superpixels first, the whole image last)."""
-    count = int(labels.max()) + 1
-    height, width = labels.shape
+    w_colour, w_texture, w_size, w_fill = weights
+    count = len(superpixels.sizes)
+    height, width = superpixels.labels.shape
     image_area = float(height * width)
-    sizes = np.bincount(labels.ravel(), minlength=count).astype(np.float64)
-    colour_hist = _histograms(colour, labels, count, COLOUR_BINS)
-    texture_hist = _histograms(texture, labels, count, TEXTURE_BINS)
-    ys, xs = np.indices(labels.shape)
-    boxes = np.stack(
-        [
-            np.full(count, width), np.full(count, height), np.zeros(count), np.zeros(count),
-        ],
-        1,
-    ).astype(np.float64)
-    np.minimum.at(boxes[:, 0], labels.ravel(), xs.ravel())
-    np.minimum.at(boxes[:, 1], labels.ravel(), ys.ravel())
-    np.maximum.at(boxes[:, 2], labels.ravel(), xs.ravel() + 1)
-    np.maximum.at(boxes[:, 3], labels.ravel(), ys.ravel() + 1)
-
-    size = list(sizes)
-    chist = list(colour_hist)
-    thist = list(texture_hist)
-    box = [tuple(b) for b in boxes]
+    size = list(superpixels.sizes)
+    chist = list(superpixels.colour_hist)
+    thist = list(superpixels.texture_hist)
+    box = [tuple(b) for b in superpixels.boxes]
     members: list[tuple[int, ...]] = [(i,) for i in range(count)]
     neighbours: list[set[int]] = [set() for _ in range(count)]
-    for a, b in _adjacent_pairs(labels):
+    for a, b in superpixels.pairs:
         neighbours[a].add(int(b))
         neighbours[b].add(int(a))
     alive = [True] * count
@@ -119,12 +150,12 @@ def _hierarchy(labels: np.ndarray, colour: np.ndarray, texture: np.ndarray) -> l
     def similarity(i: int, j: int) -> float:
         bx = (min(box[i][0], box[j][0]), min(box[i][1], box[j][1]), max(box[i][2], box[j][2]), max(box[i][3], box[j][3]))
         box_area = (bx[2] - bx[0]) * (bx[3] - bx[1])
-        return float(
-            np.minimum(chist[i], chist[j]).sum()
-            + np.minimum(thist[i], thist[j]).sum()
-            + (1.0 - (size[i] + size[j]) / image_area)
-            + (1.0 - (box_area - size[i] - size[j]) / image_area)
-        )
+        value = w_size * (1.0 - (size[i] + size[j]) / image_area) + w_fill * (1.0 - (box_area - size[i] - size[j]) / image_area)
+        if w_colour:
+            value += w_colour * float(np.minimum(chist[i], chist[j]).sum())
+        if w_texture:
+            value += w_texture * float(np.minimum(thist[i], thist[j]).sum())
+        return value
 
     heap = [(-similarity(i, j), i, j) for i in range(count) for j in neighbours[i] if i < j]
     heapq.heapify(heap)
@@ -151,23 +182,21 @@ def _hierarchy(labels: np.ndarray, colour: np.ndarray, texture: np.ndarray) -> l
     return members
 
 
-def _cell_counts(labels: np.ndarray, grid: int) -> np.ndarray:
-    """``[R, grid*grid]``: how many pixels of each superpixel fall in each cell of a coarse grid."""
-    height, width = labels.shape
-    cy = (np.arange(height) * grid) // height
-    cx = (np.arange(width) * grid) // width
-    cells = (cy[:, None] * grid + cx[None, :]).ravel()
-    count = int(labels.max()) + 1
-    return np.bincount(labels.ravel() * grid * grid + cells, minlength=count * grid * grid).reshape(count, -1).astype(np.float32)
+def _sample_grid(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and columns of an (at most) ``SAMPLE_POINTS``-square grid of pixels, for comparing masks."""
+    rows = np.unique(np.linspace(0, height - 1, min(height, SAMPLE_POINTS)).round().astype(np.int64))
+    cols = np.unique(np.linspace(0, width - 1, min(width, SAMPLE_POINTS)).round().astype(np.int64))
+    return rows, cols
 
 
 class ClassicalProposals:
     """Selective-search-style mask proposals that need no weights and run on any CPU.
 
-    Ranking: a region that several independent segmentations (other scales, colour spaces)
-    also produce is more likely an object than an accident of one merge order, so each
-    candidate is scored by its agreement (approximate IoU on a coarse grid) with the best
-    match of every strategy, then duplicates are suppressed and the top ``max_proposals`` kept.
+    Ranking: a region that several independent segmentations (other scales, colour spaces,
+    grouping strategies) also produce is more likely an object than an accident of one merge
+    order, so each candidate's agreement is the mean, over strategies, of its best IoU with that
+    strategy's regions (on a grid of sampled pixels). The score adds ``size_prior`` times the log
+    of the candidate's area fraction; duplicates are suppressed greedily by the same IoU.
     """
 
     name = "classical"
@@ -175,13 +204,17 @@ class ClassicalProposals:
     def __init__(self, config: Optional[ClassicalConfig] = None, **overrides) -> None:
         base = config or ClassicalConfig()
         self.config = ClassicalConfig(**{**base.__dict__, **overrides})
+        unknown = set(self.config.similarities) - set(SIMILARITIES)
+        if unknown:
+            raise ValueError(f"unknown similarity {sorted(unknown)}; choose from {sorted(SIMILARITIES)}")
 
     @property
     def cache_key(self) -> str:
         c = self.config
         return (
-            f"classical-v1-n{c.max_proposals}-w{c.work_size}-s{'_'.join(map(str, c.scales))}-"
-            f"c{'_'.join(c.colour_spaces)}-g{c.sigma}-a{c.min_area}-nms{c.nms_iou}"
+            f"classical-v2-n{c.max_proposals}-w{c.work_size}-s{'_'.join(map(str, c.scales))}-"
+            f"c{'_'.join(c.colour_spaces)}-m{'_'.join(c.similarities)}-g{c.sigma}-a{c.min_area}-"
+            f"p{c.size_prior}-nms{c.nms_iou}"
         )
 
     def __call__(self, image: np.ndarray, image_id: Optional[str] = None) -> Proposals:
@@ -194,35 +227,43 @@ class ClassicalProposals:
         small_size = (max(1, round(width * factor)), max(1, round(height * factor)))
         small = np.asarray(Image.fromarray(image).resize(small_size, Image.BILINEAR)) if factor < 1 else image
         small_area = float(small.shape[0] * small.shape[1])
+        rows, cols = _sample_grid(*small.shape[:2])
 
         regions: list[np.ndarray] = []
         owner: list[int] = []
-        signatures: list[np.ndarray] = []
+        areas: list[np.ndarray] = []
+        samples: list[np.ndarray] = []
         label_maps: list[np.ndarray] = []
+        strategies = 0
         for space in config.colour_spaces:
             colour = _colour_image(small, space)
             texture = _texture_values(colour)
             for scale in config.scales:
                 labels = felzenszwalb(colour, scale=scale, sigma=config.sigma, min_size=scale)
-                counts = _cell_counts(labels, GRID)
-                for region in _hierarchy(labels, colour, texture):
-                    members = np.fromiter(region, dtype=np.int64)
-                    signature = counts[members].sum(0)
-                    area = signature.sum()
-                    if area < config.min_area * small_area or area > MAX_AREA * small_area:
-                        continue
-                    regions.append(members)
-                    owner.append(len(label_maps))
-                    signatures.append(signature)
+                superpixels = _Superpixels.compute(labels, colour, texture)
+                sampled = labels[np.ix_(rows, cols)].ravel()
                 label_maps.append(labels)
+                for similarity in config.similarities:
+                    hierarchy = _hierarchy(superpixels, SIMILARITIES[similarity])
+                    membership = np.zeros((len(hierarchy), len(superpixels.sizes)), dtype=bool)
+                    for index, region in enumerate(hierarchy):
+                        membership[index, list(region)] = True
+                    area = membership @ superpixels.sizes
+                    valid = np.flatnonzero((area >= config.min_area * small_area) & (area <= MAX_AREA * small_area))
+                    regions.extend(np.flatnonzero(membership[index]) for index in valid)
+                    owner.extend([(len(label_maps) - 1, strategies)] * len(valid))
+                    areas.append(area[valid] / small_area)
+                    samples.append(membership[valid][:, sampled])
+                    strategies += 1
         if not regions:
             return Proposals.empty(height, width)
-        iou = _approximate_iou(np.stack(signatures))
-        scores = _agreement(iou, np.asarray(owner), len(label_maps))
+        owners = np.asarray(owner)
+        iou = _sampled_iou(np.concatenate(samples))
+        scores = _agreement(iou, owners[:, 1], strategies) + config.size_prior * np.log(np.concatenate(areas))
         keep = _greedy_nms(iou, scores, config.nms_iou, config.max_proposals)
         masks = []
         for index in keep:
-            labels = label_maps[owner[index]]
+            labels = label_maps[owners[index, 0]]
             lookup = np.zeros(int(labels.max()) + 1, dtype=bool)
             lookup[regions[index]] = True
             masks.append(lookup[labels])
@@ -240,23 +281,12 @@ class ClassicalProposals:
         return Proposals(stack, kept_scores).non_empty()
 
 
-GRID = 16
-MAX_AREA = 0.95
-MIN_SIDE = 8
-
-
-def _approximate_iou(signatures: np.ndarray) -> np.ndarray:
-    """Pairwise IoU of regions from their per-cell pixel counts.
-
-    The intersection is estimated as the cosine similarity of the count vectors times the
-    geometric mean of the areas: exact for identical regions whatever their size, where a plain
-    dot product would under-count small regions that fill only part of their cells.
-    """
-    areas = signatures.sum(1)
-    norms = np.linalg.norm(signatures, axis=1)
-    cosine = (signatures @ signatures.T) / np.maximum(norms[:, None] * norms[None, :], 1e-9)
-    inter = np.minimum(cosine * np.sqrt(areas[:, None] * areas[None, :]), np.minimum(areas[:, None], areas[None, :]))
-    return inter / (areas[:, None] + areas[None, :] - inter)
+def _sampled_iou(samples: np.ndarray) -> np.ndarray:
+    """Pairwise IoU of candidate masks measured on the same grid of sampled pixels."""
+    values = samples.astype(np.float32)
+    inter = values @ values.T
+    areas = values.sum(1)
+    return inter / np.maximum(areas[:, None] + areas[None, :] - inter, 1.0)
 
 
 def _greedy_nms(iou: np.ndarray, scores: np.ndarray, threshold: float, limit: int) -> np.ndarray:
@@ -273,7 +303,7 @@ def _greedy_nms(iou: np.ndarray, scores: np.ndarray, threshold: float, limit: in
 
 
 def _agreement(iou: np.ndarray, owner: np.ndarray, strategies: int) -> np.ndarray:
-    """Mean over strategies of each candidate's best approximate IoU with that strategy's regions."""
+    """Mean over strategies of each candidate's best IoU with that strategy's regions."""
     best = np.zeros((len(iou), strategies), dtype=np.float32)
     for s in range(strategies):
         columns = owner == s
