@@ -11,9 +11,8 @@ from zsris.datasets import ReferDataset
 from zsris.errors import ProposalError, WeightsError, ZsrisError
 from zsris.evaluation import evaluate_proposals
 from zsris.images import load_image
-from zsris.masks import decode_rle, encode_rle, iou_matrix, mask_box, mask_nms
+from zsris.masks import decode_rle, encode_rle, iou_matrix, mask_box, mask_nms, nms_by_iou
 from zsris.proposals import ClassicalProposals, FileProposals, Proposals, SamProposals, create_proposals
-from zsris.proposals.classical import _sampled_iou
 
 IMAGES = ["COCO_train2014_000000000312.jpg", "COCO_train2014_000000009057.jpg", "COCO_train2014_000000020619.jpg"]
 
@@ -83,10 +82,13 @@ def test_grouping_joins_differently_coloured_parts():
         assert iou_matrix(single.masks, figure[None])[:, 0].max() > 0.9
 
 
-def test_sampled_iou_is_exact_on_a_full_grid():
+def test_nms_by_iou_stops_at_the_limit():
     rng = np.random.default_rng(0)
-    masks = rng.random((6, 40, 50)) > 0.6
-    np.testing.assert_allclose(_sampled_iou(masks.reshape(6, -1)), iou_matrix(masks, masks), rtol=1e-6)
+    masks = rng.random((12, 20, 20)) > 0.5
+    scores = rng.random(12)
+    everything = mask_nms(masks, scores, 0.5)
+    assert len(everything) > 3
+    np.testing.assert_array_equal(nms_by_iou(iou_matrix(masks, masks), scores, 0.5, limit=3), everything[:3])
 
 
 def test_unknown_grouping_strategy_is_refused():

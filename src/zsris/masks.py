@@ -1,7 +1,7 @@
 """Mask utilities shared by proposals, the segmenter and evaluation: boxes, RLE, IoU, NMS."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 from pycocotools import mask as mask_utils
@@ -48,17 +48,20 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.maximum(union, 1), 0.0)
 
 
+def nms_by_iou(ious: np.ndarray, scores: np.ndarray, threshold: float, limit: Optional[int] = None) -> np.ndarray:
+    """Greedy NMS on a precomputed IoU matrix: indices kept, best score first, at most ``limit``."""
+    keep: list[int] = []
+    suppressed = np.zeros(len(scores), dtype=bool)
+    for index in np.argsort(-scores, kind="stable"):
+        if suppressed[index]:
+            continue
+        keep.append(int(index))
+        if len(keep) == limit:
+            break
+        suppressed |= ious[index] > threshold
+    return np.asarray(keep, dtype=np.int64)
+
+
 def mask_nms(masks: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarray:
     """Indices kept by greedy NMS on mask IoU, best score first."""
-    order = np.argsort(-scores, kind="stable")
-    if len(order) == 0:
-        return order
-    ious = iou_matrix(masks[order], masks[order])
-    keep: list[int] = []
-    suppressed = np.zeros(len(order), dtype=bool)
-    for i in range(len(order)):
-        if suppressed[i]:
-            continue
-        keep.append(i)
-        suppressed |= ious[i] > threshold
-    return order[keep]
+    return nms_by_iou(iou_matrix(masks, masks), scores, threshold)

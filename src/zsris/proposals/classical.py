@@ -22,6 +22,7 @@ from scipy.ndimage import find_objects
 from skimage.color import rgb2hsv, rgb2lab
 from skimage.segmentation import felzenszwalb
 
+from ..masks import iou_matrix, nms_by_iou
 from .base import Proposals
 
 COLOUR_BINS = 25
@@ -230,7 +231,7 @@ class ClassicalProposals:
         rows, cols = _sample_grid(*small.shape[:2])
 
         regions: list[np.ndarray] = []
-        owner: list[int] = []
+        owner: list[tuple[int, int]] = []
         areas: list[np.ndarray] = []
         samples: list[np.ndarray] = []
         label_maps: list[np.ndarray] = []
@@ -258,9 +259,10 @@ class ClassicalProposals:
         if not regions:
             return Proposals.empty(height, width)
         owners = np.asarray(owner)
-        iou = _sampled_iou(np.concatenate(samples))
+        candidates = np.concatenate(samples)
+        iou = iou_matrix(candidates, candidates)
         scores = _agreement(iou, owners[:, 1], strategies) + config.size_prior * np.log(np.concatenate(areas))
-        keep = _greedy_nms(iou, scores, config.nms_iou, config.max_proposals)
+        keep = nms_by_iou(iou, scores, config.nms_iou, config.max_proposals)
         masks = []
         for index in keep:
             labels = label_maps[owners[index, 0]]
@@ -279,27 +281,6 @@ class ClassicalProposals:
                 ]
             )
         return Proposals(stack, kept_scores).non_empty()
-
-
-def _sampled_iou(samples: np.ndarray) -> np.ndarray:
-    """Pairwise IoU of candidate masks measured on the same grid of sampled pixels."""
-    values = samples.astype(np.float32)
-    inter = values @ values.T
-    areas = values.sum(1)
-    return inter / np.maximum(areas[:, None] + areas[None, :] - inter, 1.0)
-
-
-def _greedy_nms(iou: np.ndarray, scores: np.ndarray, threshold: float, limit: int) -> np.ndarray:
-    keep: list[int] = []
-    suppressed = np.zeros(len(scores), dtype=bool)
-    for index in np.argsort(-scores, kind="stable"):
-        if suppressed[index]:
-            continue
-        keep.append(int(index))
-        if len(keep) == limit:
-            break
-        suppressed |= iou[index] > threshold
-    return np.asarray(keep, dtype=np.int64)
 
 
 def _agreement(iou: np.ndarray, owner: np.ndarray, strategies: int) -> np.ndarray:
