@@ -122,6 +122,14 @@ def test_proposals_eval(refcoco_mini, tmp_path, capsys):
     assert "oracle mIoU" in capsys.readouterr().out
 
 
+def test_proposals_eval_offers_only_proposal_flags(capsys):
+    with pytest.raises(SystemExit):
+        main(["proposals-eval", "--help"])
+    text = capsys.readouterr().out
+    assert "--max-proposals" in text and "--sam-checkpoint" in text and "--device" in text
+    assert "--weights" not in text and "--alpha" not in text and "--backbone" not in text
+
+
 def test_missing_data_is_one_clear_line(tmp_path, capsys):
     code = main(["eval", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--weights", "random"])
     assert code == 1 and "no such dataset folder" in capsys.readouterr().err

@@ -13,6 +13,7 @@ from zsris.evaluation import evaluate_proposals
 from zsris.images import load_image
 from zsris.masks import decode_rle, encode_rle, iou_matrix, mask_box, mask_nms, nms_by_iou
 from zsris.proposals import ClassicalProposals, FileProposals, Proposals, SamProposals, create_proposals
+from zsris.proposals.classical import _boundary_band, _snap_to_superpixels
 
 IMAGES = ["COCO_train2014_000000000312.jpg", "COCO_train2014_000000009057.jpg", "COCO_train2014_000000020619.jpg"]
 
@@ -50,6 +51,7 @@ def test_classical_is_deterministic(images):
 def test_classical_cache_key_follows_settings():
     assert ClassicalProposals().cache_key != ClassicalProposals(max_proposals=50).cache_key
     assert ClassicalProposals().cache_key == ClassicalProposals().cache_key
+    assert ClassicalProposals().cache_key != ClassicalProposals(refine_size=0).cache_key
 
 
 def test_classical_on_tiny_and_flat_images():
@@ -80,6 +82,39 @@ def test_grouping_joins_differently_coloured_parts():
     for strategy in ("appearance", "shape"):
         single = ClassicalProposals(similarities=(strategy,))(image)
         assert iou_matrix(single.masks, figure[None])[:, 0].max() > 0.9
+
+
+def test_snapping_follows_the_photos_edges():
+    """A disc whose edge falls between the working grid's cells: snapping to full-resolution
+    superpixels brings the best proposal's boundary closer to the true one."""
+    rng = np.random.default_rng(5)
+    rows, cols = np.mgrid[:480, :640]
+    disc = (rows - 233.3) ** 2 + (cols - 301.7) ** 2 < 117.2**2
+    image = (rng.normal(0, 5, (480, 640, 3)) + np.where(disc[..., None], (60, 150, 70), (150, 120, 200))).clip(0, 255)
+    image = image.astype(np.uint8)
+    snapped = iou_matrix(ClassicalProposals()(image).masks, disc[None])[:, 0].max()
+    plain = iou_matrix(ClassicalProposals(refine_size=0)(image).masks, disc[None])[:, 0].max()
+    assert snapped > 0.95 and snapped > plain + 0.03
+
+
+def test_snapping_changes_only_the_boundary_band():
+    """Pixels more than one working cell away from a mask's boundary keep the plain upsampled
+    value; a huge image is refined at ``refine_size`` and still comes back at full size."""
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 255, (300, 450, 3), dtype=np.uint8)
+    small = np.zeros((4, 60, 90), dtype=bool)
+    small[0, 10:40, 20:70] = True
+    small[1, 5:6, :] = True
+    small[2] = rng.random((60, 90)) > 0.5
+    small[3, 30:, 45:] = True
+    snapped = _snap_to_superpixels(small, image, size=450, scale=50, sigma=0.8)
+    assert snapped.shape == (4, 300, 450)
+    nearest = small.repeat(5, axis=1).repeat(5, axis=2)
+    far = ~_boundary_band(small).repeat(5, axis=1).repeat(5, axis=2)
+    np.testing.assert_array_equal(snapped[far], nearest[far])
+    assert (snapped != nearest).any()
+    big = ClassicalProposals(max_proposals=5)(np.asarray(Image.fromarray(image).resize((1800, 1200))))
+    assert big.masks.shape[1:] == (1200, 1800)
 
 
 def test_nms_by_iou_stops_at_the_limit():

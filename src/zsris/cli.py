@@ -25,6 +25,20 @@ and timing only: its masks mean nothing).
 """
 
 
+def add_proposal_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags of the proposal generator alone (and the device SAM runs on): all `proposals-eval` takes."""
+    props = parser.add_argument_group("proposals")
+    props.add_argument("--proposals", choices=GENERATORS, default="classical",
+                       help="mask proposal generator (default: classical, needs no weights)")
+    props.add_argument("--max-proposals", type=int, default=100, help="cap on proposals per image")
+    props.add_argument("--sam-checkpoint", default=None, metavar="PATH",
+                       help=f"SAM checkpoint for --proposals sam (default ${SAM_CHECKPOINT_ENV}; 'random' for tests)")
+    props.add_argument("--sam-model", choices=SAM_MODEL_TYPES, default="vit_h")
+    props.add_argument("--proposals-path", default=None, metavar="PATH",
+                       help="for --proposals file: COCO RLE JSON or a folder of PNG masks")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... for CLIP and SAM (default: auto)")
+
+
 def _add_model_flags(parser: argparse.ArgumentParser) -> None:
     model = parser.add_argument_group("model")
     model.add_argument("--backbone", default=DEFAULT_BACKBONE,
@@ -35,7 +49,6 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--weights", default=None, metavar="PATH|random",
                        help=f"local CLIP checkpoint (OpenAI .pt, state dict, open_clip .bin/.safetensors), or "
                             f"'random'; default ${WEIGHTS_ENV}, then the pretrained tag")
-    model.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: auto)")
     model.add_argument("--alpha", type=float, default=None,
                        help="weight of the global-context visual feature (default: the paper's, 0.85 when "
                             "evaluating RefCOCOg, else 0.95)")
@@ -47,15 +60,7 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--preprocess", choices=("reference", "clip"), default="reference",
                        help="pixel statistics: the authors' (ImageNet) or CLIP's own")
     model.add_argument("--batch-size", type=int, default=64, help="proposals per forward pass")
-    props = parser.add_argument_group("proposals")
-    props.add_argument("--proposals", choices=GENERATORS, default="classical",
-                       help="mask proposal generator (default: classical, needs no weights)")
-    props.add_argument("--max-proposals", type=int, default=100, help="cap on proposals per image")
-    props.add_argument("--sam-checkpoint", default=None, metavar="PATH",
-                       help=f"SAM checkpoint for --proposals sam (default ${SAM_CHECKPOINT_ENV}; 'random' for tests)")
-    props.add_argument("--sam-model", choices=SAM_MODEL_TYPES, default="vit_h")
-    props.add_argument("--proposals-path", default=None, metavar="PATH",
-                       help="for --proposals file: COCO RLE JSON or a folder of PNG masks")
+    add_proposal_flags(parser)
     parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                         help="refuse larger images (default: %(default)s)")
 

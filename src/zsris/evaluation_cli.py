@@ -115,6 +115,8 @@ def cmd_proposals_eval(args: argparse.Namespace) -> int:
 
 
 def register(commands, add_model_flags) -> None:
+    from .cli import add_proposal_flags
+
     evaluate = commands.add_parser(
         "eval", help="evaluate on RefCOCO / RefCOCO+ / RefCOCOg (resumable)",
         description="Segment every sentence of a split and report oIoU, mIoU, precision, mc-acc, cc-oIoU and "
@@ -138,5 +140,5 @@ def register(commands, add_model_flags) -> None:
     )
     _add_data_flags(proposals)
     proposals.add_argument("--out", default=None, metavar="FILE", help="also write the metrics as JSON")
-    add_model_flags(proposals)
+    add_proposal_flags(proposals)
     proposals.set_defaults(run=cmd_proposals_eval)

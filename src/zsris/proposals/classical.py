@@ -7,8 +7,10 @@ diversity comes from running several grouping strategies on the same superpixels
 similarity (colour, texture, size and fill) and two colour-blind ones, *shape* (size and fill) and
 *fill* alone, which group differently coloured parts of one object (a shirt, trousers and a face)
 that colour similarity keeps apart.
-Candidates are ranked, near-duplicates suppressed and the best ``max_proposals`` kept. It runs on
-a downscaled copy of the image and maps the masks back to full resolution.
+Candidates are ranked, near-duplicates suppressed and the best ``max_proposals`` kept. Grouping
+runs on a downscaled copy of the image; the kept masks are brought back to full resolution by
+snapping their boundaries to fine superpixels of the image at (up to) ``refine_size``, so that
+edges follow the photo rather than the coarse grid of the working copy.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from typing import Optional
 import numpy as np
 from PIL import Image
 from scipy.ndimage import find_objects
+from scipy.sparse import csr_matrix
 from skimage.color import rgb2hsv, rgb2lab
 from skimage.segmentation import felzenszwalb
 
@@ -46,6 +49,8 @@ class ClassicalConfig:
 
     ``size_prior`` weighs ``log(area / image area)`` in the ranking: low-level agreement alone
     favours the many small, stable pieces of texture, while a referred object is a whole thing.
+    ``refine_size`` caps the side of the image whose Felzenszwalb superpixels (``refine_scale``)
+    the kept masks' boundaries snap to; 0 turns snapping off (plain bilinear upsampling).
     """
 
     max_proposals: int = 100
@@ -57,6 +62,8 @@ class ClassicalConfig:
     min_area: float = 0.005
     size_prior: float = 0.2
     nms_iou: float = 0.6
+    refine_size: int = 640
+    refine_scale: int = 50
 
 
 def _colour_image(image: np.ndarray, space: str) -> np.ndarray:
@@ -213,9 +220,9 @@ class ClassicalProposals:
     def cache_key(self) -> str:
         c = self.config
         return (
-            f"classical-v2-n{c.max_proposals}-w{c.work_size}-s{'_'.join(map(str, c.scales))}-"
+            f"classical-v3-n{c.max_proposals}-w{c.work_size}-s{'_'.join(map(str, c.scales))}-"
             f"c{'_'.join(c.colour_spaces)}-m{'_'.join(c.similarities)}-g{c.sigma}-a{c.min_area}-"
-            f"p{c.size_prior}-nms{c.nms_iou}"
+            f"p{c.size_prior}-nms{c.nms_iou}-r{c.refine_size}_{c.refine_scale}"
         )
 
     def __call__(self, image: np.ndarray, image_id: Optional[str] = None) -> Proposals:
@@ -269,18 +276,66 @@ class ClassicalProposals:
             lookup = np.zeros(int(labels.max()) + 1, dtype=bool)
             lookup[regions[index]] = True
             masks.append(lookup[labels])
-        return self._full_size(np.stack(masks), scores[keep], (height, width))
+        stack = np.stack(masks)
+        if config.refine_size:
+            stack = _snap_to_superpixels(stack, image, config.refine_size, config.refine_scale, config.sigma)
+        return Proposals(_resize_masks(stack, (height, width)), scores[keep]).non_empty()
 
-    @staticmethod
-    def _full_size(stack: np.ndarray, kept_scores: np.ndarray, full_shape: tuple[int, int]) -> Proposals:
-        if stack.shape[1:] != tuple(full_shape):
-            stack = np.stack(
-                [
-                    np.asarray(Image.fromarray(m.astype(np.uint8) * 255).resize(full_shape[::-1], Image.BILINEAR)) >= 128
-                    for m in stack
-                ]
-            )
-        return Proposals(stack, kept_scores).non_empty()
+
+def _resize_masks(stack: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    if stack.shape[1:] == tuple(shape):
+        return stack
+    return np.stack(
+        [np.asarray(Image.fromarray(m.astype(np.uint8) * 255).resize(shape[::-1], Image.BILINEAR)) >= 128 for m in stack]
+    )
+
+
+def _boundary_band(stack: np.ndarray) -> np.ndarray:
+    """Cells of each mask whose 3 x 3 neighbourhood holds both mask and background."""
+    height, width = stack.shape[1:]
+    padded = np.pad(stack, ((0, 0), (1, 1), (1, 1)), mode="edge")
+    grow = np.zeros_like(stack)
+    shrink = np.ones_like(stack)
+    for dy in range(3):
+        for dx in range(3):
+            window = padded[:, dy : dy + height, dx : dx + width]
+            grow |= window
+            shrink &= window
+    return grow & ~shrink
+
+
+def _snap_to_superpixels(stack: np.ndarray, image: np.ndarray, size: int, scale: int, sigma: float) -> np.ndarray:
+    """Bring working-resolution masks to (up to) ``size`` pixels a side along the image's own edges.
+
+    Only pixels within one working cell of a mask's boundary can change, where the coarse grid
+    leaves the boundary uncertain: there each pixel takes the majority vote of its fine
+    Felzenszwalb superpixel (does the mask, upsampled to the nearest cell, cover at least half of
+    it?). Interiors stay as they were, so a superpixel that leaks far out of the object (a pale
+    wall beside a pale shirt) cannot drag the whole mask along; a plain vote over whole
+    superpixels also swallowed small objects (recall@0.5 fell by 1.3 points on refcoco-mini).
+    """
+    height, width = image.shape[:2]
+    factor = min(1.0, size / max(height, width))
+    fine_size = (max(1, round(width * factor)), max(1, round(height * factor)))
+    fine = np.asarray(Image.fromarray(image).resize(fine_size, Image.BILINEAR)) if factor < 1 else image
+    labels = felzenszwalb(fine, scale=scale, sigma=sigma, min_size=scale)
+    count = int(labels.max()) + 1
+    count_masks, small_h, small_w = stack.shape
+    fine_h, fine_w = labels.shape
+    rows = np.minimum(((np.arange(fine_h) + 0.5) * small_h / fine_h).astype(np.int64), small_h - 1)
+    cols = np.minimum(((np.arange(fine_w) + 0.5) * small_w / fine_w).astype(np.int64), small_w - 1)
+    cell = (rows[:, None] * small_w + cols[None, :]).ravel()
+    # counts[s, c]: pixels of fine superpixel s that fall in working cell c.
+    counts = csr_matrix((np.ones(cell.size, np.float32), (labels.ravel(), cell)), shape=(count, small_h * small_w))
+    flat = stack.reshape(count_masks, -1)
+    covered = np.asarray(counts @ flat.T.astype(np.float32))
+    sizes = np.asarray(counts.sum(1)).ravel()
+    majority = np.ascontiguousarray((covered >= 0.5 * sizes[:, None]).T)
+    snapped = np.take(flat, cell, axis=1)
+    band = np.take(_boundary_band(stack).reshape(count_masks, -1), cell, axis=1)
+    vote = np.take(majority, labels.ravel(), axis=1)
+    np.copyto(snapped, vote, where=band)
+    return snapped.reshape(count_masks, fine_h, fine_w)
 
 
 def _agreement(iou: np.ndarray, owner: np.ndarray, strategies: int) -> np.ndarray:
