@@ -20,8 +20,7 @@ import torch
 from zsris.backbones import load_backbone
 from zsris.cache import ProposalCache
 from zsris.datasets import ReferDataset
-from zsris.evaluation import ImageEvaluator
-from zsris.images import load_image
+from zsris.evaluation import ImageEvaluator, load_dataset_image
 from zsris.proposals import ClassicalProposals
 from zsris.segmenter import Segmenter
 
@@ -32,7 +31,7 @@ def baseline(segmenter: Segmenter, dataset: ReferDataset, groups) -> int:
     sentences = 0
     for image_id, refs in groups.items():
         for ref in refs:
-            image = load_image(dataset.image_path(image_id))
+            image = load_dataset_image(dataset, image_id)
             proposals = segmenter.proposals(image)
             features = segmenter.image_features(image, proposals=proposals)
             for sentence in ref.sentences:

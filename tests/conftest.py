@@ -1,6 +1,11 @@
 """Shared fixtures: random-weight CLIP models of the real classes, real images and real data."""
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -59,3 +64,41 @@ def real_image_path(refcoco_mini: Path) -> Path:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A real `zsris serve` process on loopback, its log, and a way to stop it."""
+
+    def __init__(self, args: list[str], log: Path, env: dict[str, str] | None = None) -> None:
+        import httpx
+
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = log
+        with open(log, "w") as stream:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "zsris.cli", "serve", "--port", str(port), "--weights", "random", *args],
+                stdout=stream, stderr=subprocess.STDOUT,
+                env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", **(env or {})})
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(f"server exited: {log.read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{self.url}/api/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        self.stop()
+        pytest.fail(f"server did not start: {log.read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=30)

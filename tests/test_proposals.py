@@ -192,7 +192,7 @@ def test_file_proposals_malformed(tmp_path, images):
         FileProposals(tmp_path / "noid.json")
     wrong = [{"image_id": 1, "segmentation": encode_rle(np.ones((5, 5), bool))}]
     (tmp_path / "wrong.json").write_text(json.dumps(wrong))
-    with pytest.raises(ProposalError, match="the image is"):
+    with pytest.raises(ProposalError, match="differs from the image.s 427x640"):
         FileProposals(tmp_path / "wrong.json")(images[0], "1")
     with pytest.raises(ProposalError, match="no such"):
         FileProposals(tmp_path / "missing.json")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import socket
 import warnings
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ import open_clip
 import torch
 from torch import nn
 
+from .checkpoints import refusal, read_state_dict
 from .errors import WeightsError, ZsrisError
 
 
@@ -135,22 +137,38 @@ def _create(name: str, pretrained: Optional[str], quick_gelu: bool) -> nn.Module
         root.setLevel(level)
 
 
+def _load_openai(path: Path) -> nn.Module:
+    """OpenAI's own format (a TorchScript archive or its state dict), read without unpickling
+    code; the architecture is rebuilt from the weights, as the reference ``clip.load`` does and
+    as ``open_clip.load_openai_model`` would (which calls ``torch.load`` unguarded)."""
+    from open_clip.model import build_model_from_openai_state_dict
+
+    state_dict = read_state_dict(path, "CLIP checkpoint")
+    model = build_model_from_openai_state_dict(state_dict).float()
+    model.visual.image_mean = open_clip.OPENAI_DATASET_MEAN
+    model.visual.image_std = open_clip.OPENAI_DATASET_STD
+    return model
+
+
 def _load_from_path(name: str, path: Path) -> nn.Module:
     if not path.is_file():
         raise WeightsError(f"CLIP weights file {path} does not exist")
     errors = []
     if path.suffix == ".pt":
-        # OpenAI's own format (a TorchScript archive or its state dict): the architecture is
-        # rebuilt from the weights, as the reference `clip.load` does.
         try:
-            return open_clip.load_openai_model(str(path), precision="fp32", device="cpu")
-        except Exception as error:  # noqa: BLE001 - fall through to open_clip's own loader
+            return _load_openai(path)
+        except WeightsError:
+            raise
+        except Exception as error:  # noqa: BLE001 - not OpenAI's layout: try open_clip's own below
             errors.append(f"as OpenAI checkpoint: {error}")
-    for quick_gelu in (True, False):
-        try:
-            return _create(name, str(path), quick_gelu)
-        except Exception as error:  # noqa: BLE001 - report every attempt below
-            errors.append(f"as {name} (quick_gelu={quick_gelu}): {error}")
+    try:
+        # open_clip reads the file with weights_only=True; the quick_gelu flag does not change
+        # which parameters exist, so one architecture suffices to load any state dict.
+        return _create(name, str(path), quick_gelu=True)
+    except pickle.UnpicklingError as error:
+        raise refusal(path, "CLIP checkpoint", error) from None
+    except Exception as error:  # noqa: BLE001 - report every attempt below
+        errors.append(f"as {name}: {error}")
     raise WeightsError(f"cannot load CLIP weights from {path}: " + "; ".join(e.splitlines()[0] for e in errors))
 
 
@@ -184,7 +202,7 @@ def _load_pretrained(name: str, pretrained: str) -> nn.Module:
     local = cached_pretrained_file(cfg)
     if local is not None:
         if local.suffix == ".pt":
-            return open_clip.load_openai_model(str(local), precision="fp32", device="cpu")
+            return _load_openai(local)
         return _create(name, str(local), quick_gelu)
     # Offline, open_clip's own download retries for about a minute before failing: ask DNS first.
     if not _network_reachable():
@@ -229,13 +247,25 @@ def load_backbone(
 
 
 def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` picks CUDA when present, else the CPU."""
+    """``auto`` picks CUDA when present, else the CPU; any other device must exist here."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         resolved = torch.device(device)
-    except RuntimeError as error:
+    except (RuntimeError, TypeError) as error:
         raise ZsrisError(f"unknown device {device!r}: {error}") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ZsrisError(f"device {device!r} asked for, but CUDA is not available here")
+    if resolved.type == "cpu":
+        return resolved
+    if resolved.type == "cuda":
+        available, count = torch.cuda.is_available(), torch.cuda.device_count()
+    else:
+        backend = getattr(torch.backends, resolved.type, None) or getattr(torch, resolved.type, None)
+        is_available = getattr(backend, "is_available", None)
+        available = bool(is_available()) if callable(is_available) else False
+        count = 1
+    if not available:
+        raise ZsrisError(f"device {device!r} asked for, but {resolved.type} is not available here; "
+                         f"use --device cpu or auto")
+    if resolved.index is not None and resolved.index >= count:
+        raise ZsrisError(f"device {device!r} asked for, but this machine has {count} {resolved.type} device(s)")
     return resolved

@@ -1,4 +1,4 @@
-"""On-disk cache of mask proposals (COCO RLE), keyed by image and generator settings.
+"""On-disk cache of mask proposals (COCO RLE), keyed by image content and generator settings.
 
 Proposals are the slow, model-independent part of an evaluation; caching them makes a second
 run with other CLIP settings skip that work. Files are written atomically (temp + rename), so a
@@ -22,8 +22,19 @@ from .proposals import Proposals
 DEFAULT_CACHE = Path(os.environ.get("ZSRIS_CACHE", Path.home() / ".cache" / "zsris")) / "proposals"
 
 
+def image_key(path: str | Path) -> str:
+    """``<stem>-<sha256 of the file's bytes, 16 hex digits>``: two images that share a file name
+    in different folders get different entries, and an edited image never meets its old ones."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return f"{path.stem}-{digest.hexdigest()[:16]}"
+
+
 class ProposalCache:
-    """``root/<hash of generator settings>/<image key>.json``."""
+    """``root/<hash of generator settings>/<image key>.json``, the image key from :func:`image_key`."""
 
     def __init__(self, root: str | Path, generator_key: str) -> None:
         self.generator_key = generator_key
@@ -32,12 +43,12 @@ class ProposalCache:
         self.folder.mkdir(parents=True, exist_ok=True)
         (self.folder / "generator.txt").write_text(generator_key + "\n")
 
-    def _path(self, image_key: str) -> Path:
-        return self.folder / f"{Path(str(image_key)).stem}.json"
+    def _path(self, key: str) -> Path:
+        return self.folder / f"{key}.json"
 
-    def get(self, image_key: str) -> Optional[tuple[Proposals, float]]:
-        """Cached proposals and the seconds it took to make them, or None."""
-        path = self._path(image_key)
+    def get(self, key: str) -> Optional[tuple[Proposals, float]]:
+        """Cached proposals of the image with ``key`` and the seconds it took to make them, or None."""
+        path = self._path(key)
         try:
             entry = json.loads(path.read_text())
             masks = [decode_rle(rle) for rle in entry["masks"]]
@@ -49,7 +60,7 @@ class ProposalCache:
         stack = np.stack(masks) if masks else np.zeros((0, height, width), dtype=bool)
         return Proposals(stack, np.asarray(entry["scores"], dtype=np.float32)), float(entry.get("seconds", 0.0))
 
-    def put(self, image_key: str, proposals: Proposals, seconds: float) -> None:
+    def put(self, key: str, proposals: Proposals, seconds: float) -> None:
         entry = {
             "generator": self.generator_key,
             "size": list(proposals.image_size),
@@ -60,14 +71,16 @@ class ProposalCache:
         handle, temp = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
         with os.fdopen(handle, "w") as stream:
             json.dump(entry, stream)
-        os.replace(temp, self._path(image_key))
+        os.replace(temp, self._path(key))
 
-    def get_or_make(self, image_key: str, make: Callable[[], Proposals]) -> tuple[Proposals, float]:
-        cached = self.get(image_key)
+    def get_or_make(self, image_path: str | Path, make: Callable[[], Proposals]) -> tuple[Proposals, float]:
+        """The cached proposals of the image file at ``image_path``, or ``make()``'s, then cached."""
+        key = image_key(image_path)
+        cached = self.get(key)
         if cached is not None:
             return cached
         start = time.perf_counter()
         proposals = make()
         seconds = time.perf_counter() - start
-        self.put(image_key, proposals, seconds)
+        self.put(key, proposals, seconds)
         return proposals, seconds

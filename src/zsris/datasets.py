@@ -5,7 +5,13 @@
 
 The refs files are pickles; they are read with an unpickler that admits only plain containers
 and scalars, so a tampered file cannot run code. Ground-truth masks are the annotation's
-polygons (or RLE) rasterised with pycocotools at the image's size.
+polygons (or RLE) rasterised with pycocotools at the image's size, on the stored pixel grid
+(COCO annotations ignore EXIF orientation).
+
+Where an annotation's polygons overlap, two readings exist. ``refer`` (default) is how the
+authors' code reads REFER's ``getMask``: the polygons' masks are summed and only pixels where
+the sum is exactly 1 are kept, so overlaps drop out. ``union`` keeps every pixel any polygon
+covers. They differ for about 1% of sentences; ``refer`` reproduces the paper's numbers.
 """
 from __future__ import annotations
 
@@ -25,6 +31,7 @@ from .errors import DatasetError
 DATASETS = {"refcoco": "unc", "refcoco+": "unc", "refcocog": "umd"}
 SPLIT_BYS = {"refcoco": ("unc", "google"), "refcoco+": ("unc",), "refcocog": ("umd", "google")}
 SPLITS = ("val", "testA", "testB", "test", "train")
+GT_MASKS = ("refer", "union")
 IMAGE_FOLDERS = ("images/train2014", "images/mscoco/images/train2014", "train2014", "images")
 
 
@@ -80,9 +87,12 @@ class ReferDataset:
     """One REFER dataset (e.g. refcoco, splitBy unc): refs, images, annotations and categories."""
 
     def __init__(self, data_root: str | Path, dataset: str = "refcoco", split_by: Optional[str] = None,
-                 images: Optional[str | Path] = None) -> None:
+                 images: Optional[str | Path] = None, gt_mask: str = "refer") -> None:
         if dataset not in DATASETS:
             raise DatasetError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+        if gt_mask not in GT_MASKS:
+            raise DatasetError(f"unknown ground-truth mask reading {gt_mask!r}; choose one of {', '.join(GT_MASKS)}")
+        self.gt_mask = gt_mask
         self.root = Path(data_root).expanduser()
         self.name = dataset
         self.split_by = split_by or DATASETS[dataset]
@@ -178,27 +188,38 @@ class ReferDataset:
     def annotation_ids(self, image_id: int) -> list[int]:
         return list(self._anns_by_image.get(image_id, []))
 
-    def annotation_mask(self, ann_id: int) -> np.ndarray:
-        """The annotation's mask at its image's full resolution (polygons or RLE)."""
+    def annotation_mask(self, ann_id: int, gt_mask: Optional[str] = None) -> np.ndarray:
+        """The annotation's mask at its image's full resolution (polygons or RLE), read the
+        dataset's way (``gt_mask``, see the module docstring) unless another is named."""
         ann = self.annotations[ann_id]
         info = self.images[int(ann["image_id"])]
-        return segmentation_to_mask(ann["segmentation"], info.height, info.width, f"annotation {ann_id}")
+        return segmentation_to_mask(ann["segmentation"], info.height, info.width, f"annotation {ann_id}",
+                                    gt_mask or self.gt_mask)
 
 
-def segmentation_to_mask(segmentation: Any, height: int, width: int, what: str = "segmentation") -> np.ndarray:
-    """Rasterise COCO polygons, uncompressed RLE or compressed RLE into a boolean mask."""
+def segmentation_to_mask(segmentation: Any, height: int, width: int, what: str = "segmentation",
+                         overlaps: str = "union") -> np.ndarray:
+    """Rasterise COCO polygons, uncompressed RLE or compressed RLE into a boolean mask.
+
+    ``overlaps="refer"`` keeps only the pixels covered by exactly one polygon (the authors'
+    reading of REFER's summed masks); ``"union"`` every pixel any polygon covers.
+    """
     try:
         if isinstance(segmentation, list):
             rles = mask_utils.frPyObjects(segmentation, height, width)
-            rle = mask_utils.merge(rles) if isinstance(rles, list) else rles
+            if overlaps == "refer":
+                coverage = mask_utils.decode(rles).reshape(height, width, -1).sum(axis=2, dtype=np.int64)
+                mask = coverage == 1
+            else:
+                mask = mask_utils.decode(mask_utils.merge(rles) if isinstance(rles, list) else rles).astype(bool)
         elif isinstance(segmentation, dict) and isinstance(segmentation.get("counts"), list):
-            rle = mask_utils.frPyObjects(segmentation, height, width)
+            mask = mask_utils.decode(mask_utils.frPyObjects(segmentation, height, width)).astype(bool)
         elif isinstance(segmentation, dict):
             counts = segmentation["counts"]
             rle = {"size": segmentation["size"], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+            mask = mask_utils.decode(rle).astype(bool)
         else:
             raise TypeError(type(segmentation).__name__)
-        mask = mask_utils.decode(rle).astype(bool)
     except Exception as error:  # noqa: BLE001 - pycocotools raises bare exceptions on bad input
         raise DatasetError(f"{what}: malformed segmentation ({error})") from None
     if mask.shape != (height, width):

@@ -12,6 +12,10 @@ class ImageError(ZsrisError):
     """The image is missing, unreadable, truncated, or of an unusable size."""
 
 
+class ImageTooLargeError(ImageError):
+    """The image has more pixels than the limit allows; found from its header, before decoding."""
+
+
 class ExpressionError(ZsrisError):
     """The referring expression is empty or not text."""
 

@@ -12,8 +12,8 @@ from tqdm import tqdm
 
 from .cache import ProposalCache
 from .datasets import Ref, ReferDataset
-from .errors import NoProposalsError
-from .images import load_image
+from .errors import DatasetError, NoProposalsError
+from .images import DEFAULT_MAX_PIXELS, load_image
 from .masks import iou_matrix
 from .metrics import intersection_union, iou, proposal_quality
 from .proposals import ProposalGenerator, Proposals
@@ -48,10 +48,10 @@ class ImageEvaluator:
         make = lambda: self.segmenter.proposals(pixels, file_name)  # noqa: E731
         if self.cache is None:
             return make()
-        return self.cache.get_or_make(file_name, make)[0]
+        return self.cache.get_or_make(self.dataset.image_path(image_id), make)[0]
 
     def __call__(self, image_id: int, refs: list[Ref]) -> list[dict[str, Any]]:
-        pixels = load_image(self.dataset.image_path(image_id), self.segmenter.max_pixels)
+        pixels = load_dataset_image(self.dataset, image_id, self.segmenter.max_pixels)
         instance_ids = self.dataset.annotation_ids(image_id)
         instances = np.stack([self.dataset.annotation_mask(a) for a in instance_ids])
         proposals = self.proposals(image_id, pixels, instances)
@@ -91,6 +91,17 @@ class ImageEvaluator:
                 position += 1
                 records.append(record)
         return records
+
+
+def load_dataset_image(dataset: ReferDataset, image_id: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """A dataset image on its stored pixel grid: COCO annotations refer to that grid, not to the
+    EXIF-rotated view, so orientation is not applied (else masks and pixels would disagree)."""
+    pixels = load_image(dataset.image_path(image_id), max_pixels, exif_transpose=False)
+    info = dataset.images[image_id]
+    if pixels.shape[:2] != (info.height, info.width):
+        raise DatasetError(f"{dataset.image_path(image_id)} is {pixels.shape[1]}x{pixels.shape[0]}, but "
+                           f"{dataset.instances_path.name} says {info.width}x{info.height}")
+    return pixels
 
 
 def pending_images(groups: dict[int, list[Ref]], done: set[int]) -> list[int]:
@@ -159,22 +170,38 @@ def run_ray(build: Callable[[], ImageEvaluator], groups: dict[int, list[Ref]], p
 
 def evaluate_proposals(generator: ProposalGenerator, dataset: ReferDataset, groups: dict[int, list[Ref]],
                        cache: Optional[ProposalCache] = None, show_progress: bool = True) -> dict[str, Any]:
-    """Proposal quality alone (no CLIP): the oracle per referred object, recall, count and time."""
+    """Proposal quality alone (no CLIP): the oracle per referred object, recall, count and time.
+
+    Also counts the referred objects (and their sentences) whose ground truth differs between
+    the ``refer`` and ``union`` readings of overlapping polygons."""
     best, inters, unions, counts, seconds = [], [], [], [], []
+    differing_objects = differing_sentences = 0
+    other = "union" if dataset.gt_mask == "refer" else "refer"
     for image_id in tqdm(groups, desc="proposals", unit="image", disable=not show_progress):
         file_name = dataset.images[image_id].file_name
-        pixels = load_image(dataset.image_path(image_id))
+        pixels = load_dataset_image(dataset, image_id)
         if cache is not None:
-            proposals, elapsed = cache.get_or_make(file_name, lambda: generator(pixels, file_name))
+            proposals, elapsed = cache.get_or_make(dataset.image_path(image_id), lambda: generator(pixels, file_name))
         else:
             start = time.perf_counter()
             proposals = generator(pixels, file_name)
             elapsed = time.perf_counter() - start
         counts.append(len(proposals))
         seconds.append(elapsed)
-        for ann_id in dict.fromkeys(ref.ann_id for ref in groups[image_id]):
-            inter, union = best_proposal(proposals.masks, dataset.annotation_mask(ann_id))
+        sentences_per_object: dict[int, int] = {}
+        for ref in groups[image_id]:
+            sentences_per_object[ref.ann_id] = sentences_per_object.get(ref.ann_id, 0) + len(ref.sentences)
+        for ann_id, sentences in sentences_per_object.items():
+            target = dataset.annotation_mask(ann_id)
+            if not np.array_equal(target, dataset.annotation_mask(ann_id, other)):
+                differing_objects += 1
+                differing_sentences += sentences
+            inter, union = best_proposal(proposals.masks, target)
             best.append(iou(inter, union))
             inters.append(inter)
             unions.append(union)
-    return proposal_quality(best, inters, unions, counts, seconds)
+    summary = proposal_quality(best, inters, unions, counts, seconds)
+    summary["gt mask"] = dataset.gt_mask
+    summary["objects where refer != union"] = differing_objects
+    summary["sentences where refer != union"] = differing_sentences
+    return summary

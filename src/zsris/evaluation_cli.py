@@ -9,7 +9,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from .datasets import DATASETS, SPLITS, ReferDataset
+from .cli import positive_int
+from .datasets import DATASETS, GT_MASKS, SPLITS, ReferDataset
 
 
 def _add_data_flags(parser: argparse.ArgumentParser) -> None:
@@ -19,7 +20,10 @@ def _add_data_flags(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--split", choices=SPLITS, default="val")
     data.add_argument("--split-by", default=None, help="unc, umd or google (default: the dataset's usual one)")
     data.add_argument("--images", default=None, metavar="DIR", help="COCO train2014 folder (default: found under --data)")
-    data.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N images")
+    data.add_argument("--gt-mask", choices=GT_MASKS, default="refer",
+                      help="where a referred object's polygons overlap: 'refer' drops the overlap as the "
+                           "authors' code reads REFER (default; reproduces the paper), 'union' keeps it")
+    data.add_argument("--limit", type=positive_int, default=None, metavar="N", help="only the first N images")
     data.add_argument("--cache", default=None, metavar="DIR",
                       help="proposal cache folder (default: $ZSRIS_CACHE/proposals or ~/.cache/zsris/proposals)")
     data.add_argument("--no-cache", action="store_true", help="do not read or write the proposal cache")
@@ -36,7 +40,7 @@ def build_evaluator(config: dict[str, Any]):
     from .evaluation import ImageEvaluator
 
     args = argparse.Namespace(**config)
-    dataset = ReferDataset(args.data, args.dataset, args.split_by, args.images)
+    dataset = ReferDataset(args.data, args.dataset, args.split_by, args.images, args.gt_mask)
     segmenter = build_segmenter(args, announce=False)
     cache = None
     if not args.no_cache and not args.gt_proposals:
@@ -49,7 +53,8 @@ def run_settings(args: argparse.Namespace, evaluator) -> dict[str, Any]:
 
     return {
         "dataset": args.dataset, "split": args.split, "split_by": evaluator.dataset.split_by,
-        "gt_proposals": args.gt_proposals, "preprocess": args.preprocess, **settings(evaluator.segmenter),
+        "gt_proposals": args.gt_proposals, "gt_mask": args.gt_mask, "preprocess": args.preprocess,
+        **settings(evaluator.segmenter),
     }
 
 
@@ -66,25 +71,25 @@ def cmd_eval(args: argparse.Namespace) -> int:
     groups = evaluator.dataset.refs_by_image(args.split, args.limit)
     out = Path(args.out)
     settings = run_settings(args, evaluator)
-    store = PredictionStore(out / "predictions.sqlite", settings)
-    pending = pending_images(groups, store.done())
-    title = f"{args.dataset} {args.split} ({settings['backbone']}, {settings['proposals'].split('-')[0]})"
-    progress = tqdm(total=len(groups), initial=len(groups) - len(pending), unit="image", desc="eval",
-                    dynamic_ncols=True)
-    try:
-        if args.engine == "ray":
-            build = functools.partial(build_evaluator, config)
-            run_ray(build, groups, pending, store, progress, args.workers, args.ray_address)
-        else:
-            run_local(evaluator, groups, pending, store, progress)
-    except KeyboardInterrupt:
-        progress.close()
-        print(f"zsris: interrupted; {len(store.done())} sentences are saved in {out}. "
-              f"Run the same command again to resume.", file=sys.stderr)
-        return 130
-    finally:
-        progress.close()
-    records = store.records(sentence_ids(groups))
+    with PredictionStore(out / "predictions.sqlite", settings) as store:
+        pending = pending_images(groups, store.done())
+        title = f"{args.dataset} {args.split} ({settings['backbone']}, {settings['proposals'].split('-')[0]})"
+        progress = tqdm(total=len(groups), initial=len(groups) - len(pending), unit="image", desc="eval",
+                        dynamic_ncols=True)
+        try:
+            if args.engine == "ray":
+                build = functools.partial(build_evaluator, config)
+                run_ray(build, groups, pending, store, progress, args.workers, args.ray_address)
+            else:
+                run_local(evaluator, groups, pending, store, progress)
+        except KeyboardInterrupt:
+            progress.close()
+            print(f"zsris: interrupted; {len(store.done())} sentences are saved in {out}. "
+                  f"Run the same command again to resume.", file=sys.stderr)
+            return 130
+        finally:
+            progress.close()
+        records = store.records(sentence_ids(groups))
     summary = summarize(records)
     write_report(out, summary, settings, [r["iou"] for r in records], title)
     print(table(summary, title))
@@ -101,7 +106,7 @@ def cmd_proposals_eval(args: argparse.Namespace) -> int:
     from .proposals import create_proposals
     from .report import table
 
-    dataset = ReferDataset(args.data, args.dataset, args.split_by, args.images)
+    dataset = ReferDataset(args.data, args.dataset, args.split_by, args.images, args.gt_mask)
     generator = create_proposals(args.proposals, args.max_proposals, args.sam_checkpoint, args.sam_model,
                                  args.proposals_path, resolve_device(args.device))
     cache = None if args.no_cache else ProposalCache(args.cache or DEFAULT_CACHE, generator.cache_key)
@@ -129,7 +134,7 @@ def register(commands, add_model_flags) -> None:
     evaluate.add_argument("--gt-proposals", action="store_true",
                           help="use the image's ground-truth instance masks as proposals (upper bound)")
     evaluate.add_argument("--engine", choices=("local", "ray"), default="local")
-    evaluate.add_argument("--workers", type=int, default=2, help="Ray workers (default: %(default)s)")
+    evaluate.add_argument("--workers", type=positive_int, default=2, help="Ray workers (default: %(default)s)")
     evaluate.add_argument("--ray-address", default=None, help="an existing Ray cluster (default: start a local one)")
     add_model_flags(evaluate)
     evaluate.set_defaults(run=cmd_eval)

@@ -6,29 +6,37 @@ once, and bad files fail here with a message that names them.
 """
 from __future__ import annotations
 
+import io
+import re
 import warnings
 from pathlib import Path
-from typing import Union
+from typing import BinaryIO, Optional, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import ImageError
+from .errors import ImageError, ImageTooLargeError
 
-ImageInput = Union[str, Path, Image.Image, np.ndarray]
+ImageInput = Union[str, Path, bytes, BinaryIO, Image.Image, np.ndarray]
 
 #: Images with more pixels than this are refused: proposals and masks are computed at full
 #: resolution, and a 20000 x 20000 image would need tens of GiB. Pass ``max_pixels`` to change.
 DEFAULT_MAX_PIXELS = 40_000_000
 
 
+def _megapixels(pixels: int) -> str:
+    """``48 MP``, ``0.001 MP``: enough digits that a small limit does not read as zero."""
+    value = pixels / 1e6
+    return f"{value:.0f} MP" if value >= 10 else f"{value:.3g} MP"
+
+
 def _check_size(width: int, height: int, max_pixels: int, what: str) -> None:
     if width < 1 or height < 1:
         raise ImageError(f"{what} is empty ({width}x{height} pixels)")
     if width * height > max_pixels:
-        raise ImageError(
-            f"{what} is {width}x{height} = {width * height / 1e6:.0f} MP, over the limit of "
-            f"{max_pixels / 1e6:.0f} MP; downscale it first or raise --max-pixels"
+        raise ImageTooLargeError(
+            f"{what} is {width}x{height} = {_megapixels(width * height)}, over the limit of "
+            f"{_megapixels(max_pixels)}; downscale it first or raise --max-pixels"
         )
 
 
@@ -59,39 +67,61 @@ def pil_to_rgb(image: Image.Image) -> Image.Image:
     return image
 
 
-def load_image(source: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Return an ``HxWx3`` uint8 RGB array of ``source`` as a viewer would display it.
+def load_image(source: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS, exif_transpose: bool = True,
+               name: Optional[str] = None) -> np.ndarray:
+    """Return an ``HxWx3`` uint8 RGB array of ``source``, by default as a viewer would display it.
 
-    Raises :class:`ImageError` for a missing, unreadable, truncated or oversized image.
+    ``source`` is a path, the bytes of an image file, a binary file object, a PIL image or an
+    array. Files are checked against ``max_pixels`` from their header, before any pixel is
+    decoded, so a small compressed file cannot make the caller allocate gigabytes.
+    ``exif_transpose=False`` keeps the stored pixel grid (what COCO annotations refer to).
+    ``name`` replaces the path in error messages (a server does not show its own paths).
+
+    Raises :class:`ImageError` for a missing, unreadable, truncated or oversized image
+    (:class:`ImageTooLargeError` for the last).
     """
     if isinstance(source, np.ndarray):
         return _array_to_rgb(source, max_pixels)
     if isinstance(source, Image.Image):
-        _check_size(source.width, source.height, max_pixels, "the image")
-        return np.asarray(pil_to_rgb(ImageOps.exif_transpose(source)))
+        _check_size(source.width, source.height, max_pixels, name or "the image")
+        return np.asarray(pil_to_rgb(ImageOps.exif_transpose(source) if exif_transpose else source))
+    if isinstance(source, (bytes, bytearray)):
+        return _decode_file(io.BytesIO(source), max_pixels, exif_transpose, name or "the image")
+    if hasattr(source, "read"):
+        return _decode_file(source, max_pixels, exif_transpose, name or "the image")  # type: ignore[arg-type]
     if not isinstance(source, (str, Path)):
         raise ImageError(f"cannot read an image from a {type(source).__name__}")
     path = Path(source)
+    what = name or str(path)
     if not path.exists():
-        raise ImageError(f"{path}: no such file")
+        raise ImageError(f"{what}: no such file")
     if path.is_dir():
-        raise ImageError(f"{path}: is a directory, not an image")
+        raise ImageError(f"{what}: is a directory, not an image")
+    return _decode_file(path, max_pixels, exif_transpose, what)
+
+
+def _decode_file(file: Union[Path, BinaryIO], max_pixels: int, exif_transpose: bool, what: str) -> np.ndarray:
+    """Open (header only), check the size, then decode. Pillow's own bomb warning is ignored:
+    ``max_pixels`` is the limit, and it is checked before decoding."""
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                _check_size(image.width, image.height, max_pixels, str(path))
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(file) as image:
+                _check_size(image.width, image.height, max_pixels, what)
                 image.load()
-                oriented = ImageOps.exif_transpose(image)
+                oriented = ImageOps.exif_transpose(image) if exif_transpose else image
                 return np.asarray(pil_to_rgb(oriented))
     except ImageError:
         raise
     except UnidentifiedImageError:
-        raise ImageError(f"{path}: not an image file (or a format Pillow cannot read)") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise ImageError(f"{path}: too large, over the limit Pillow allows ({error}); downscale it first") from None
-    except (OSError, SyntaxError, ValueError) as error:
-        raise ImageError(f"{path}: unreadable or truncated image ({error})") from None
+        raise ImageError(f"{what}: not an image file (or a format Pillow cannot read)") from None
+    except Image.DecompressionBombError as error:  # Pillow refuses twice its own limit at open
+        found = re.search(r"\((\d+) pixels\)", str(error))
+        size = _megapixels(int(found.group(1))) if found else "too large"
+        raise ImageTooLargeError(f"{what} is {size}, over the limit of {_megapixels(max_pixels)}; "
+                                 f"downscale it first or raise --max-pixels") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        raise ImageError(f"{what}: unreadable or truncated image ({error})") from None
 
 
 def _array_to_rgb(array: np.ndarray, max_pixels: int) -> np.ndarray:
@@ -100,11 +130,18 @@ def _array_to_rgb(array: np.ndarray, max_pixels: int) -> np.ndarray:
     if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
         raise ImageError(f"an image array must be HxW, HxWx1, HxWx3 or HxWx4, not {array.shape}")
     _check_size(array.shape[1], array.shape[0], max_pixels, "the image array")
+    if array.dtype == np.bool_ or not (np.issubdtype(array.dtype, np.integer)
+                                       or np.issubdtype(array.dtype, np.floating)):
+        raise ImageError(f"an image array must hold integers or floats, not {array.dtype} "
+                         f"(convert masks with .astype(np.uint8) * 255)")
     if array.dtype == np.uint16:
         array = np.round(array.astype(np.float64) * (255.0 / 65535.0)).astype(np.uint8)
     elif np.issubdtype(array.dtype, np.floating):
         if not np.isfinite(array).all():
             raise ImageError("the image array holds NaN or infinite values")
+        if array.min() < 0 or array.max() > 255:
+            raise ImageError(f"a float image array must hold values in 0..1 or 0..255, not "
+                             f"{float(array.min()):g}..{float(array.max()):g}")
         scale = 255.0 if array.max() <= 1.0 else 1.0
         array = np.clip(np.round(array * scale), 0, 255).astype(np.uint8)
     elif array.dtype != np.uint8:

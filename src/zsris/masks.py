@@ -26,15 +26,38 @@ def encode_rle(mask: np.ndarray) -> dict[str, Any]:
     return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
-def decode_rle(rle: dict[str, Any]) -> np.ndarray:
-    """Boolean mask from a COCO RLE (compressed text/bytes counts or uncompressed list counts)."""
-    size = [int(s) for s in rle["size"]]
+def decode_rle(rle: dict[str, Any], expected_size: Optional[tuple[int, int]] = None) -> np.ndarray:
+    """Boolean mask from a COCO RLE (compressed text/bytes counts or uncompressed list counts).
+
+    The RLE is validated before pycocotools allocates anything: ``size`` must be two positive
+    integers (equal to ``expected_size`` when given, so a 100-byte file cannot ask for a
+    100000 x 100000 mask), and list counts non-negative integers that cover the mask exactly.
+    Raises ValueError with the reason.
+    """
+    if not isinstance(rle, dict) or "size" not in rle or "counts" not in rle:
+        raise ValueError("an RLE is an object with 'size' and 'counts'")
+    size = rle["size"]
+    if (not isinstance(size, (list, tuple)) or len(size) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
+        raise ValueError(f"RLE size must be [height, width] of positive integers, not {size!r}")
+    height, width = size
+    if expected_size is not None and (height, width) != tuple(expected_size):
+        raise ValueError(f"RLE size {height}x{width} differs from the image's {expected_size[0]}x{expected_size[1]}")
     counts = rle["counts"]
     if isinstance(counts, list):
-        rle = mask_utils.frPyObjects({"size": size, "counts": counts}, *size)
-    elif isinstance(counts, str):
-        rle = {"size": size, "counts": counts.encode("ascii")}
-    return mask_utils.decode(rle).astype(bool)
+        if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts):
+            raise ValueError("RLE counts must be non-negative integers")
+        if sum(counts) != height * width:
+            raise ValueError(f"RLE counts cover {sum(counts)} pixels, the mask has {height * width}")
+        encoded = mask_utils.frPyObjects({"size": [height, width], "counts": counts}, height, width)
+    elif isinstance(counts, (str, bytes)):
+        encoded = {"size": [height, width], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+    else:
+        raise ValueError(f"RLE counts must be a list or a string, not {type(counts).__name__}")
+    try:
+        return mask_utils.decode(encoded).astype(bool)
+    except Exception as error:  # noqa: BLE001 - pycocotools raises bare exceptions on bad counts
+        raise ValueError(f"undecodable RLE counts ({error})") from None
 
 
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -91,6 +91,8 @@ class Segmenter:
     ) -> None:
         if not 0.0 <= alpha <= 1.0 or not 0.0 <= beta <= 1.0:
             raise ZsrisError(f"alpha and beta must lie in [0, 1], got alpha={alpha}, beta={beta}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ZsrisError(f"batch_size must be a positive count, not {batch_size!r}")
         if fusion not in FUSIONS:
             raise ZsrisError(f"unknown fusion {fusion!r}; choose one of {', '.join(FUSIONS)}")
         if backbone.is_vit and not 0 <= k <= visual.vit_num_blocks(backbone.model):
@@ -226,7 +228,7 @@ def create_segmenter(
     weights: Optional[str] = None,
     proposals: str | ProposalGenerator = "classical",
     device: str = "auto",
-    max_proposals: int = 100,
+    max_proposals: Optional[int] = 100,
     sam_checkpoint: Optional[str] = None,
     sam_model: str = "vit_h",
     proposals_path: Optional[str] = None,

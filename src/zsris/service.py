@@ -4,36 +4,80 @@ Models load once at start. Requests are served one at a time through a lock (CPU
 gains nothing from running two at once, and it keeps results from ever mixing); waiting
 requests queue. The API answers clear 4xx errors for oversized requests, unreadable images
 and empty expressions; the page shows the same messages.
+
+What an untrusted client can make the server hold is bounded: an image's size is read from
+its header and refused before any pixel is decoded; at most ``decode_slots`` decoded images
+exist at once (the one being segmented and those next in line); the page reads back only
+files uploaded through it, and its uploads and outputs are deleted ``file_ttl`` seconds after
+they were written.
 """
 
 import argparse
-import io
+import atexit
+import contextlib
 import json
+import shutil
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any, Optional
 
-from PIL import Image, UnidentifiedImageError
-
-from .errors import ExpressionError, ImageError, NoProposalsError, ZsrisError
+from .errors import ExpressionError, ImageError, ImageTooLargeError, ProposalError, ZsrisError
 from .images import load_image
 
 EXAMPLES = Path(__file__).parent / "examples"
 DEFAULT_MAX_REQUEST_BYTES = 20 * 1024 * 1024
 DEFAULT_MAX_EXPRESSIONS = 16
+DEFAULT_DECODE_SLOTS = 2
+DEFAULT_FILE_TTL = 600
+
+#: HTTP status of each error a request can cause, most specific class first.
+ERROR_STATUS: tuple[tuple[type[ZsrisError], int], ...] = (
+    (ImageTooLargeError, 413),
+    (ImageError, 400),
+    (ExpressionError, 422),
+    (ProposalError, 422),
+)
+
+
+def http_status(error: ZsrisError) -> int:
+    """The status a request that raised ``error`` gets: by the error's type, 500 for the rest."""
+    for error_type, status in ERROR_STATUS:
+        if isinstance(error, error_type):
+            return status
+    return 500
 
 
 class SegmentationService:
     """Thread-safe access to one segmenter, with request limits."""
 
     def __init__(self, segmenter, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
-                 max_expressions: int = DEFAULT_MAX_EXPRESSIONS) -> None:
+                 max_expressions: int = DEFAULT_MAX_EXPRESSIONS, decode_slots: int = DEFAULT_DECODE_SLOTS,
+                 file_ttl: float = DEFAULT_FILE_TTL) -> None:
         self.segmenter = segmenter
         segmenter.top_k = max(segmenter.top_k, 100)  # requests choose how many ranked proposals they see
         self.max_request_bytes = max_request_bytes
         self.max_expressions = max_expressions
+        self.file_ttl = file_ttl
         self._lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(decode_slots)
+        self.output_root = Path(tempfile.mkdtemp(prefix="zsris-serve-"))
+        atexit.register(shutil.rmtree, self.output_root, ignore_errors=True)
+
+    def output_folder(self) -> Path:
+        """A new folder for one page request's downloads; folders older than ``file_ttl`` go first."""
+        deadline = time.time() - self.file_ttl
+        for folder in self.output_root.iterdir():
+            try:
+                if folder.stat().st_mtime < deadline:
+                    shutil.rmtree(folder, ignore_errors=True)
+            except FileNotFoundError:
+                continue
+        return Path(tempfile.mkdtemp(dir=self.output_root))
+
+    def close(self) -> None:
+        shutil.rmtree(self.output_root, ignore_errors=True)
 
     def parse_expressions(self, text_or_list: Any) -> list[str]:
         if isinstance(text_or_list, str):
@@ -46,25 +90,22 @@ class SegmentationService:
             raise ExpressionError(f"at most {self.max_expressions} expressions per request, got {len(expressions)}")
         return expressions
 
-    def segment(self, image: Any, expressions: list[str]):
-        """``(pixels, proposals, results)``: the image as RGB, its proposals and one result per expression."""
-        pixels = load_image(image, self.segmenter.max_pixels)
-        with self._lock:
-            features = self.segmenter.image_features(pixels)
-            return pixels, features.proposals, self.segmenter.score(features, expressions)
+    def load(self, image: Any, name: str):
+        """The image as RGB, checked against the pixel limit before it is decoded."""
+        return load_image(image, self.segmenter.max_pixels, name=name)
 
+    def segment(self, image: Any, expressions: list[str], name: str = "the image"):
+        """``(pixels, proposals, results)``: the image as RGB, its proposals and one result per expression.
 
-def _decode_upload(data: bytes, name: str) -> Image.Image:
-    try:
-        image = Image.open(io.BytesIO(data))
-        image.load()
-        return image
-    except Image.DecompressionBombError:
-        raise ImageError(f"{name}: too large") from None
-    except UnidentifiedImageError:
-        raise ImageError(f"{name}: not an image file (or a format Pillow cannot read)") from None
-    except Exception as error:  # noqa: BLE001 - any decoder failure is a bad upload
-        raise ImageError(f"{name}: not a readable image ({error})") from None
+        ``image`` is a path or the bytes of an image file; ``name`` stands for it in error messages.
+        A decode slot is held from decoding to the answer, so that queued requests cannot pile
+        up decoded images.
+        """
+        with self._slots:
+            pixels = self.load(image, name)
+            with self._lock:
+                features = self.segmenter.image_features(pixels)
+                return pixels, features.proposals, self.segmenter.score(features, expressions)
 
 
 def create_app(service: SegmentationService):
@@ -75,7 +116,13 @@ def create_app(service: SegmentationService):
 
     from .records import result_record, settings
 
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        yield
+        service.close()  # runs on a graceful stop (SIGTERM, Ctrl-C), before uvicorn re-raises the signal
+
     app = FastAPI(
+        lifespan=lifespan,
         title="zsris",
         version="0.1.0",
         description="Zero-shot referring image segmentation with global-local CLIP features. "
@@ -108,15 +155,9 @@ def create_app(service: SegmentationService):
             raise HTTPException(413, f"image over the limit of {service.max_request_bytes} bytes")
         try:
             parsed = service.parse_expressions(expressions)
-            decoded = _decode_upload(data, image.filename or "upload")
-            _, _, results = service.segment(decoded, parsed)
-        except ExpressionError as error:
-            raise HTTPException(422, str(error)) from None
-        except ImageError as error:
-            status = 413 if "limit" in str(error) or "too large" in str(error) else 400
-            raise HTTPException(status, str(error)) from None
-        except NoProposalsError as error:
-            raise HTTPException(422, str(error)) from None
+            _, _, results = service.segment(data, parsed, Path(image.filename or "upload").name)
+        except ZsrisError as error:
+            raise HTTPException(http_status(error), str(error)) from None
         records = []
         for result in results:
             record = result_record(result, image.filename)
@@ -125,7 +166,25 @@ def create_app(service: SegmentationService):
         return {"results": records, "settings": settings(service.segmenter)}
 
     demo = build_demo(service)
-    return gr.mount_gradio_app(app, demo, path="/", server_name="127.0.0.1")
+    gradio_app = gr.mount_gradio_app(
+        app, demo, path="/", server_name="127.0.0.1", max_file_size=service.max_request_bytes,
+        allowed_paths=[str(EXAMPLES)], show_error=False,  # an unexpected error's text may hold server paths
+    )
+    # Gradio checks that a file handed to an event was uploaded by a user only once the Blocks
+    # has "launched", which mount_gradio_app never marks: without this, any path on the disk
+    # could be named in a FileData and read back.
+    demo.has_launched = True
+    return gradio_app
+
+
+def _uploaded_file(image_path: str) -> Path:
+    """The page's image, if it was uploaded through the page or is a bundled example."""
+    from gradio.utils import get_upload_folder, is_in_or_equal
+
+    path = Path(image_path).resolve()
+    if not any(is_in_or_equal(path, folder) for folder in (get_upload_folder(), EXAMPLES.resolve())):
+        raise ImageError("only images uploaded through this page can be read; upload the image again")
+    return path
 
 
 def build_demo(service: SegmentationService):
@@ -146,10 +205,11 @@ def build_demo(service: SegmentationService):
             return failed("upload an image first (or pick an example)")
         try:
             expressions = service.parse_expressions(text or "")
-            pixels, proposals, results = service.segment(image_path, expressions)
+            path = _uploaded_file(image_path)
+            pixels, proposals, results = service.segment(path, expressions, path.name)
         except ZsrisError as error:
             return failed(str(error))
-        out = Path(tempfile.mkdtemp(prefix="zsris-"))
+        out = service.output_folder()
         overlays, files, gallery = [], [], []
         for number, result in enumerate(results):
             overlays.append((overlay(pixels, result.mask, result.box, result.expression), result.expression))
@@ -171,12 +231,16 @@ def build_demo(service: SegmentationService):
         if not image_path:
             return None, ""
         try:
-            return load_image(image_path, service.segmenter.max_pixels), ""
+            path = _uploaded_file(image_path)
+            with service._slots:
+                return service.load(path, path.name), ""
         except ZsrisError as error:
             gr.Warning(str(error))
             return None, f"**Error:** {error}"
 
-    with gr.Blocks(title="zsris: zero-shot referring segmentation") as demo:
+    frequency = max(1, min(60, int(service.file_ttl)))
+    with gr.Blocks(title="zsris: zero-shot referring segmentation",
+                   delete_cache=(frequency, max(1, int(service.file_ttl)))) as demo:
         warning = (" **CLIP has random weights: the masks mean nothing.**"
                    if service.segmenter.backbone.is_random else "")
         gr.Markdown("# zsris: zero-shot referring image segmentation\n"
@@ -214,13 +278,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from .cli import build_segmenter
 
+    if args.max_request_mb < 1 or args.decode_slots < 1 or args.file_ttl < 1:
+        raise ZsrisError("--max-request-mb, --decode-slots and --file-ttl must be at least 1")
     segmenter = build_segmenter(args)
-    service = SegmentationService(segmenter, args.max_request_mb * 1024 * 1024)
+    service = SegmentationService(segmenter, args.max_request_mb * 1024 * 1024,
+                                  decode_slots=args.decode_slots, file_ttl=args.file_ttl)
     app = create_app(service)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"zsris: serving on {args.host}: reachable from other machines", flush=True)
     print(f"zsris: open http://{args.host}:{args.port}/ (API docs at /docs, schema at /openapi.json)", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    finally:
+        service.close()
     return 0
 
 
@@ -233,7 +303,13 @@ def register(commands, add_model_flags) -> None:
                "http://127.0.0.1:7860/api/segment",
     )
     serve.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
-    serve.add_argument("--port", type=int, default=7860)
-    serve.add_argument("--max-request-mb", type=int, default=20, help="largest accepted request (default: 20 MB)")
+    serve.add_argument("--port", type=int, default=7860, help="port (default: %(default)s)")
+    serve.add_argument("--max-request-mb", type=int, default=20,
+                       help="largest accepted request or page upload (default: %(default)s MB)")
+    serve.add_argument("--decode-slots", type=int, default=DEFAULT_DECODE_SLOTS,
+                       help="images decoded or in work at once; further requests wait (default: %(default)s)")
+    serve.add_argument("--file-ttl", type=int, default=DEFAULT_FILE_TTL, metavar="SECONDS",
+                       help="the page's uploads and downloads are deleted this long after they were written "
+                            "(default: %(default)s)")
     add_model_flags(serve)
     serve.set_defaults(run=cmd_serve)

@@ -3,10 +3,17 @@
 Each image's records are committed in one transaction as soon as they exist; a sentence id is
 the primary key, so a resumed or duplicated run never counts a sentence twice. The run's
 settings are kept beside the records and a resume with other settings is refused.
+
+One process owns a run at a time: the store holds an exclusive ``flock`` on ``run.lock`` in
+the run folder for as long as it is open, and a second process is refused with a message that
+names the owner. Two processes computing the same run would only do the work twice, and the
+kernel releases the lock of a killed process, so a crashed run resumes without any clean-up.
 """
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import sqlite3
 from pathlib import Path
 from typing import Any, Iterable, Optional
@@ -23,22 +30,41 @@ CREATE TABLE IF NOT EXISTS predictions (
 """
 
 
+def _lock_run(folder: Path) -> int:
+    """An open descriptor holding the run folder's exclusive lock; refuses if another process has it."""
+    handle = os.open(folder / "run.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        owner = os.pread(handle, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(handle)
+        raise ZsrisError(f"{folder} is in use by another zsris process (pid {owner}); wait for it to "
+                         f"finish, or use another --out") from None
+    os.ftruncate(handle, 0)
+    os.pwrite(handle, f"{os.getpid()}\n".encode(), 0)
+    return handle
+
+
 class PredictionStore:
     def __init__(self, path: str | Path, settings: dict[str, Any]) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.connection = sqlite3.connect(self.path, isolation_level=None, timeout=30)
-        self.connection.execute("PRAGMA journal_mode=WAL")
-        self.connection.execute("PRAGMA synchronous=FULL")
-        self.connection.executescript(SCHEMA)
-        self._check_settings(settings)
+        self._lock = _lock_run(self.path.parent)
+        try:
+            self.connection = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+            self.connection.execute("PRAGMA journal_mode=WAL")
+            self.connection.execute("PRAGMA synchronous=FULL")
+            self.connection.executescript(SCHEMA)
+            self._check_settings(settings)
+        except BaseException:
+            os.close(self._lock)
+            raise
 
     def _check_settings(self, settings: dict[str, Any]) -> None:
         wanted = json.dumps(settings, sort_keys=True)
+        self.connection.execute("INSERT OR IGNORE INTO meta VALUES ('settings', ?)", (wanted,))
         row = self.connection.execute("SELECT value FROM meta WHERE key = 'settings'").fetchone()
-        if row is None:
-            self.connection.execute("INSERT INTO meta VALUES ('settings', ?)", (wanted,))
-        elif row[0] != wanted:
+        if row[0] != wanted:
             stored = json.loads(row[0])
             changed = sorted(k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k))
             raise ZsrisError(
@@ -63,4 +89,14 @@ class PredictionStore:
         return [json.loads(record) for sent_id, record in rows if sent_ids is None or sent_id in sent_ids]
 
     def close(self) -> None:
-        self.connection.close()
+        """Close the database and release the run's lock (idempotent)."""
+        if self._lock >= 0:
+            self.connection.close()
+            os.close(self._lock)
+            self._lock = -1
+
+    def __enter__(self) -> "PredictionStore":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

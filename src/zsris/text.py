@@ -6,6 +6,7 @@ sentence itself is lower-cased and re-joined from the parser's tokens before bot
 """
 from __future__ import annotations
 
+import unicodedata
 import warnings
 from dataclasses import dataclass
 from functools import lru_cache
@@ -46,11 +47,17 @@ class ParsedExpression:
     root: str
 
 
+#: Unicode categories that print nothing: controls (NUL ...), format marks (zero-width space,
+#: joiners, BOM), surrogates, private use and unassigned code points.
+_INVISIBLE = frozenset(("Cc", "Cf", "Cs", "Co", "Cn"))
+
+
 def check_expression(expression: object) -> str:
+    """``expression`` unchanged if it holds at least one visible character, else ExpressionError."""
     if not isinstance(expression, str):
         raise ExpressionError(f"an expression must be text, not {type(expression).__name__}")
-    if not expression.strip():
-        raise ExpressionError("the expression is empty")
+    if not any(not c.isspace() and unicodedata.category(c) not in _INVISIBLE for c in expression):
+        raise ExpressionError("the expression is empty (it holds no visible character)")
     return expression
 
 

@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 
 from ..errors import ZsrisError
-from .base import ProposalGenerator, Proposals
+from .base import ProposalGenerator, Proposals, check_max_proposals
 from .classical import ClassicalConfig, ClassicalProposals
 from .file import FileProposals
 from .sam import SamConfig, SamProposals
@@ -16,13 +16,17 @@ GENERATORS = ("classical", "sam", "file")
 
 def create_proposals(
     name: str = "classical",
-    max_proposals: int = 100,
+    max_proposals: Optional[int] = 100,
     sam_checkpoint: Optional[str] = None,
     sam_model: str = "vit_h",
     proposals_path: Optional[str] = None,
     device: str | torch.device = "cpu",
 ) -> ProposalGenerator:
-    """Build a proposal generator by name: ``classical`` (default, no weights), ``sam`` or ``file``."""
+    """Build a proposal generator by name: ``classical`` (default, no weights), ``sam`` or ``file``.
+
+    ``max_proposals`` caps the proposals per image; None lifts the cap (zero or less is refused).
+    """
+    check_max_proposals(max_proposals)
     if name == "classical":
         return ClassicalProposals(max_proposals=max_proposals)
     if name == "sam":
@@ -36,5 +40,5 @@ def create_proposals(
 
 __all__ = [
     "ClassicalConfig", "ClassicalProposals", "FileProposals", "GENERATORS", "ProposalGenerator",
-    "Proposals", "SamConfig", "SamProposals", "create_proposals",
+    "Proposals", "SamConfig", "SamProposals", "check_max_proposals", "create_proposals",
 ]

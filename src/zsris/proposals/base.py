@@ -43,11 +43,21 @@ class Proposals:
         return Proposals(self.masks[index], self.scores[index], self.boxes[index])
 
     def non_empty(self) -> "Proposals":
-        return self.select(np.flatnonzero(self.masks.reshape(len(self.masks), -1).any(axis=1)))
+        return self.select(np.flatnonzero(self.masks.any(axis=(1, 2))))
 
     @classmethod
     def empty(cls, height: int, width: int) -> "Proposals":
         return cls(np.zeros((0, height, width), dtype=bool), np.zeros(0, dtype=np.float32))
+
+
+def check_max_proposals(value: Optional[int]) -> Optional[int]:
+    """A cap on proposals per image is a positive count, or None for no cap. Zero or a negative
+    number is refused rather than read as "no cap", which would silently cost 5-10x the time."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ProposalError(f"max_proposals must be a positive count or None (no cap), not {value!r}")
+    return int(value)
 
 
 @runtime_checkable

@@ -26,7 +26,7 @@ from skimage.color import rgb2hsv, rgb2lab
 from skimage.segmentation import felzenszwalb
 
 from ..masks import iou_matrix, nms_by_iou
-from .base import Proposals
+from .base import Proposals, check_max_proposals
 
 COLOUR_BINS = 25
 TEXTURE_BINS = 10
@@ -53,7 +53,7 @@ class ClassicalConfig:
     the kept masks' boundaries snap to; 0 turns snapping off (plain bilinear upsampling).
     """
 
-    max_proposals: int = 100
+    max_proposals: Optional[int] = 100
     work_size: int = 256
     scales: tuple[int, ...] = (50, 100, 200, 400)
     colour_spaces: tuple[str, ...] = ("hsv", "lab")
@@ -212,6 +212,7 @@ class ClassicalProposals:
     def __init__(self, config: Optional[ClassicalConfig] = None, **overrides) -> None:
         base = config or ClassicalConfig()
         self.config = ClassicalConfig(**{**base.__dict__, **overrides})
+        check_max_proposals(self.config.max_proposals)
         unknown = set(self.config.similarities) - set(SIMILARITIES)
         if unknown:
             raise ValueError(f"unknown similarity {sorted(unknown)}; choose from {sorted(SIMILARITIES)}")

@@ -63,13 +63,12 @@ class FileProposals:
         masks, scores = [], []
         for record in records:
             try:
-                mask = decode_rle(record["segmentation"])
-            except (KeyError, TypeError, ValueError) as error:
-                raise ProposalError(f"{self.path}: malformed RLE for image {key!r} ({error})") from None
-            if mask.shape != shape:
-                raise ProposalError(f"{self.path}: a mask for image {key!r} is {mask.shape}, the image is {shape}")
+                mask = decode_rle(record["segmentation"], shape)
+                score = float(record.get("score", 1.0))
+            except (KeyError, TypeError, ValueError, OverflowError, AttributeError) as error:
+                raise ProposalError(f"{self.path}: malformed proposal for image {key!r} ({error})") from None
             masks.append(mask)
-            scores.append(float(record.get("score", 1.0)))
+            scores.append(score)
         if not masks:
             return Proposals.empty(*shape)
         return Proposals(np.stack(masks), np.asarray(scores))
@@ -80,11 +79,12 @@ class FileProposals:
         for file in files:
             try:
                 with Image.open(file) as image:
+                    if (image.height, image.width) != shape:  # from the header, before decoding
+                        raise ProposalError(f"{file}: mask is {(image.height, image.width)}, the image {key!r} "
+                                            f"is {shape}")
                     mask = np.asarray(image.convert("L")) > 0
-            except OSError as error:
+            except (OSError, ValueError, Image.DecompressionBombError) as error:
                 raise ProposalError(f"{file}: unreadable mask PNG ({error})") from None
-            if mask.shape != shape:
-                raise ProposalError(f"{file}: mask is {mask.shape}, the image {key!r} is {shape}")
             masks.append(mask)
         if not masks:
             return Proposals.empty(*shape)

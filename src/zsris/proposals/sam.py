@@ -14,9 +14,10 @@ from typing import Optional
 import numpy as np
 import torch
 
+from ..checkpoints import read_state_dict
 from ..errors import WeightsError, ZsrisError
 from ..masks import mask_nms
-from .base import Proposals
+from .base import Proposals, check_max_proposals
 
 SAM_CHECKPOINT_ENV = "ZSRIS_SAM_CHECKPOINT"
 SAM_MODEL_TYPES = ("vit_b", "vit_l", "vit_h")
@@ -31,7 +32,7 @@ class SamConfig:
     stability_score_thresh: float = 0.95
     min_area: float = 0.001
     nms_iou: float = 0.8
-    max_proposals: int = 100
+    max_proposals: Optional[int] = 100
 
 
 def build_sam(model_type: str, checkpoint: Optional[str], device: str | torch.device = "cpu"):
@@ -49,16 +50,17 @@ def build_sam(model_type: str, checkpoint: Optional[str], device: str | torch.de
             f"SAM proposals need a checkpoint: pass --sam-checkpoint PATH (or set {SAM_CHECKPOINT_ENV}) "
             f"to the sam_{model_type}_*.pth file from the segment-anything release"
         )
-    if checkpoint == "random":
-        model = sam_model_registry[model_type](checkpoint=None)
-    else:
-        path = Path(checkpoint).expanduser()
-        if not path.is_file():
-            raise WeightsError(f"SAM checkpoint {path} does not exist")
+    # segment-anything's own loader unpickles without weights_only: the tensors are read here.
+    path = Path(checkpoint).expanduser()
+    state_dict = None if checkpoint == "random" else read_state_dict(path, "SAM checkpoint")
+    model = sam_model_registry[model_type](checkpoint=None)
+    if state_dict is not None:
         try:
-            model = sam_model_registry[model_type](checkpoint=str(path))
-        except Exception as error:  # noqa: BLE001 - any load failure is a weights problem to the user
-            raise WeightsError(f"cannot load SAM {model_type} from {path}: {error}") from None
+            model.load_state_dict(state_dict)
+        except RuntimeError as error:
+            first = str(error).strip().splitlines()[0]
+            raise WeightsError(f"SAM checkpoint {path} does not fit SAM {model_type} ({first}); "
+                               f"pass the --sam-model it was made for") from None
     return model.to(device).eval()
 
 
@@ -69,12 +71,13 @@ class SamProposals:
 
     def __init__(self, checkpoint: Optional[str] = None, config: Optional[SamConfig] = None,
                  device: str | torch.device = "cpu", **overrides) -> None:
-        from segment_anything import SamAutomaticMaskGenerator
-
         base = config or SamConfig()
         self.config = SamConfig(**{**base.__dict__, **overrides})
+        check_max_proposals(self.config.max_proposals)
         self.checkpoint = checkpoint or os.environ.get(SAM_CHECKPOINT_ENV) or ""
         model = build_sam(self.config.model_type, checkpoint, device)
+        from segment_anything import SamAutomaticMaskGenerator  # present: build_sam checked
+
         self.generator = SamAutomaticMaskGenerator(
             model,
             points_per_side=self.config.points_per_side,
