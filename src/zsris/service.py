@@ -91,8 +91,9 @@ class SegmentationService:
         return expressions
 
     def load(self, image: Any, name: str):
-        """The image as RGB, checked against the pixel limit before it is decoded."""
-        return load_image(image, self.segmenter.max_pixels, name=name)
+        """The image as RGB, checked against the pixel limit before it is decoded, in a decode slot."""
+        with self._slots:
+            return load_image(image, self.segmenter.max_pixels, name=name)
 
     def segment(self, image: Any, expressions: list[str], name: str = "the image"):
         """``(pixels, proposals, results)``: the image as RGB, its proposals and one result per expression.
@@ -102,7 +103,7 @@ class SegmentationService:
         up decoded images.
         """
         with self._slots:
-            pixels = self.load(image, name)
+            pixels = load_image(image, self.segmenter.max_pixels, name=name)
             with self._lock:
                 features = self.segmenter.image_features(pixels)
                 return pixels, features.proposals, self.segmenter.score(features, expressions)
@@ -232,8 +233,7 @@ def build_demo(service: SegmentationService):
             return None, ""
         try:
             path = _uploaded_file(image_path)
-            with service._slots:
-                return service.load(path, path.name), ""
+            return service.load(path, path.name), ""
         except ZsrisError as error:
             gr.Warning(str(error))
             return None, f"**Error:** {error}"
