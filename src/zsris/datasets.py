@@ -27,6 +27,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from .errors import DatasetError
+from .masks import decode_rle
 
 DATASETS = {"refcoco": "unc", "refcoco+": "unc", "refcocog": "umd"}
 SPLIT_BYS = {"refcoco": ("unc", "google"), "refcoco+": ("unc",), "refcocog": ("umd", "google")}
@@ -212,12 +213,8 @@ def segmentation_to_mask(segmentation: Any, height: int, width: int, what: str =
                 mask = coverage == 1
             else:
                 mask = mask_utils.decode(mask_utils.merge(rles) if isinstance(rles, list) else rles).astype(bool)
-        elif isinstance(segmentation, dict) and isinstance(segmentation.get("counts"), list):
-            mask = mask_utils.decode(mask_utils.frPyObjects(segmentation, height, width)).astype(bool)
         elif isinstance(segmentation, dict):
-            counts = segmentation["counts"]
-            rle = {"size": segmentation["size"], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
-            mask = mask_utils.decode(rle).astype(bool)
+            mask = decode_rle(segmentation, (height, width))
         else:
             raise TypeError(type(segmentation).__name__)
     except Exception as error:  # noqa: BLE001 - pycocotools raises bare exceptions on bad input
