@@ -287,10 +287,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"zsris: serving on {args.host}: reachable from other machines", flush=True)
     print(f"zsris: open http://{args.host}:{args.port}/ (API docs at /docs, schema at /openapi.json)", flush=True)
-    try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
-    finally:
-        service.close()
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")  # the app's lifespan cleans up
     return 0
 
 
