@@ -105,14 +105,17 @@ def test_unwritable_output_folder(real_image_path, tmp_path, capsys):
 
 
 def test_alpha_defaults_to_the_papers():
-    from argparse import Namespace
+    from zsris.cli import make_parser
+    from zsris.cli.flags import config_from_args
+    from zsris.config import paper_alpha
 
-    from zsris.cli import default_alpha
-
-    assert default_alpha(Namespace(alpha=None)) == 0.95
-    assert default_alpha(Namespace(alpha=None, dataset="refcoco+")) == 0.95
-    assert default_alpha(Namespace(alpha=None, dataset="refcocog")) == 0.85
-    assert default_alpha(Namespace(alpha=0.5, dataset="refcocog")) == 0.5
+    assert paper_alpha() == 0.95 and paper_alpha("refcoco+") == 0.95 and paper_alpha("refcocog") == 0.85
+    parser = make_parser()
+    segment = parser.parse_args(["segment", "x.jpg", "a cat"])
+    evaluate = ["eval", "--data", "d", "--out", "o", "--dataset", "refcocog"]
+    assert config_from_args(segment).alpha == 0.95
+    assert config_from_args(parser.parse_args(evaluate)).alpha == 0.85
+    assert config_from_args(parser.parse_args([*evaluate, "--alpha", "0.5"])).alpha == 0.5
 
 
 def test_help_reads_well():

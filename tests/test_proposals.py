@@ -11,7 +11,7 @@ from zsris.datasets import ReferDataset
 from zsris.errors import ProposalError, WeightsError, ZsrisError
 from zsris.evaluation import evaluate_proposals
 from zsris.images import load_image
-from zsris.masks import decode_rle, encode_rle, iou_matrix, mask_box, mask_nms, nms_by_iou
+from zsris.masks import decode_rle, encode_rle, iou_matrix, mask_nms, nms_by_iou
 from zsris.proposals import ClassicalProposals, FileProposals, Proposals, SamProposals, create_proposals
 from zsris.proposals.classical import _boundary_band, _snap_to_superpixels
 
@@ -28,8 +28,9 @@ def _check(proposals: Proposals, image: np.ndarray, cap: int) -> None:
     assert proposals.masks.dtype == bool and proposals.masks.shape[1:] == image.shape[:2]
     assert proposals.masks.reshape(len(proposals), -1).any(1).all()
     assert proposals.scores.shape == (len(proposals),)
-    for mask, box in zip(proposals.masks, proposals.boxes):
-        assert tuple(box) == mask_box(mask)
+    for mask, (x1, y1, x2, y2) in zip(proposals.masks, proposals.boxes):
+        ys, xs = np.nonzero(mask)
+        assert (x1, y1, x2, y2) == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
 
 
 def test_classical_on_real_images(images):
@@ -143,7 +144,9 @@ def test_sam_with_random_weights_on_a_real_image(images):
     generator = SamProposals("random", model_type="vit_b", points_per_side=4, pred_iou_thresh=0.0,
                              stability_score_thresh=0.0, min_area=0.0, max_proposals=10)
     _check(generator(images[0]), images[0], 10)
-    assert generator.cache_key.startswith("sam-vit_b-random-p4")
+    key = generator.cache_key
+    assert key.startswith("sam-v") and {"model_type=vit_b", "points_per_side=4", "checkpoint=random"} <= set(
+        key.split("-"))
 
 
 def test_sam_without_checkpoint_says_how_to_supply_one(monkeypatch):
@@ -204,6 +207,37 @@ def test_factory_by_name(tmp_path):
         create_proposals("file")
     with pytest.raises(ZsrisError, match="unknown proposal generator"):
         create_proposals("freesolo")
+
+
+def test_registry_builds_from_a_spec_and_keys_follow_the_config(monkeypatch):
+    from dataclasses import dataclass
+
+    from zsris.config import PROPOSAL_GENERATORS, ProposalSpec
+    from zsris.proposals import PROPOSAL_REGISTRY, config_key
+
+    assert tuple(PROPOSAL_REGISTRY) == PROPOSAL_GENERATORS  # the command line offers exactly these
+    built = create_proposals(ProposalSpec(name="classical", max_proposals=9))
+    assert built.config.max_proposals == 9 and "max_proposals=9" in built.cache_key
+
+    @dataclass(frozen=True)
+    class GridConfig:
+        cells: int = 2
+        max_proposals: int = 4
+
+    class Grid:
+        name = "grid"
+
+        def __init__(self, config: GridConfig) -> None:
+            self.config = config
+
+        @property
+        def cache_key(self) -> str:
+            return config_key(self.name, 1, self.config)
+
+    monkeypatch.setitem(PROPOSAL_REGISTRY, "grid", lambda spec, device: Grid(GridConfig(max_proposals=spec.max_proposals)))
+    grid = create_proposals("grid", max_proposals=3)
+    assert isinstance(grid, Grid) and grid.cache_key == "grid-v1-cells=2-max_proposals=3"
+    assert create_proposals("grid", max_proposals=5).cache_key != grid.cache_key
 
 
 def test_rle_round_trip_and_nms():

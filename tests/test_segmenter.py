@@ -34,12 +34,14 @@ def _segmenter(backbone, **options) -> Segmenter:
 def test_alpha_one_and_zero_reduce_to_one_visual_branch(backbone_name, request, small_image, proposals):
     backbone = request.getfixturevalue(backbone_name)
     for fusion in ("reference", "normalized"):
-        only_global = _segmenter(backbone, alpha=1.0, fusion=fusion, top_k=100)
-        for result in only_global.score(only_global.image_features(small_image, proposals=proposals), EXPRESSIONS):
+        only_global = _segmenter(backbone, alpha=1.0, fusion=fusion)
+        features = only_global.image_features(small_image, proposals=proposals)
+        for result in only_global.score(features, EXPRESSIONS, top_k=100):
             for r in result.ranked:
                 assert r.score == pytest.approx(r.global_score, abs=1e-5)
-        only_local = _segmenter(backbone, alpha=0.0, fusion=fusion, top_k=100)
-        for result in only_local.score(only_local.image_features(small_image, proposals=proposals), EXPRESSIONS):
+        only_local = _segmenter(backbone, alpha=0.0, fusion=fusion)
+        features = only_local.image_features(small_image, proposals=proposals)
+        for result in only_local.score(features, EXPRESSIONS, top_k=100):
             for r in result.ranked:
                 assert r.score == pytest.approx(r.local_score, abs=1e-5)
 
@@ -76,7 +78,7 @@ def test_segment_many_equals_segment_one_by_one(tiny_vit, small_image):
 
 
 def test_result_fields(tiny_vit, small_image):
-    result = _segmenter(tiny_vit, top_k=3).segment(small_image, "the elephant on the left")
+    result = _segmenter(tiny_vit).segment(small_image, "the elephant on the left", top_k=3)
     assert result.mask.shape == small_image.shape[:2] and result.mask.dtype == bool and result.mask.any()
     assert result.noun_phrase == "the elephant"
     assert len(result.ranked) == 3 and result.ranked[0].index == result.proposal_index

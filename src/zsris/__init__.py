@@ -4,19 +4,41 @@
 >>> segmenter = create_segmenter()                      # ViT-B/32 (OpenAI), classical proposals
 >>> result = segmenter.segment("photo.jpg", "the cat lying on the scooter seat")
 >>> result.mask.shape, result.score, result.box
+
+Names are imported on first use (PEP 562), so that ``import zsris`` (and the command line's
+``--help``) does not load torch.
 """
-from .backbones import ClipBackbone, load_backbone
-from .errors import (DatasetError, ExpressionError, ImageError, NoProposalsError, ProposalError, WeightsError,
-                     ZsrisError)
-from .images import load_image
-from .proposals import ClassicalProposals, FileProposals, Proposals, SamProposals, create_proposals
-from .segmenter import ImageFeatures, RankedProposal, SegmentResult, Segmenter, create_segmenter
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "ClassicalProposals", "ClipBackbone", "DatasetError", "ExpressionError", "FileProposals", "ImageError",
-    "ImageFeatures", "NoProposalsError", "ProposalError", "Proposals", "RankedProposal", "SamProposals",
-    "SegmentResult", "Segmenter", "WeightsError", "ZsrisError", "create_proposals", "create_segmenter",
-    "load_backbone", "load_image",
-]
+#: public name -> the module that defines it
+_EXPORTS = {
+    "ClassicalProposals": "proposals", "FileProposals": "proposals", "Proposals": "proposals",
+    "SamProposals": "proposals", "create_proposals": "proposals", "PROPOSAL_REGISTRY": "proposals",
+    "ClipBackbone": "backbones", "load_backbone": "backbones",
+    "DatasetError": "errors", "ExpressionError": "errors", "ImageError": "errors", "NoProposalsError": "errors",
+    "ProposalError": "errors", "WeightsError": "errors", "ZsrisError": "errors", "ZsrisWarning": "errors",
+    "ImageFeatures": "segmenter", "RankedProposal": "segmenter", "SegmentResult": "segmenter",
+    "Segmenter": "segmenter", "create_segmenter": "segmenter",
+    "ProposalSpec": "config", "SegmenterConfig": "config", "paper_alpha": "config",
+    "load_image": "images",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'zsris' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -22,13 +22,12 @@ import torch
 from torch import nn
 
 from .checkpoints import refusal, read_state_dict
+from .config import DEFAULT_BACKBONE, DEFAULT_PRETRAINED, WEIGHTS_ENV
 from .errors import WeightsError, ZsrisError
+from .visual import is_vit
 
 
-WEIGHTS_ENV = "ZSRIS_CLIP_WEIGHTS"
 RANDOM = "random"
-DEFAULT_BACKBONE = "ViT-B/32"
-DEFAULT_PRETRAINED = "openai"
 
 #: ImageNet statistics. The reference implementation normalises with these (not CLIP's own)
 #: and fills the background of local crops with the mean *in normalised space*.
@@ -74,7 +73,7 @@ class ClipBackbone:
 
     @property
     def is_vit(self) -> bool:
-        return hasattr(self.model.visual, "transformer")
+        return is_vit(self.model)
 
     @property
     def is_random(self) -> bool:
@@ -193,24 +192,61 @@ def cached_pretrained_file(cfg: dict) -> Optional[Path]:
     return None
 
 
-def _load_pretrained(name: str, pretrained: str) -> nn.Module:
-    cfg = open_clip.get_pretrained_cfg(name, pretrained)
+@dataclass(frozen=True)
+class WeightsSource:
+    """Where the weights of a CLIP backbone come from, decided without loading anything.
+
+    ``kind`` is ``random``, ``path`` (a local checkpoint named by --weights or the environment),
+    or ``pretrained`` (an open_clip tag: ``hub`` is its Hugging Face repository, ``url`` the
+    original release, ``path`` the local copy when one is cached).
+    """
+
+    backbone: str
+    kind: str
+    tag: str
+    path: Optional[Path] = None
+    hub: str = ""
+    url: str = ""
+    quick_gelu: bool = False
+
+    @property
+    def available(self) -> bool:
+        """True when loading needs no network."""
+        return self.kind == RANDOM or (self.path is not None and self.path.is_file())
+
+
+def weights_source(name: str = DEFAULT_BACKBONE, pretrained: str = DEFAULT_PRETRAINED,
+                   weights: Optional[str] = None) -> WeightsSource:
+    """Resolve ``weights`` (a path or ``"random"``), then ``$ZSRIS_CLIP_WEIGHTS``, then the
+    pretrained tag, as :func:`load_backbone` does; unknown backbones and tags are refused."""
+    arch = canonical_name(name)
+    weights = weights or os.environ.get(WEIGHTS_ENV) or None
+    openai_gelu = bool((open_clip.get_pretrained_cfg(arch, "openai") or {}).get("quick_gelu", False))
+    if weights == RANDOM:
+        return WeightsSource(arch, RANDOM, RANDOM, quick_gelu=openai_gelu)
+    if weights:
+        return WeightsSource(arch, "path", str(weights), Path(weights).expanduser())
+    cfg = open_clip.get_pretrained_cfg(arch, pretrained)
     if not cfg:
-        tags = ", ".join(tag for model, tag in open_clip.list_pretrained() if model == name) or "none"
-        raise WeightsError(f"CLIP {name} has no pretrained tag {pretrained!r} (known tags: {tags})")
-    quick_gelu = bool(cfg.get("quick_gelu", False))
-    local = cached_pretrained_file(cfg)
-    if local is not None:
-        if local.suffix == ".pt":
-            return _load_openai(local)
-        return _create(name, str(local), quick_gelu)
+        tags = ", ".join(tag for model, tag in open_clip.list_pretrained() if model == arch) or "none"
+        raise WeightsError(f"CLIP {arch} has no pretrained tag {pretrained!r} (known tags: {tags})")
+    return WeightsSource(arch, "pretrained", pretrained, cached_pretrained_file(cfg), (cfg.get("hf_hub") or "").rstrip("/"),
+                         cfg.get("url") or "", bool(cfg.get("quick_gelu", False)))
+
+
+def _load_pretrained(source: WeightsSource) -> nn.Module:
+    if source.path is not None:
+        if source.path.suffix == ".pt":
+            return _load_openai(source.path)
+        return _create(source.backbone, str(source.path), source.quick_gelu)
     # Offline, open_clip's own download retries for about a minute before failing: ask DNS first.
     if not _network_reachable():
-        raise WeightsError(_missing_weights_message(name, pretrained, "not in the local cache and no network"))
+        raise WeightsError(_missing_weights_message(source.backbone, source.tag,
+                                                    "not in the local cache and no network"))
     try:
-        return _create(name, pretrained, quick_gelu)
+        return _create(source.backbone, source.tag, source.quick_gelu)
     except Exception as error:  # noqa: BLE001 - any download failure means the same to the user
-        raise WeightsError(_missing_weights_message(name, pretrained, str(error).splitlines()[0])) from None
+        raise WeightsError(_missing_weights_message(source.backbone, source.tag, str(error).splitlines()[0])) from None
 
 
 def load_backbone(
@@ -225,25 +261,20 @@ def load_backbone(
     ``weights`` is a checkpoint path, ``"random"`` (the real architecture with random weights,
     seeded, for tests and speed measurements) or None (``$ZSRIS_CLIP_WEIGHTS``, then ``pretrained``).
     """
-    arch = canonical_name(name)
-    weights = weights or os.environ.get(WEIGHTS_ENV) or None
-    if weights == RANDOM:
-        tag = RANDOM
+    source = weights_source(name, pretrained, weights)
+    if source.kind == RANDOM:
         torch.manual_seed(seed)
-        quick_gelu = bool((open_clip.get_pretrained_cfg(arch, "openai") or {}).get("quick_gelu", False))
-        model = _create(arch, None, quick_gelu)
-    elif weights:
-        tag = str(weights)
-        model = _load_from_path(arch, Path(weights).expanduser())
+        model = _create(source.backbone, None, source.quick_gelu)
+    elif source.kind == "path":
+        model = _load_from_path(source.backbone, source.path)
     else:
-        tag = pretrained
-        model = _load_pretrained(arch, pretrained)
+        model = _load_pretrained(source)
     model = model.float().eval().to(device)
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     size = model.visual.image_size
     input_size = int(size[0] if isinstance(size, (tuple, list)) else size)
-    return ClipBackbone(model, open_clip.get_tokenizer(arch), arch, tag, input_size)
+    return ClipBackbone(model, open_clip.get_tokenizer(source.backbone), source.backbone, source.tag, input_size)
 
 
 def resolve_device(device: str = "auto") -> torch.device:

@@ -34,3 +34,9 @@ class NoProposalsError(ProposalError):
 
 class DatasetError(ZsrisError):
     """A dataset file is missing or malformed."""
+
+
+class ZsrisWarning(UserWarning):
+    """Something the user should know that does not stop the work (an expression truncated ...).
+
+    The command line shows every one of them, once, whatever code raised it."""

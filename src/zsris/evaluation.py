@@ -3,9 +3,10 @@ proposals cached on disk, predictions stored as they are made, in-process or on 
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 import numpy as np
 from tqdm import tqdm
@@ -13,7 +14,8 @@ from tqdm import tqdm
 from .cache import ProposalCache
 from .datasets import Ref, ReferDataset
 from .errors import DatasetError, NoProposalsError
-from .images import DEFAULT_MAX_PIXELS, load_image
+from .config import DEFAULT_MAX_PIXELS
+from .images import load_image
 from .masks import iou_matrix
 from .metrics import intersection_union, iou, proposal_quality
 from .proposals import ProposalGenerator, Proposals
@@ -51,7 +53,7 @@ class ImageEvaluator:
         return self.cache.get_or_make(self.dataset.image_path(image_id), make)[0]
 
     def __call__(self, image_id: int, refs: list[Ref]) -> list[dict[str, Any]]:
-        pixels = load_dataset_image(self.dataset, image_id, self.segmenter.max_pixels)
+        pixels = load_dataset_image(self.dataset, image_id, self.segmenter.config.max_pixels)
         instance_ids = self.dataset.annotation_ids(image_id)
         instances = np.stack([self.dataset.annotation_mask(a) for a in instance_ids])
         proposals = self.proposals(image_id, pixels, instances)
@@ -133,10 +135,14 @@ class RayWorker:
         return self.evaluator(image_id, refs)
 
 
-def run_ray(build: Callable[[], ImageEvaluator], groups: dict[int, list[Ref]], pending: list[int],
-            store: PredictionStore, progress: tqdm, workers: int = 2, address: Optional[str] = None) -> None:
-    """Spread images over ``workers`` Ray actors (models loaded once each); results stream into
-    the store as they finish, so an interrupted Ray run resumes like a local one."""
+@contextlib.contextmanager
+def ray_session(workers: int, address: Optional[str] = None, enabled: bool = True) -> Iterator[None]:
+    """Ray started (or joined at ``address``) for the block, and shut down after it if started here.
+
+    Started before any progress bar is drawn, so that Ray's start-up notices do not land inside it."""
+    if not enabled:
+        yield
+        return
     import ray
 
     started_here = not ray.is_initialized()
@@ -144,28 +150,37 @@ def run_ray(build: Callable[[], ImageEvaluator], groups: dict[int, list[Ref]], p
         ray.init(address=address, num_cpus=None if address else workers, include_dashboard=False,
                  log_to_driver=False, configure_logging=False)
     try:
-        actor_class = ray.remote(num_cpus=1)(RayWorker)
-        actors = [actor_class.remote(build) for _ in range(workers)]
-        queue = list(pending)
-        in_flight: dict[Any, Any] = {}
-
-        def submit(actor) -> None:
-            if queue:
-                image_id = queue.pop(0)
-                in_flight[actor.evaluate.remote(image_id, groups[image_id])] = actor
-
-        for actor in actors:
-            for _ in range(2):  # one running, one queued per actor
-                submit(actor)
-        while in_flight:
-            ready, _ = ray.wait(list(in_flight), num_returns=1)
-            actor = in_flight.pop(ready[0])
-            store.add(ray.get(ready[0]))
-            progress.update(1)
-            submit(actor)
+        yield
     finally:
         if started_here:
             ray.shutdown()
+
+
+def run_ray(build: Callable[[], ImageEvaluator], groups: dict[int, list[Ref]], pending: list[int],
+            store: PredictionStore, progress: tqdm, workers: int = 2) -> None:
+    """Spread images over ``workers`` Ray actors (models loaded once each) in a :func:`ray_session`;
+    results stream into the store as they finish, so an interrupted Ray run resumes like a local one."""
+    import ray
+
+    actor_class = ray.remote(num_cpus=1)(RayWorker)
+    actors = [actor_class.remote(build) for _ in range(workers)]
+    queue = list(pending)
+    in_flight: dict[Any, Any] = {}
+
+    def submit(actor) -> None:
+        if queue:
+            image_id = queue.pop(0)
+            in_flight[actor.evaluate.remote(image_id, groups[image_id])] = actor
+
+    for actor in actors:
+        for _ in range(2):  # one running, one queued per actor
+            submit(actor)
+    while in_flight:
+        ready, _ = ray.wait(list(in_flight), num_returns=1)
+        actor = in_flight.pop(ready[0])
+        store.add(ray.get(ready[0]))
+        progress.update(1)
+        submit(actor)
 
 
 def evaluate_proposals(generator: ProposalGenerator, dataset: ReferDataset, groups: dict[int, list[Ref]],

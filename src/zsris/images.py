@@ -15,13 +15,10 @@ from typing import BinaryIO, Optional, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .config import DEFAULT_MAX_PIXELS
 from .errors import ImageError, ImageTooLargeError
 
 ImageInput = Union[str, Path, bytes, BinaryIO, Image.Image, np.ndarray]
-
-#: Images with more pixels than this are refused: proposals and masks are computed at full
-#: resolution, and a 20000 x 20000 image would need tens of GiB. Pass ``max_pixels`` to change.
-DEFAULT_MAX_PIXELS = 40_000_000
 
 
 def _megapixels(pixels: int) -> str:

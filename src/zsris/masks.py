@@ -7,17 +7,20 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 
-def mask_box(mask: np.ndarray) -> tuple[int, int, int, int]:
-    """Tight box ``(x1, y1, x2, y2)`` of a boolean mask, x2/y2 exclusive; zeros for an empty mask."""
-    rows = np.flatnonzero(mask.any(axis=1))
-    cols = np.flatnonzero(mask.any(axis=0))
-    if len(rows) == 0:
-        return (0, 0, 0, 0)
-    return (int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1)
-
-
 def masks_boxes(masks: np.ndarray) -> np.ndarray:
-    return np.array([mask_box(m) for m in masks], dtype=np.int64).reshape(-1, 4)
+    """Tight boxes ``[N, 4]`` ``(x1, y1, x2, y2)``, x2/y2 exclusive, of a stack of boolean masks;
+    zeros for an empty mask. No loop over the masks: the first and last occupied row and column
+    come from ``argmax`` from each side."""
+    masks = np.asarray(masks, dtype=bool)
+    if len(masks) == 0:
+        return np.zeros((0, 4), dtype=np.int64)
+    rows, cols = masks.any(axis=2), masks.any(axis=1)
+    height, width = rows.shape[1], cols.shape[1]
+    boxes = np.stack([
+        cols.argmax(1), rows.argmax(1), width - cols[:, ::-1].argmax(1), height - rows[:, ::-1].argmax(1),
+    ], axis=1).astype(np.int64)
+    boxes[~rows.any(1)] = 0
+    return boxes
 
 
 def encode_rle(mask: np.ndarray) -> dict[str, Any]:

@@ -8,15 +8,15 @@ from .segmenter import SegmentResult, Segmenter
 
 
 def settings(segmenter: Segmenter) -> dict[str, Any]:
-    """The settings that produced a result, so a record says how to reproduce it."""
+    """The settings that produced a result, so a record says how to reproduce it: the config's
+    (:meth:`SegmenterConfig.settings`), with what was actually loaded where the config leaves it
+    open: the backbone's canonical name, the weights it resolved to, and the proposal
+    generator's cache key (its settings and version)."""
     return {
+        **segmenter.config.settings(),
         "backbone": segmenter.backbone.name,
         "weights": segmenter.backbone.weights,
-        "proposals": getattr(segmenter.proposals, "cache_key", type(segmenter.proposals).__name__),
-        "alpha": segmenter.alpha,
-        "beta": segmenter.beta,
-        "k": segmenter.k,
-        "fusion": segmenter.fusion,
+        "proposal_generator": getattr(segmenter.proposals, "cache_key", type(segmenter.proposals).__name__),
     }
 
 

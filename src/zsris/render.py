@@ -8,6 +8,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 MASK_COLOUR = (255, 64, 64)
 BOX_COLOUR = (255, 220, 0)
+WARNING_COLOUR = (255, 80, 80)
+RANDOM_WEIGHTS_NOTE = "RANDOM WEIGHTS: this mask means nothing"
 
 
 def mask_image(mask: np.ndarray) -> Image.Image:
@@ -23,8 +25,10 @@ def _font(size: int) -> ImageFont.ImageFont:
 
 
 def overlay(image: np.ndarray, mask: np.ndarray, box: tuple[int, int, int, int], caption: str,
-            opacity: float = 0.5) -> Image.Image:
-    """The image with the mask tinted, its box outlined and ``caption`` in a band below it."""
+            opacity: float = 0.5, warning: str = "") -> Image.Image:
+    """The image with the mask tinted, its box outlined and ``caption`` in a band below it;
+    ``warning`` (such as "random weights") is written under the caption in red, so that a
+    picture shared without its JSON still says it."""
     height, width = mask.shape
     tinted = image.astype(np.float32)
     tinted[mask] = (1 - opacity) * tinted[mask] + opacity * np.array(MASK_COLOUR, np.float32)
@@ -35,11 +39,13 @@ def overlay(image: np.ndarray, mask: np.ndarray, box: tuple[int, int, int, int],
     if x2 > x1 and y2 > y1:
         draw.rectangle([x1, y1, x2 - 1, y2 - 1], outline=BOX_COLOUR, width=line)
     font_size = max(12, min(32, width // 30))
-    lines = textwrap.wrap(caption, width=max(10, int(width / (font_size * 0.55)))) or [""]
+    columns = max(10, int(width / (font_size * 0.55)))
+    lines = [(text, (255, 255, 255)) for text in textwrap.wrap(caption, width=columns) or [""]]
+    lines += [(text, WARNING_COLOUR) for text in textwrap.wrap(warning, width=columns)]
     band = Image.new("RGB", (width, (font_size + 6) * len(lines) + 8), (0, 0, 0))
     band_draw = ImageDraw.Draw(band)
-    for i, text in enumerate(lines):
-        band_draw.text((6, 4 + i * (font_size + 6)), text, fill=(255, 255, 255), font=_font(font_size))
+    for i, (text, colour) in enumerate(lines):
+        band_draw.text((6, 4 + i * (font_size + 6)), text, fill=colour, font=_font(font_size))
     canvas = Image.new("RGB", (width, height + band.height))
     canvas.paste(picture, (0, 0))
     canvas.paste(band, (0, height))

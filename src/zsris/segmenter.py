@@ -17,14 +17,16 @@ import torchvision.transforms.functional as TF
 from torch import Tensor
 
 from . import visual
-from .backbones import ClipBackbone, Preprocess, load_backbone, preprocess_preset, resolve_device
+from .backbones import ClipBackbone, load_backbone, preprocess_preset, resolve_device
+from .config import ProposalSpec, SegmenterConfig
 from .errors import NoProposalsError, ZsrisError
-from .images import DEFAULT_MAX_PIXELS, ImageInput, load_image
+from .fusion import fuse_text, fuse_visual
+from .images import ImageInput, load_image
 from .proposals import ProposalGenerator, Proposals, create_proposals
-from .text import ExpressionParser, ParsedExpression, TextEncoder, check_expression, fuse
+from .text import ExpressionParser, ParsedExpression, TextEncoder, check_expression
 
 RANDOM_WEIGHTS_WARNING = "zsris: CLIP has RANDOM weights (--weights random): its masks mean nothing"
-FUSIONS = ("reference", "normalized")
+DEFAULT_TOP_K = 5
 
 
 @dataclass
@@ -69,44 +71,28 @@ class ImageFeatures:
 class Segmenter:
     """Zero-shot referring segmentation with global-local CLIP features (Yu et al., CVPR 2023).
 
-    ``alpha`` weighs the global-context visual feature against the local one, ``beta`` the
-    whole sentence against its target noun phrase, ``k`` is how many final ViT blocks see the
-    mask. ``fusion='reference'`` fuses raw features as the authors' code does (its ResNet path
-    normalising the local and text parts first); ``'normalized'`` normalises every part first.
+    Built from loaded models and a :class:`SegmenterConfig` (whose fields may also be given as
+    keyword ``changes``); :func:`create_segmenter` loads the models the config names. The
+    config's model and proposal fields describe how the models were made; the loaded objects
+    themselves are ``backbone`` and ``proposals``.
     """
 
     def __init__(
         self,
         backbone: ClipBackbone,
         proposals: ProposalGenerator,
-        alpha: float = 0.95,
-        beta: float = 0.5,
-        k: int = 3,
-        fusion: str = "reference",
-        preprocess: str | Preprocess = "reference",
-        top_k: int = 5,
-        batch_size: int = 64,
-        max_pixels: int = DEFAULT_MAX_PIXELS,
+        config: Optional[SegmenterConfig] = None,
         parser: Optional[ExpressionParser] = None,
+        **changes,
     ) -> None:
-        if not 0.0 <= alpha <= 1.0 or not 0.0 <= beta <= 1.0:
-            raise ZsrisError(f"alpha and beta must lie in [0, 1], got alpha={alpha}, beta={beta}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ZsrisError(f"batch_size must be a positive count, not {batch_size!r}")
-        if fusion not in FUSIONS:
-            raise ZsrisError(f"unknown fusion {fusion!r}; choose one of {', '.join(FUSIONS)}")
+        self.config = (config or SegmenterConfig()).replace(**changes)
+        visual.check_supported(backbone.model)
+        k = self.config.k
         if backbone.is_vit and not 0 <= k <= visual.vit_num_blocks(backbone.model):
             raise ZsrisError(f"k must be between 0 and {visual.vit_num_blocks(backbone.model)}, not {k}")
         self.backbone = backbone
         self.proposals = proposals
-        self.alpha, self.beta, self.k = alpha, beta, k
-        self.fusion = fusion
-        self.preprocess_config = (
-            preprocess if isinstance(preprocess, Preprocess) else preprocess_preset(preprocess, backbone.model)
-        )
-        self.top_k = top_k
-        self.batch_size = batch_size
-        self.max_pixels = max_pixels
+        self.preprocess_config = preprocess_preset(self.config.preprocess, backbone.model)
         self.parser = parser or ExpressionParser()
         self.text_encoder = TextEncoder(backbone.model, backbone.tokenizer, backbone.context_length)
         if backbone.is_random:
@@ -133,8 +119,8 @@ class Segmenter:
     def global_features(self, clip_input: Tensor, masks: Tensor | np.ndarray) -> Tensor:
         """Global-context features ``[N, D]`` (raw) of ``masks`` on a preprocessed CLIP input."""
         masks = torch.as_tensor(masks, device=self.device)
-        return visual.global_features(self.backbone.model, clip_input.to(self.device), masks, self.k,
-                                      batch_size=self.batch_size)
+        return visual.global_features(self.backbone.model, clip_input.to(self.device), masks, self.config.k,
+                                      batch_size=self.config.batch_size)
 
     def local_features(self, image_tensor: Tensor, masks: Tensor | np.ndarray,
                        boxes: Optional[Tensor | np.ndarray] = None) -> Tensor:
@@ -143,15 +129,12 @@ class Segmenter:
         boxes = None if boxes is None else torch.as_tensor(boxes)
         return visual.local_features(self.backbone.model, image_tensor.to(self.device), masks,
                                      self.preprocess_config.fill, self.backbone.input_size, boxes,
-                                     batch_size=self.batch_size)
+                                     batch_size=self.config.batch_size)
 
     def fuse_visual(self, global_features: Tensor, local_features: Tensor) -> Tensor:
-        if self.fusion == "normalized":
-            fused = fuse(global_features, local_features, self.alpha, normalize_parts=True)
-        else:  # the reference fuses raw ViT features; its ResNet path normalises the local one first
-            local = local_features if self.backbone.is_vit else F.normalize(local_features, dim=-1)
-            fused = fuse(global_features, local, self.alpha, normalize_parts=False)
-        return F.normalize(fused, dim=-1)
+        """The fused, L2-normalised visual feature of each proposal (see :mod:`zsris.fusion`)."""
+        return fuse_visual(global_features, local_features, self.config.alpha, self.config.fusion,
+                           self.backbone.is_vit)
 
     def image_features(self, image: ImageInput, image_id: Optional[str] = None,
                        proposals: Optional[Proposals] = None) -> ImageFeatures:
@@ -175,7 +158,7 @@ class Segmenter:
     def _load(self, image: ImageInput, image_id: Optional[str]) -> tuple[np.ndarray, Optional[str]]:
         if image_id is None and isinstance(image, (str, Path)):
             image_id = Path(image).name
-        return load_image(image, self.max_pixels), image_id
+        return load_image(image, self.config.max_pixels), image_id
 
     # -- text ---------------------------------------------------------------------------
     def text_features(self, expressions: Sequence[str]) -> tuple[Tensor, list[ParsedExpression]]:
@@ -183,12 +166,13 @@ class Segmenter:
         parsed = [self.parser(check_expression(e)) for e in expressions]
         sentences = self.text_encoder.encode(p.sentence for p in parsed)
         phrases = self.text_encoder.encode(p.noun_phrase for p in parsed)
-        normalize_parts = self.fusion == "normalized" or not self.backbone.is_vit
-        return F.normalize(fuse(sentences, phrases, self.beta, normalize_parts), dim=-1), parsed
+        return fuse_text(sentences, phrases, self.config.beta, self.config.fusion, self.backbone.is_vit), parsed
 
     # -- scoring --------------------------------------------------------------------------
-    def score(self, features: ImageFeatures, expressions: Sequence[str]) -> list[SegmentResult]:
-        """Score every proposal against every expression and pick the best for each."""
+    def score(self, features: ImageFeatures, expressions: Sequence[str],
+              top_k: int = DEFAULT_TOP_K) -> list[SegmentResult]:
+        """Score every proposal against every expression and pick the best for each; each result
+        ranks the ``top_k`` best proposals."""
         text, parsed = self.text_features(expressions)
         fused = (text @ features.visual_features.T).cpu()
         global_scores = (text @ F.normalize(features.global_features, dim=-1).T).cpu()
@@ -201,43 +185,49 @@ class Segmenter:
             ranked = [
                 RankedProposal(i, float(fused[row, i]), float(global_scores[row, i]), float(local_scores[row, i]),
                                tuple(int(v) for v in proposals.boxes[i]), int(areas[i]))
-                for i in order[: max(self.top_k, 1)]
+                for i in order[: max(top_k, 1)]
             ]
             best = order[0]
             results.append(SegmentResult(parse.raw, parse.noun_phrase, proposals.masks[best], ranked[0].score,
                                          ranked[0].box, best, ranked))
         return results
 
-    def segment_many(self, image: ImageInput, expressions: Sequence[str],
-                     image_id: Optional[str] = None) -> list[SegmentResult]:
+    def segment_many(self, image: ImageInput, expressions: Sequence[str], image_id: Optional[str] = None,
+                     top_k: int = DEFAULT_TOP_K) -> list[SegmentResult]:
         """Segment several expressions about one image; the visual work is done once."""
         if isinstance(expressions, str):
             raise ZsrisError("segment_many takes a list of expressions; use segment for one")
         for expression in expressions:
             check_expression(expression)
-        return self.score(self.image_features(image, image_id), expressions)
+        return self.score(self.image_features(image, image_id), expressions, top_k)
 
-    def segment(self, image: ImageInput, expression: str, image_id: Optional[str] = None) -> SegmentResult:
+    def segment(self, image: ImageInput, expression: str, image_id: Optional[str] = None,
+                top_k: int = DEFAULT_TOP_K) -> SegmentResult:
         """The mask of the object that ``expression`` refers to in ``image``."""
-        return self.segment_many(image, [expression], image_id)[0]
+        return self.segment_many(image, [expression], image_id, top_k)[0]
 
 
 def create_segmenter(
-    backbone: str = "ViT-B/32",
-    pretrained: str = "openai",
-    weights: Optional[str] = None,
-    proposals: str | ProposalGenerator = "classical",
-    device: str = "auto",
-    max_proposals: Optional[int] = 100,
-    sam_checkpoint: Optional[str] = None,
-    sam_model: str = "vit_h",
-    proposals_path: Optional[str] = None,
-    **options,
+    config: Optional[SegmenterConfig] = None,
+    *,
+    proposals: str | ProposalSpec | ProposalGenerator | None = None,
+    parser: Optional[ExpressionParser] = None,
+    **changes,
 ) -> Segmenter:
-    """Load the models once and return a ready :class:`Segmenter` (see its options)."""
-    resolved = resolve_device(device)
-    clip = load_backbone(backbone, pretrained, weights, resolved)
-    generator = proposals if not isinstance(proposals, str) else create_proposals(
-        proposals, max_proposals, sam_checkpoint, sam_model, proposals_path, resolved
-    )
-    return Segmenter(clip, generator, **options)
+    """Load the models ``config`` names, once, and return a ready :class:`Segmenter`.
+
+    Fields of :class:`SegmenterConfig` may be given as keywords instead of (or on top of) a
+    config, proposal fields flat: ``create_segmenter(weights="random", max_proposals=50)``.
+    ``proposals`` is a generator name, a :class:`ProposalSpec`, or an already built generator.
+    """
+    generator = None
+    if proposals is not None and not isinstance(proposals, (str, ProposalSpec)):
+        generator = proposals
+    elif proposals is not None:
+        changes["proposals"] = proposals
+    config = (config or SegmenterConfig()).replace(**changes)
+    device = resolve_device(config.device)
+    clip = load_backbone(config.backbone, config.pretrained, config.weights, device)
+    if generator is None:
+        generator = create_proposals(config.proposals, device)
+    return Segmenter(clip, generator, config, parser)

@@ -12,7 +12,6 @@ files uploaded through it, and its uploads and outputs are deleted ``file_ttl`` 
 they were written.
 """
 
-import argparse
 import atexit
 import contextlib
 import json
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .errors import ExpressionError, ImageError, ImageTooLargeError, ProposalError, ZsrisError
+from .extras import require_extra
 from .images import load_image
 
 EXAMPLES = Path(__file__).parent / "examples"
@@ -56,7 +56,6 @@ class SegmentationService:
                  max_expressions: int = DEFAULT_MAX_EXPRESSIONS, decode_slots: int = DEFAULT_DECODE_SLOTS,
                  file_ttl: float = DEFAULT_FILE_TTL) -> None:
         self.segmenter = segmenter
-        segmenter.top_k = max(segmenter.top_k, 100)  # requests choose how many ranked proposals they see
         self.max_request_bytes = max_request_bytes
         self.max_expressions = max_expressions
         self.file_ttl = file_ttl
@@ -93,24 +92,26 @@ class SegmentationService:
     def load(self, image: Any, name: str):
         """The image as RGB, checked against the pixel limit before it is decoded, in a decode slot."""
         with self._slots:
-            return load_image(image, self.segmenter.max_pixels, name=name)
+            return load_image(image, self.segmenter.config.max_pixels, name=name)
 
-    def segment(self, image: Any, expressions: list[str], name: str = "the image"):
-        """``(pixels, proposals, results)``: the image as RGB, its proposals and one result per expression.
+    def segment(self, image: Any, expressions: list[str], name: str = "the image", top_k: int = 5):
+        """``(pixels, proposals, results)``: the image as RGB, its proposals and one result per
+        expression, each ranking its ``top_k`` best proposals.
 
         ``image`` is a path or the bytes of an image file; ``name`` stands for it in error messages.
         A decode slot is held from decoding to the answer, so that queued requests cannot pile
         up decoded images.
         """
         with self._slots:
-            pixels = load_image(image, self.segmenter.max_pixels, name=name)
+            pixels = load_image(image, self.segmenter.config.max_pixels, name=name)
             with self._lock:
                 features = self.segmenter.image_features(pixels)
-                return pixels, features.proposals, self.segmenter.score(features, expressions)
+                return pixels, features.proposals, self.segmenter.score(features, expressions, top_k)
 
 
 def create_app(service: SegmentationService):
     """The FastAPI app: JSON API under /api, the Gradio page at /."""
+    require_extra("serve", "the web demo and HTTP API")
     import gradio as gr
     from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
     from fastapi.responses import JSONResponse
@@ -156,14 +157,10 @@ def create_app(service: SegmentationService):
             raise HTTPException(413, f"image over the limit of {service.max_request_bytes} bytes")
         try:
             parsed = service.parse_expressions(expressions)
-            _, _, results = service.segment(data, parsed, Path(image.filename or "upload").name)
+            _, _, results = service.segment(data, parsed, Path(image.filename or "upload").name, top_k)
         except ZsrisError as error:
             raise HTTPException(http_status(error), str(error)) from None
-        records = []
-        for result in results:
-            record = result_record(result, image.filename)
-            record["top_proposals"] = record["top_proposals"][:top_k]
-            records.append(record)
+        records = [result_record(result, image.filename) for result in results]
         return {"results": records, "settings": settings(service.segmenter)}
 
     demo = build_demo(service)
@@ -193,7 +190,7 @@ def build_demo(service: SegmentationService):
     import gradio as gr
 
     from .records import result_record
-    from .render import mask_image, overlay
+    from .render import RANDOM_WEIGHTS_NOTE, mask_image, overlay
 
     examples = sorted(str(p) for p in EXAMPLES.glob("*.png"))
 
@@ -207,13 +204,15 @@ def build_demo(service: SegmentationService):
         try:
             expressions = service.parse_expressions(text or "")
             path = _uploaded_file(image_path)
-            pixels, proposals, results = service.segment(path, expressions, path.name)
+            pixels, proposals, results = service.segment(path, expressions, path.name, int(top_k))
         except ZsrisError as error:
             return failed(str(error))
         out = service.output_folder()
+        note = RANDOM_WEIGHTS_NOTE if service.segmenter.backbone.is_random else ""
         overlays, files, gallery = [], [], []
         for number, result in enumerate(results):
-            overlays.append((overlay(pixels, result.mask, result.box, result.expression), result.expression))
+            overlays.append((overlay(pixels, result.mask, result.box, result.expression, warning=note),
+                             result.expression))
             mask_path = out / f"mask-{number:02d}.png"
             mask_image(result.mask).save(mask_path)
             json_path = out / f"result-{number:02d}.json"
@@ -223,7 +222,7 @@ def build_demo(service: SegmentationService):
         for rank, proposal in enumerate(first.ranked[: int(top_k)], start=1):
             caption = (f"#{rank}: fused {proposal.score:.3f} | global {proposal.global_score:.3f} | "
                        f"local {proposal.local_score:.3f}")
-            picture = overlay(pixels, proposals.masks[proposal.index], proposal.box, f"#{rank}")
+            picture = overlay(pixels, proposals.masks[proposal.index], proposal.box, f"#{rank}", warning=note)
             gallery.append((picture, caption))
         status = f"Segmented {len(results)} expression(s) among {len(proposals)} proposals."
         return overlays, mask_image(first.mask), gallery, files, status
@@ -271,42 +270,3 @@ def build_demo(service: SegmentationService):
         button.click(run, inputs=[image, text, top_k], outputs=[overlays, mask, ranked, files, status],
                      concurrency_limit=1)
     return demo
-
-
-def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from .cli import build_segmenter
-
-    if args.max_request_mb < 1 or args.decode_slots < 1 or args.file_ttl < 1:
-        raise ZsrisError("--max-request-mb, --decode-slots and --file-ttl must be at least 1")
-    segmenter = build_segmenter(args)
-    service = SegmentationService(segmenter, args.max_request_mb * 1024 * 1024,
-                                  decode_slots=args.decode_slots, file_ttl=args.file_ttl)
-    app = create_app(service)
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"zsris: serving on {args.host}: reachable from other machines", flush=True)
-    print(f"zsris: open http://{args.host}:{args.port}/ (API docs at /docs, schema at /openapi.json)", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")  # the app's lifespan cleans up
-    return 0
-
-
-def register(commands, add_model_flags) -> None:
-    serve = commands.add_parser(
-        "serve", help="web demo and JSON HTTP API",
-        description="A Gradio page at / and a JSON API at /api/segment over one loaded model.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="example:\n  zsris serve --port 7860\n  curl -F image=@photo.jpg -F expressions='the man on the left' "
-               "http://127.0.0.1:7860/api/segment",
-    )
-    serve.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
-    serve.add_argument("--port", type=int, default=7860, help="port (default: %(default)s)")
-    serve.add_argument("--max-request-mb", type=int, default=20,
-                       help="largest accepted request or page upload (default: %(default)s MB)")
-    serve.add_argument("--decode-slots", type=int, default=DEFAULT_DECODE_SLOTS,
-                       help="images decoded or in work at once; further requests wait (default: %(default)s)")
-    serve.add_argument("--file-ttl", type=int, default=DEFAULT_FILE_TTL, metavar="SECONDS",
-                       help="the page's uploads and downloads are deleted this long after they were written "
-                            "(default: %(default)s)")
-    add_model_flags(serve)
-    serve.set_defaults(run=cmd_serve)

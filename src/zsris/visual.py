@@ -20,6 +20,9 @@ import torch
 import torchvision.transforms.functional as TF
 from torch import Tensor, nn
 
+from .errors import ZsrisError
+from .masks import masks_boxes
+
 
 def _as_batch(image: Tensor) -> Tensor:
     if image.dim() == 3:
@@ -36,7 +39,34 @@ def resize_masks(masks: Tensor, size: Sequence[int]) -> Tensor:
 
 
 def is_vit(model: nn.Module) -> bool:
+    """Whether the image tower is a vision transformer (else a ResNet is assumed, and checked)."""
     return hasattr(model.visual, "transformer")
+
+
+def check_supported(model: nn.Module) -> None:
+    """Refuse image towers whose global features this module would compute wrongly, silently.
+
+    The ViT path reads the class token through ``ln_post`` and ``proj``: exact for open_clip's
+    VisionTransformer with class-token pooling (``final_ln_after_pool`` too, since LayerNorm
+    acts on each token alone), wrong for average or attentional pooling. The ResNet path
+    needs ModifiedResNet's stem, four stages and attention pool.
+    """
+    tower = model.visual
+    name = type(tower).__name__
+    if is_vit(model):
+        problems = []
+        if getattr(tower, "attn_pool", None) is not None:
+            problems.append("attentional pooling")
+        if getattr(tower, "pool_type", "tok") != "tok":
+            problems.append(f"pool_type={tower.pool_type!r}")
+        if not all(hasattr(tower, part) for part in ("conv1", "class_embedding", "ln_pre", "ln_post", "proj")):
+            problems.append("no class token, patch embedding or ln_pre/ln_post/proj")
+        if problems:
+            raise ZsrisError(f"global features need a ViT that pools its class token; this {name} has "
+                             f"{', '.join(problems)}")
+    elif not all(hasattr(tower, part) for part in ("stem", "layer4", "attnpool")):
+        raise ZsrisError(f"global features are computed for open_clip's VisionTransformer and ModifiedResNet "
+                         f"image towers, not {name}")
 
 
 def vit_num_blocks(model: nn.Module) -> int:
@@ -90,6 +120,7 @@ def global_features(
     """
     image = _as_batch(image)
     masks = masks.to(image.device)
+    check_supported(model)
     visual = model.visual
     if not is_vit(model):
         fmap = _resnet_trunk(visual, image)
@@ -118,19 +149,6 @@ def global_features(
     return torch.cat(outputs) if outputs else trunk.new_zeros(0, visual.output_dim)
 
 
-def mask_boxes(masks: Tensor) -> Tensor:
-    """Tight boxes ``[N, 4]`` (x1, y1, x2, y2; x2 and y2 exclusive) of boolean masks."""
-    rows = masks.any(dim=2)
-    cols = masks.any(dim=1)
-    boxes = torch.zeros(len(masks), 4, dtype=torch.int64, device=masks.device)
-    for i, (r, c) in enumerate(zip(rows, cols)):
-        ys = torch.nonzero(r).flatten()
-        xs = torch.nonzero(c).flatten()
-        if len(ys):
-            boxes[i] = torch.stack([xs[0], ys[0], xs[-1] + 1, ys[-1] + 1])
-    return boxes
-
-
 def local_crops(
     image: Tensor,
     masks: Tensor,
@@ -145,7 +163,7 @@ def local_crops(
     """
     image = _as_batch(image)[0]
     if boxes is None:
-        boxes = mask_boxes(masks.bool())
+        boxes = torch.as_tensor(masks_boxes(masks.bool().cpu().numpy()))
     fill_value = torch.as_tensor(fill, dtype=image.dtype, device=image.device)[:, None, None]
     crops = []
     for mask, box in zip(masks, boxes.tolist()):

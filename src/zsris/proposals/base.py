@@ -1,8 +1,9 @@
 """The proposal interface: an RGB image in, boolean masks at the image's size with scores out."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Optional, Protocol, runtime_checkable
+from typing import Any, Optional, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -58,6 +59,19 @@ def check_max_proposals(value: Optional[int]) -> Optional[int]:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ProposalError(f"max_proposals must be a positive count or None (no cap), not {value!r}")
     return int(value)
+
+
+def config_key(name: str, version: int, config: Any = None, **extra: Any) -> str:
+    """A generator's cache key, derived from its settings: ``name-vVERSION-field=value-...``.
+
+    Every field of the ``config`` dataclass and every ``extra`` item appears, so a setting added
+    later changes the key by itself; ``version`` changes when the algorithm does."""
+    items = {**(dataclasses.asdict(config) if config is not None else {}), **extra}
+
+    def text(value: Any) -> str:
+        return "_".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
+
+    return "-".join([f"{name}-v{version}", *(f"{key}={text(value)}" for key, value in items.items())])
 
 
 @runtime_checkable

@@ -26,7 +26,7 @@ from skimage.color import rgb2hsv, rgb2lab
 from skimage.segmentation import felzenszwalb
 
 from ..masks import iou_matrix, nms_by_iou
-from .base import Proposals, check_max_proposals
+from .base import Proposals, check_max_proposals, config_key
 
 COLOUR_BINS = 25
 TEXTURE_BINS = 10
@@ -219,12 +219,7 @@ class ClassicalProposals:
 
     @property
     def cache_key(self) -> str:
-        c = self.config
-        return (
-            f"classical-v3-n{c.max_proposals}-w{c.work_size}-s{'_'.join(map(str, c.scales))}-"
-            f"c{'_'.join(c.colour_spaces)}-m{'_'.join(c.similarities)}-g{c.sigma}-a{c.min_area}-"
-            f"p{c.size_prior}-nms{c.nms_iou}-r{c.refine_size}_{c.refine_scale}"
-        )
+        return config_key(self.name, 3, self.config)
 
     def __call__(self, image: np.ndarray, image_id: Optional[str] = None) -> Proposals:
         config = self.config

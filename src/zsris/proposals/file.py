@@ -17,7 +17,7 @@ from PIL import Image
 
 from ..errors import ProposalError
 from ..masks import decode_rle
-from .base import Proposals
+from .base import Proposals, config_key
 
 
 class FileProposals:
@@ -35,8 +35,7 @@ class FileProposals:
 
     @property
     def cache_key(self) -> str:
-        stat = self.path.stat()
-        return f"file-{self.path.resolve()}-{stat.st_mtime_ns}"
+        return config_key(self.name, 1, path=self.path.resolve(), mtime_ns=self.path.stat().st_mtime_ns)
 
     @staticmethod
     def _read_json(path: Path) -> dict[str, list[dict[str, Any]]]:

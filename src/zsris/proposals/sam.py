@@ -15,12 +15,12 @@ import numpy as np
 import torch
 
 from ..checkpoints import read_state_dict
+from ..config import SAM_CHECKPOINT_ENV, SAM_CHECKPOINTS, SAM_MODEL_TYPES, SAM_RELEASE_URL
 from ..errors import WeightsError, ZsrisError
+from ..extras import require_extra
 from ..masks import mask_nms
-from .base import Proposals, check_max_proposals
+from .base import Proposals, check_max_proposals, config_key
 
-SAM_CHECKPOINT_ENV = "ZSRIS_SAM_CHECKPOINT"
-SAM_MODEL_TYPES = ("vit_b", "vit_l", "vit_h")
 
 
 @dataclass(frozen=True)
@@ -38,17 +38,16 @@ class SamConfig:
 def build_sam(model_type: str, checkpoint: Optional[str], device: str | torch.device = "cpu"):
     """SAM of ``model_type`` with weights from ``checkpoint`` (or ``$ZSRIS_SAM_CHECKPOINT``);
     ``checkpoint="random"`` builds the real architecture with random weights."""
-    try:
-        from segment_anything import sam_model_registry
-    except ImportError:
-        raise ZsrisError("SAM proposals need segment-anything: pip install 'zsris[sam]'") from None
+    require_extra("sam", "SAM proposals")
+    from segment_anything import sam_model_registry
+
     if model_type not in SAM_MODEL_TYPES:
         raise ZsrisError(f"unknown SAM model {model_type!r}; choose one of {', '.join(SAM_MODEL_TYPES)}")
     checkpoint = checkpoint or os.environ.get(SAM_CHECKPOINT_ENV)
     if not checkpoint:
         raise WeightsError(
             f"SAM proposals need a checkpoint: pass --sam-checkpoint PATH (or set {SAM_CHECKPOINT_ENV}) "
-            f"to the sam_{model_type}_*.pth file from the segment-anything release"
+            f"to {SAM_CHECKPOINTS[model_type]} ({SAM_RELEASE_URL}{SAM_CHECKPOINTS[model_type]})"
         )
     # segment-anything's own loader unpickles without weights_only: the tensors are read here.
     path = Path(checkpoint).expanduser()
@@ -88,11 +87,7 @@ class SamProposals:
 
     @property
     def cache_key(self) -> str:
-        c = self.config
-        return (
-            f"sam-{c.model_type}-{Path(self.checkpoint).name}-p{c.points_per_side}-i{c.pred_iou_thresh}-"
-            f"s{c.stability_score_thresh}-a{c.min_area}-nms{c.nms_iou}-n{c.max_proposals}"
-        )
+        return config_key(self.name, 1, self.config, checkpoint=Path(self.checkpoint).name)
 
     @torch.inference_mode()
     def __call__(self, image: np.ndarray, image_id: Optional[str] = None) -> Proposals:

@@ -4,13 +4,45 @@ from __future__ import annotations
 import argparse
 import functools
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
-from tqdm import tqdm
+from ..config import SegmenterConfig
+from ..datasets import DATASETS, GT_MASKS, SPLITS
+from .flags import (add_model_flags, add_proposal_flags, announce_random, build_segmenter, config_from_args,
+                    positive_int, proposal_spec_from_args)
 
-from .cli import positive_int
-from .datasets import DATASETS, GT_MASKS, SPLITS, ReferDataset
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Which REFER data an evaluation reads, and its proposal cache (plain data, so Ray can ship it)."""
+
+    data: str
+    dataset: str
+    split_by: Optional[str]
+    images: Optional[str]
+    gt_mask: str
+    cache: Optional[str]
+    no_cache: bool
+    gt_proposals: bool = False
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "DataSpec":
+        return cls(args.data, args.dataset, args.split_by, args.images, args.gt_mask, args.cache, args.no_cache,
+                   getattr(args, "gt_proposals", False))
+
+    def open(self):
+        from ..datasets import ReferDataset
+
+        return ReferDataset(self.data, self.dataset, self.split_by, self.images, self.gt_mask)
+
+    def proposal_cache(self, generator_key: str):
+        from ..cache import DEFAULT_CACHE, ProposalCache
+
+        if self.no_cache or self.gt_proposals:
+            return None
+        return ProposalCache(self.cache or DEFAULT_CACHE, generator_key)
 
 
 def _add_data_flags(parser: argparse.ArgumentParser) -> None:
@@ -29,57 +61,52 @@ def _add_data_flags(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--no-cache", action="store_true", help="do not read or write the proposal cache")
 
 
-def _namespace_config(args: argparse.Namespace) -> dict[str, Any]:
-    return {k: v for k, v in vars(args).items() if k != "run"}
+def build_evaluator(config: SegmenterConfig, data: DataSpec, announce: bool = False):
+    """Everything a worker needs, built from plain settings (so Ray can ship them)."""
+    from ..evaluation import ImageEvaluator
 
-
-def build_evaluator(config: dict[str, Any]):
-    """Everything a worker needs, built from plain settings (so Ray can ship it)."""
-    from .cache import DEFAULT_CACHE, ProposalCache
-    from .cli import build_segmenter
-    from .evaluation import ImageEvaluator
-
-    args = argparse.Namespace(**config)
-    dataset = ReferDataset(args.data, args.dataset, args.split_by, args.images, args.gt_mask)
-    segmenter = build_segmenter(args, announce=False)
-    cache = None
-    if not args.no_cache and not args.gt_proposals:
-        cache = ProposalCache(args.cache or DEFAULT_CACHE, segmenter.proposals.cache_key)
-    return ImageEvaluator(segmenter, dataset, cache, args.gt_proposals)
+    segmenter = build_segmenter(config, announce=announce)
+    return ImageEvaluator(segmenter, data.open(), data.proposal_cache(segmenter.proposals.cache_key),
+                          data.gt_proposals)
 
 
 def run_settings(args: argparse.Namespace, evaluator) -> dict[str, Any]:
-    from .records import settings
+    """What a run's records depend on: the data read and the segmenter's settings."""
+    from ..records import settings
 
     return {
         "dataset": args.dataset, "split": args.split, "split_by": evaluator.dataset.split_by,
-        "gt_proposals": args.gt_proposals, "gt_mask": args.gt_mask, "preprocess": args.preprocess,
-        **settings(evaluator.segmenter),
+        "gt_proposals": args.gt_proposals, "gt_mask": args.gt_mask, **settings(evaluator.segmenter),
     }
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .cli import announce_random
-    from .evaluation import pending_images, run_local, run_ray, sentence_ids
-    from .metrics import summarize
-    from .report import table, write_report
-    from .store import PredictionStore
+    from tqdm import tqdm
 
-    config = _namespace_config(args)
-    evaluator = build_evaluator(config)
-    announce_random(evaluator.segmenter)
+    from ..evaluation import pending_images, ray_session, run_local, run_ray, sentence_ids
+    from ..metrics import summarize
+    from ..report import table, write_report
+    from ..store import PredictionStore
+
+    if args.engine == "ray":
+        from ..extras import require_extra
+
+        require_extra("ray", "--engine ray")
+    config, data = config_from_args(args), DataSpec.from_args(args)
+    evaluator = build_evaluator(config, data, announce=True)
     groups = evaluator.dataset.refs_by_image(args.split, args.limit)
     out = Path(args.out)
     settings = run_settings(args, evaluator)
-    with PredictionStore(out / "predictions.sqlite", settings) as store:
+    title = f"{args.dataset} {args.split} ({settings['backbone']}, {settings['proposals']['name']})"
+    with PredictionStore(out / "predictions.sqlite", settings) as store, \
+            ray_session(args.workers, args.ray_address, enabled=args.engine == "ray"):
         pending = pending_images(groups, store.done())
-        title = f"{args.dataset} {args.split} ({settings['backbone']}, {settings['proposals'].split('-')[0]})"
         progress = tqdm(total=len(groups), initial=len(groups) - len(pending), unit="image", desc="eval",
                         dynamic_ncols=True)
         try:
             if args.engine == "ray":
-                build = functools.partial(build_evaluator, config)
-                run_ray(build, groups, pending, store, progress, args.workers, args.ray_address)
+                run_ray(functools.partial(build_evaluator, config, data), groups, pending, store, progress,
+                        args.workers)
             else:
                 run_local(evaluator, groups, pending, store, progress)
         except KeyboardInterrupt:
@@ -100,18 +127,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_proposals_eval(args: argparse.Namespace) -> int:
     import json
 
-    from .backbones import resolve_device
-    from .cache import DEFAULT_CACHE, ProposalCache
-    from .evaluation import evaluate_proposals
-    from .proposals import create_proposals
-    from .report import table
+    from ..backbones import resolve_device
+    from ..evaluation import evaluate_proposals
+    from ..proposals import create_proposals
+    from ..report import table
 
-    dataset = ReferDataset(args.data, args.dataset, args.split_by, args.images, args.gt_mask)
-    generator = create_proposals(args.proposals, args.max_proposals, args.sam_checkpoint, args.sam_model,
-                                 args.proposals_path, resolve_device(args.device))
-    cache = None if args.no_cache else ProposalCache(args.cache or DEFAULT_CACHE, generator.cache_key)
+    data = DataSpec.from_args(args)
+    dataset = data.open()
+    generator = create_proposals(proposal_spec_from_args(args), resolve_device(args.device))
     groups = dataset.refs_by_image(args.split, args.limit)
-    summary = evaluate_proposals(generator, dataset, groups, cache)
+    summary = evaluate_proposals(generator, dataset, groups, data.proposal_cache(generator.cache_key))
     print(table(summary, f"{args.proposals} proposals on {args.dataset} {args.split}"))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -119,9 +144,7 @@ def cmd_proposals_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(commands, add_model_flags) -> None:
-    from .cli import add_proposal_flags
-
+def register(commands) -> None:
     evaluate = commands.add_parser(
         "eval", help="evaluate on RefCOCO / RefCOCO+ / RefCOCOg (resumable)",
         description="Segment every sentence of a split and report oIoU, mIoU, precision, mc-acc, cc-oIoU and "
@@ -133,7 +156,8 @@ def register(commands, add_model_flags) -> None:
     evaluate.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder (resumable)")
     evaluate.add_argument("--gt-proposals", action="store_true",
                           help="use the image's ground-truth instance masks as proposals (upper bound)")
-    evaluate.add_argument("--engine", choices=("local", "ray"), default="local")
+    evaluate.add_argument("--engine", choices=("local", "ray"), default="local",
+                          help="'ray' spreads images over Ray workers (needs the 'ray' extra)")
     evaluate.add_argument("--workers", type=positive_int, default=2, help="Ray workers (default: %(default)s)")
     evaluate.add_argument("--ray-address", default=None, help="an existing Ray cluster (default: start a local one)")
     add_model_flags(evaluate)

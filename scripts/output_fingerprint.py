@@ -1,0 +1,73 @@
+"""Fingerprint of zsris's outputs on refcoco-mini images, to prove a refactor changed nothing.
+
+    python scripts/output_fingerprint.py --data ../shared/data/refcoco-mini --out before.json
+    (change the code)
+    python scripts/output_fingerprint.py --data ../shared/data/refcoco-mini --out after.json
+    cmp before.json after.json
+
+Runs the real command line (`zsris segment` with three model configurations and `zsris eval`)
+with random weights, and records every mask (COCO RLE), score, box, ranking and noun phrase
+exactly (floats by ``repr``); settings are left out, since their layout may change.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+EXPRESSIONS = ["the man on the left", "white cup next to the laptop", "the biggest elephant in the middle"]
+CONFIGS = {
+    "vit-b32": ["--backbone", "ViT-B/32", "--max-proposals", "40"],
+    "rn50-normalized-clip": ["--backbone", "RN50", "--fusion", "normalized", "--preprocess", "clip",
+                             "--max-proposals", "25"],
+    "vit-b16-alpha-k": ["--backbone", "ViT-B/16", "--alpha", "0.5", "-k", "2", "--beta", "0.3",
+                        "--max-proposals", "20", "--batch-size", "7"],
+}
+IMAGES = {"vit-b32": 6, "rn50-normalized-clip": 2, "vit-b16-alpha-k": 1}
+
+
+def zsris(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "zsris.cli", *args, "--weights", "random"], check=True,
+                   stdout=subprocess.DEVNULL)
+
+
+def segment_outputs(images: list[Path], work: Path) -> dict[str, dict]:
+    found: dict[str, dict] = {}
+    for name, flags in CONFIGS.items():
+        for image in images[: IMAGES[name]]:
+            out = work / name / image.stem
+            zsris("segment", str(image), *EXPRESSIONS, "-o", str(out), *flags)
+            for record_path in sorted(out.glob("*.json")):
+                record = json.loads(record_path.read_text())
+                record.pop("settings")
+                found[f"{name}/{record_path.name}"] = {k: repr(v) if isinstance(v, float) else v
+                                                       for k, v in record.items()}
+    return found
+
+
+def eval_outputs(data: Path, work: Path) -> list:
+    zsris("eval", "--data", str(data), "--dataset", "refcoco", "--split", "train", "--limit", "4", "--no-cache",
+          "--max-proposals", "30", "--out", str(work / "eval"))
+    with sqlite3.connect(work / "eval" / "predictions.sqlite") as db:
+        rows = db.execute("SELECT * FROM predictions ORDER BY 1").fetchall()
+    return [[repr(v) if isinstance(v, float) else v for v in row] for row in rows]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, type=Path, help="refcoco-mini folder")
+    parser.add_argument("--out", required=True, type=Path)
+    args = parser.parse_args()
+    images = sorted((args.data / "images" / "train2014").glob("*.jpg"))[:6]
+    with tempfile.TemporaryDirectory() as work:
+        fingerprint = {"segment": segment_outputs(images, Path(work)), "eval": eval_outputs(args.data, Path(work))}
+    args.out.write_text(json.dumps(fingerprint, indent=1, sort_keys=True))
+    print(f"wrote {args.out}: {len(fingerprint['segment'])} segment records, {len(fingerprint['eval'])} eval rows")
+
+
+if __name__ == "__main__":
+    main()

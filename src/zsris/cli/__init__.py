@@ -1,0 +1,69 @@
+"""The `zsris` command line: segment, eval, proposals-eval, serve, weights.
+
+One module per subcommand, each with a ``register(commands)``; shared flags and the flags ->
+SegmenterConfig step live in :mod:`zsris.cli.flags`. Heavy imports happen inside the commands.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import warnings
+from typing import Optional, Sequence
+
+from ..errors import ZsrisError, ZsrisWarning
+from . import evaluate, segment, serve, weights
+from .flags import EPILOG
+
+SUBCOMMANDS = (segment, evaluate, serve, weights)
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="zsris",
+        description="Zero-shot referring image segmentation with global-local CLIP features.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in SUBCOMMANDS:
+        module.register(commands)
+    return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("zsris")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _one_line_warnings(message, category, filename, lineno, file=None, line=None) -> None:
+    text = str(message)
+    print(text if text.startswith("zsris:") else f"zsris: warning: {text}", file=sys.stderr)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    warnings.showwarning = _one_line_warnings
+    warnings.filterwarnings("ignore", category=UserWarning, module="torch")
+    warnings.filterwarnings("always", category=ZsrisWarning)  # zsris's own, wherever they are raised from
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        return args.run(args)
+    except ZsrisError as error:
+        print(f"zsris: error: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:  # an output folder that cannot be written, a full disk ...
+        print(f"zsris: error: {error.strerror or error}: {error.filename or ''}".rstrip(": "), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("zsris: interrupted", file=sys.stderr)
+        return 130

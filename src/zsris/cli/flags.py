@@ -1,0 +1,121 @@
+"""Flags shared by the subcommands, and the one place where flags become a SegmenterConfig.
+
+Nothing here imports torch: ``zsris --help`` and argument errors answer at once; the models
+load only when a command runs.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from typing import Optional
+
+from ..config import (DEFAULT_BACKBONE, DEFAULT_MAX_PIXELS, DEFAULT_PRETRAINED, FUSIONS, PREPROCESSING,
+                      PROPOSAL_GENERATORS, SAM_CHECKPOINT_ENV, SAM_MODEL_TYPES, WEIGHTS_ENV, ProposalSpec,
+                      SegmenterConfig, paper_alpha)
+
+EPILOG = f"""\
+weights: no pretrained weights ship with zsris. The default loads OpenAI's ViT-B/32 from the
+Hugging Face cache (downloading it when online). Offline, point --weights or ${WEIGHTS_ENV}
+at a local checkpoint; --weights random builds the real architecture untrained (for tests
+and timing only: its masks mean nothing). `zsris weights` shows what would be loaded.
+"""
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a count of at least 1 (zero and negatives are refused, not read as "all")."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def proposal_cap(text: str) -> Optional[int]:
+    """argparse type of --max-proposals: a positive count, or ``all`` to lift the cap explicitly."""
+    if text.strip().lower() == "all":
+        return None
+    return positive_int(text)
+
+
+def add_proposal_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags of the proposal generator alone (and the device SAM runs on): all `proposals-eval` takes."""
+    props = parser.add_argument_group("proposals")
+    props.add_argument("--proposals", choices=PROPOSAL_GENERATORS, default="classical",
+                       help="mask proposal generator (default: classical, needs no weights)")
+    props.add_argument("--max-proposals", type=proposal_cap, default=100, metavar="N|all",
+                       help="cap on proposals per image (default: %(default)s). Fewer is faster (the visual "
+                            "step is linear in N) but may drop the object; 'all' keeps every proposal "
+                            "(classical: about 5x the visual time)")
+    props.add_argument("--sam-checkpoint", default=None, metavar="PATH",
+                       help=f"SAM checkpoint for --proposals sam (default ${SAM_CHECKPOINT_ENV}; 'random' for tests)")
+    props.add_argument("--sam-model", choices=SAM_MODEL_TYPES, default="vit_h", help="(default: %(default)s)")
+    props.add_argument("--proposals-path", default=None, metavar="PATH",
+                       help="for --proposals file: COCO RLE JSON or a folder of PNG masks")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... for CLIP and SAM (default: auto)")
+
+
+def add_model_flags(parser: argparse.ArgumentParser) -> None:
+    """Every flag that a SegmenterConfig is made of."""
+    model = parser.add_argument_group("model")
+    model.add_argument("--backbone", default=DEFAULT_BACKBONE,
+                       help="CLIP architecture in open_clip's names: ViT-B/32 (paper), RN50, ViT-B/16 ... "
+                            "(default: %(default)s)")
+    model.add_argument("--pretrained", default=DEFAULT_PRETRAINED,
+                       help="open_clip pretrained tag (default: %(default)s)")
+    model.add_argument("--weights", default=None, metavar="PATH|random",
+                       help=f"local CLIP checkpoint (OpenAI .pt, state dict, open_clip .bin/.safetensors), or "
+                            f"'random'; default ${WEIGHTS_ENV}, then the pretrained tag")
+    model.add_argument("--alpha", type=float, default=None,
+                       help="weight of the global-context visual feature (default: the paper's, 0.85 when "
+                            "evaluating RefCOCOg, else 0.95)")
+    model.add_argument("--beta", type=float, default=0.5, help="weight of the whole sentence vs its noun phrase")
+    model.add_argument("-k", "--k", type=int, default=3, dest="k",
+                       help="ViT blocks that see the mask (default: %(default)s)")
+    model.add_argument("--fusion", choices=FUSIONS, default="reference",
+                       help="fuse raw features as the authors' code (default) or L2-normalise each part first")
+    model.add_argument("--preprocess", choices=PREPROCESSING, default="reference",
+                       help="pixel statistics: the authors' (ImageNet) or CLIP's own")
+    model.add_argument("--batch-size", type=positive_int, default=64,
+                       help="proposals per forward pass (default: %(default)s)")
+    add_proposal_flags(parser)
+    parser.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
+                        help="refuse larger images (default: %(default)s)")
+
+
+def proposal_spec_from_args(args: argparse.Namespace) -> ProposalSpec:
+    return ProposalSpec(name=args.proposals, max_proposals=args.max_proposals, sam_checkpoint=args.sam_checkpoint,
+                        sam_model=args.sam_model, path=args.proposals_path)
+
+
+def config_from_args(args: argparse.Namespace) -> SegmenterConfig:
+    """The only place where flags become settings. Alpha defaults to the paper's for the
+    dataset being evaluated (``--dataset``), else the paper's RefCOCO value."""
+    alpha = args.alpha if args.alpha is not None else paper_alpha(getattr(args, "dataset", None))
+    return SegmenterConfig(
+        backbone=args.backbone, pretrained=args.pretrained, weights=args.weights, alpha=alpha, beta=args.beta,
+        k=args.k, fusion=args.fusion, preprocess=args.preprocess, proposals=proposal_spec_from_args(args),
+        device=args.device, batch_size=args.batch_size, max_pixels=args.max_pixels,
+    )
+
+
+def announce_random(segmenter) -> None:
+    """Untrained CLIP gives meaningless masks: say so loudly, every run."""
+    from ..segmenter import RANDOM_WEIGHTS_WARNING
+
+    if segmenter.backbone.is_random:
+        print(f"{'!' * 78}\n{RANDOM_WEIGHTS_WARNING}\n{'!' * 78}", file=sys.stderr)
+
+
+def build_segmenter(config: SegmenterConfig, announce: bool = True):
+    """Load the models once; the random-weights warning is said by :func:`announce_random` instead."""
+    from ..segmenter import create_segmenter
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="zsris: CLIP has RANDOM")
+        segmenter = create_segmenter(config)
+    if announce:
+        announce_random(segmenter)
+    return segmenter

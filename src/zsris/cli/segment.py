@@ -1,0 +1,111 @@
+"""`zsris segment`: one image, one or more expressions -> mask PNG, overlay PNG and JSON each."""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import re
+import sys
+import threading
+from pathlib import Path
+from typing import Iterator
+
+from .flags import EPILOG, add_model_flags, build_segmenter, config_from_args, positive_int
+
+STAGES = ("proposals", "visual features", "scoring")
+
+
+class StageProgress:
+    """A one-line display of the segment stages and their elapsed time, on a terminal only.
+
+    The visual stage takes tens of seconds on a CPU with no natural unit to count, so a
+    background thread refreshes the elapsed time while a stage runs."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=len(STAGES), desc="segment", unit="stage", leave=False,
+                            bar_format="{desc}: {n}/{total} stages, {elapsed}", file=sys.stderr)
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        if self.bar is None:
+            yield
+            return
+        self.bar.set_description(f"segment: {name}")
+        done = threading.Event()
+        ticker = threading.Thread(target=self._tick, args=(done,), daemon=True)
+        ticker.start()
+        try:
+            yield
+        finally:
+            done.set()
+            ticker.join()
+        self.bar.update(1)
+
+    def _tick(self, done: threading.Event) -> None:
+        while not done.wait(0.5):
+            self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _slug(text: str, limit: int = 40) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit] or "expression"
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    from ..images import load_image
+    from ..records import result_record, settings
+    from ..render import RANDOM_WEIGHTS_NOTE, mask_image, overlay
+    from ..text import check_expression
+
+    config = config_from_args(args)
+    image = load_image(args.image, config.max_pixels)
+    for expression in args.expressions:
+        check_expression(expression)
+    segmenter = build_segmenter(config)
+    image_id = Path(args.image).name
+    progress = StageProgress(sys.stderr.isatty())
+    try:
+        with progress.stage("proposals"):
+            proposals = segmenter.proposals(image, image_id)
+        with progress.stage("visual features"):
+            features = segmenter.image_features(image, image_id, proposals)
+        with progress.stage("scoring"):
+            results = segmenter.score(features, args.expressions, args.top_k)
+    finally:
+        progress.close()
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = Path(args.image).stem
+    note = RANDOM_WEIGHTS_NOTE if segmenter.backbone.is_random else ""
+    for number, result in enumerate(results):
+        base = out / f"{stem}-{number:02d}-{_slug(result.expression)}"
+        mask_image(result.mask).save(f"{base}.mask.png")
+        overlay(image, result.mask, result.box, result.expression, warning=note).save(f"{base}.overlay.png")
+        record = {**result_record(result, str(args.image)), "settings": settings(segmenter)}
+        Path(f"{base}.json").write_text(json.dumps(record, indent=2))
+        print(f"{result.expression!r} -> score {result.score:.4f}, box {list(result.box)}, "
+              f"noun phrase {result.noun_phrase!r}: {base}.{{mask.png,overlay.png,json}}")
+    return 0
+
+
+def register(commands) -> None:
+    segment = commands.add_parser(
+        "segment", help="segment the object an expression refers to",
+        description="Write, per expression, the mask PNG, an overlay PNG and a JSON record.",
+        epilog=EPILOG + '\nexample:\n  zsris segment photo.jpg "the man on the left" "the red car" -o out/',
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    segment.add_argument("image", help="image file (JPEG, PNG, ...)")
+    segment.add_argument("expressions", nargs="+", metavar="EXPRESSION", help="referring expression(s)")
+    segment.add_argument("-o", "--output", default="zsris-out", help="output folder (default: %(default)s)")
+    segment.add_argument("--top-k", type=positive_int, default=5,
+                         help="ranked proposals kept in the JSON record (default: %(default)s)")
+    add_model_flags(segment)
+    segment.set_defaults(run=cmd_segment)

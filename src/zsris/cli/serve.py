@@ -1,0 +1,54 @@
+"""`zsris serve`: the Gradio page and the JSON API over one loaded segmenter."""
+from __future__ import annotations
+
+import argparse
+
+from ..errors import ZsrisError
+from .flags import add_model_flags, build_segmenter, config_from_args
+
+DEFAULT_PORT = 7860
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from ..extras import require_extra
+
+    require_extra("serve", "zsris serve")  # before the models load: say it at once
+    import uvicorn
+
+    from ..service import SegmentationService, create_app
+
+    if args.max_request_mb < 1 or args.decode_slots < 1 or args.file_ttl < 1:
+        raise ZsrisError("--max-request-mb, --decode-slots and --file-ttl must be at least 1")
+    segmenter = build_segmenter(config_from_args(args))
+    service = SegmentationService(segmenter, args.max_request_mb * 1024 * 1024,
+                                  decode_slots=args.decode_slots, file_ttl=args.file_ttl)
+    app = create_app(service)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"zsris: serving on {args.host}: reachable from other machines", flush=True)
+    print(f"zsris: open http://{args.host}:{args.port}/ (API docs at /docs, schema at /openapi.json)", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")  # the app's lifespan cleans up
+    return 0
+
+
+def register(commands) -> None:
+    from ..service import DEFAULT_DECODE_SLOTS, DEFAULT_FILE_TTL, DEFAULT_MAX_REQUEST_BYTES
+
+    serve = commands.add_parser(
+        "serve", help="web demo and JSON HTTP API (needs the 'serve' extra)",
+        description="A Gradio page at / and a JSON API at /api/segment over one loaded model. "
+                    "Needs the 'serve' extra: pip install 'zsris[serve]'.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"example:\n  zsris serve --port {DEFAULT_PORT}\n  curl -F image=@photo.jpg "
+               f"-F expressions='the man on the left' http://127.0.0.1:{DEFAULT_PORT}/api/segment",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
+    serve.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (default: %(default)s)")
+    serve.add_argument("--max-request-mb", type=int, default=DEFAULT_MAX_REQUEST_BYTES // (1024 * 1024),
+                       help="largest accepted request or page upload (default: %(default)s MB)")
+    serve.add_argument("--decode-slots", type=int, default=DEFAULT_DECODE_SLOTS,
+                       help="images decoded or in work at once; further requests wait (default: %(default)s)")
+    serve.add_argument("--file-ttl", type=int, default=DEFAULT_FILE_TTL, metavar="SECONDS",
+                       help="the page's uploads and downloads are deleted this long after they were written "
+                            "(default: %(default)s)")
+    add_model_flags(serve)
+    serve.set_defaults(run=cmd_serve)

@@ -1,0 +1,121 @@
+"""Settings as data: what a segmenter is built from, with the paper's defaults.
+
+A :class:`SegmenterConfig` (with its nested :class:`ProposalSpec`) is frozen, so one object
+describes a run from the command line to the record it writes: :func:`zsris.create_segmenter`
+builds from it, and :meth:`SegmenterConfig.settings` is what records carry and what a resumed
+run must match. This module imports nothing heavy, so the command line can build its flags
+(and answer ``--help``) without loading torch.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from .errors import ZsrisError
+
+DEFAULT_BACKBONE = "ViT-B/32"
+DEFAULT_PRETRAINED = "openai"
+WEIGHTS_ENV = "ZSRIS_CLIP_WEIGHTS"
+SAM_CHECKPOINT_ENV = "ZSRIS_SAM_CHECKPOINT"
+SAM_MODEL_TYPES = ("vit_b", "vit_l", "vit_h")
+#: The checkpoints of the segment-anything release, per model type, and where they are published.
+SAM_CHECKPOINTS = {"vit_h": "sam_vit_h_4b8939.pth", "vit_l": "sam_vit_l_0b3195.pth", "vit_b": "sam_vit_b_01ec64.pth"}
+SAM_RELEASE_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
+PROPOSAL_GENERATORS = ("classical", "sam", "file")
+FUSIONS = ("reference", "normalized")
+PREPROCESSING = ("reference", "clip")
+#: Images with more pixels than this are refused: proposals and masks are computed at full
+#: resolution, and a 20000 x 20000 image would need tens of GiB. ``max_pixels`` changes it.
+DEFAULT_MAX_PIXELS = 40_000_000
+
+#: The paper's alpha (weight of the global-context visual feature) per dataset: RefCOCOg's longer
+#: expressions describe more context, so the global feature weighs less there (method.md).
+PAPER_ALPHA = {"refcoco": 0.95, "refcoco+": 0.95, "refcocog": 0.85}
+DEFAULT_ALPHA = 0.95
+
+
+def paper_alpha(dataset: Optional[str] = None) -> float:
+    """The paper's alpha for ``dataset`` (0.85 for RefCOCOg, else 0.95); 0.95 for a photo of one's own."""
+    return PAPER_ALPHA.get(dataset or "", DEFAULT_ALPHA)
+
+
+def _runtime(default: Any) -> Any:
+    """A field that says where or how fast to compute, not what: left out of a run's settings."""
+    return field(default=default, metadata={"runtime": True})
+
+
+@dataclass(frozen=True)
+class ProposalSpec:
+    """Which proposal generator to build and its user-facing settings.
+
+    ``name`` is a key of :data:`zsris.proposals.PROPOSAL_REGISTRY`; ``max_proposals`` caps the
+    proposals per image (None: no cap); ``sam_checkpoint``/``sam_model`` serve ``sam``,
+    ``path`` serves ``file``.
+    """
+
+    name: str = "classical"
+    max_proposals: Optional[int] = 100
+    sam_checkpoint: Optional[str] = None
+    sam_model: str = "vit_h"
+    path: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class SegmenterConfig:
+    """Everything a :class:`zsris.Segmenter` is built from. The defaults are the paper's.
+
+    ``alpha`` weighs the global-context visual feature against the local one, ``beta`` the
+    whole sentence against its target noun phrase, ``k`` is how many final ViT blocks see the
+    mask. ``fusion='reference'`` fuses raw features as the authors' code does; ``'normalized'``
+    normalises every part first. ``preprocess='reference'`` uses the authors' ImageNet
+    statistics, ``'clip'`` CLIP's own. ``weights`` is a checkpoint path, ``"random"`` or None
+    (``$ZSRIS_CLIP_WEIGHTS``, then the ``pretrained`` tag).
+    """
+
+    backbone: str = DEFAULT_BACKBONE
+    pretrained: str = DEFAULT_PRETRAINED
+    weights: Optional[str] = None
+    alpha: float = DEFAULT_ALPHA
+    beta: float = 0.5
+    k: int = 3
+    fusion: str = "reference"
+    preprocess: str = "reference"
+    proposals: ProposalSpec = field(default_factory=ProposalSpec)
+    device: str = _runtime("auto")
+    batch_size: int = _runtime(64)
+    max_pixels: int = _runtime(DEFAULT_MAX_PIXELS)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.alpha <= 1.0 or not 0.0 <= self.beta <= 1.0:
+            raise ZsrisError(f"alpha and beta must lie in [0, 1], got alpha={self.alpha}, beta={self.beta}")
+        for name in ("batch_size", "max_pixels"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ZsrisError(f"{name} must be a positive count, not {value!r}")
+        if self.fusion not in FUSIONS:
+            raise ZsrisError(f"unknown fusion {self.fusion!r}; choose one of {', '.join(FUSIONS)}")
+        if self.preprocess not in PREPROCESSING:
+            raise ZsrisError(f"unknown preprocessing {self.preprocess!r}; choose one of {', '.join(PREPROCESSING)}")
+        if not isinstance(self.proposals, ProposalSpec):
+            raise ZsrisError(f"proposals must be a ProposalSpec, not {type(self.proposals).__name__}")
+
+    def replace(self, **changes: Any) -> "SegmenterConfig":
+        """A copy with ``changes``; proposal fields may be given flat (``max_proposals=50``)."""
+        spec_fields = {f.name for f in dataclasses.fields(ProposalSpec)} - {"name"}
+        unknown = set(changes) - spec_fields - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise ZsrisError(f"unknown setting(s) {', '.join(sorted(unknown))}; SegmenterConfig has "
+                             f"{', '.join(f.name for f in dataclasses.fields(self))} and proposal fields "
+                             f"{', '.join(sorted(spec_fields))}")
+        spec_changes = {k: changes.pop(k) for k in list(changes) if k in spec_fields}
+        proposals = changes.get("proposals", self.proposals)
+        if isinstance(proposals, str):
+            proposals = dataclasses.replace(self.proposals, name=proposals)
+        changes["proposals"] = dataclasses.replace(proposals, **spec_changes)
+        return dataclasses.replace(self, **changes)
+
+    def settings(self) -> dict[str, Any]:
+        """The settings that decide the results: ``asdict`` less the runtime fields (device ...)."""
+        runtime = {f.name for f in dataclasses.fields(self) if f.metadata.get("runtime")}
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in runtime}
