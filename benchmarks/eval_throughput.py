@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from common import add_data_flag, require_data
 from zsris.backbones import load_backbone
 from zsris.cache import ProposalCache
 from zsris.datasets import ReferDataset
@@ -24,7 +25,6 @@ from zsris.evaluation import ImageEvaluator, load_dataset_image
 from zsris.proposals import ClassicalProposals
 from zsris.segmenter import Segmenter
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "refcoco-mini"
 
 
 def baseline(segmenter: Segmenter, dataset: ReferDataset, groups) -> int:
@@ -51,8 +51,9 @@ def main() -> None:
     parser.add_argument("--proposals", type=int, default=50)
     parser.add_argument("--dataset", default="refcoco")
     parser.add_argument("--split", default="train")
-    parser.add_argument("--data", default=str(DATA))
+    add_data_flag(parser)
     args = parser.parse_args()
+    require_data(args.data, args.dataset)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         segmenter = Segmenter(load_backbone("ViT-B/32", weights="random"), ClassicalProposals(max_proposals=args.proposals))

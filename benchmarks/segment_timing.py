@@ -17,12 +17,12 @@ from pathlib import Path
 import torch
 
 from zsris import visual
+from common import add_data_flag, require_data
 from zsris.backbones import load_backbone
 from zsris.images import load_image
 from zsris.proposals import ClassicalProposals
 from zsris.segmenter import Segmenter
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "refcoco-mini"
 EXPRESSIONS = ["the man on the left", "a red car parked by the road", "the biggest elephant in the middle"]
 
 
@@ -48,12 +48,14 @@ def main() -> None:
     parser.add_argument("--proposals", type=int, default=50)
     parser.add_argument("--expressions", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    add_data_flag(parser)
     args = parser.parse_args()
+    require_data(args.data)
     torch.set_num_threads(args.threads)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         segmenter = Segmenter(load_backbone("ViT-B/32", weights="random"), ClassicalProposals(max_proposals=args.proposals))
-    paths = sorted((DATA / "images" / "train2014").glob("*.jpg"))[: args.images]
+    paths = sorted((args.data / "images" / "train2014").glob("*.jpg"))[: args.images]
     expressions = (EXPRESSIONS * args.expressions)[: args.expressions]
     rows = []
     for path in paths:

@@ -18,7 +18,8 @@ from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 from zsris.backbones import ClipBackbone, load_backbone
 
 REPO = Path(__file__).resolve().parents[1]
-REFCOCO_MINI = REPO.parent / "shared" / "data" / "refcoco-mini"
+#: The refcoco-mini data: $ZSRIS_TEST_DATA, else the shared folder beside the repository.
+REFCOCO_MINI = Path(os.environ.get("ZSRIS_TEST_DATA") or REPO.parent / "shared" / "data" / "refcoco-mini")
 
 
 def _tiny(vision: CLIPVisionCfg, seed: int) -> ClipBackbone:
@@ -52,7 +53,7 @@ def vit_b32() -> ClipBackbone:
 @pytest.fixture(scope="session")
 def refcoco_mini() -> Path:
     if not (REFCOCO_MINI / "refcoco" / "refs(unc).p").is_file():
-        pytest.skip(f"refcoco-mini not found at {REFCOCO_MINI} (the shared data folder beside the repo)")
+        pytest.skip(f"refcoco-mini not found at {REFCOCO_MINI} (set ZSRIS_TEST_DATA to its folder)")
     return REFCOCO_MINI
 
 

@@ -11,9 +11,13 @@ Names are imported on first use (PEP 562), so that ``import zsris`` (and the com
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from typing import Any
 
 __version__ = "0.1.0"
+
+#: A small bundled photo-like image (two circles and a square), for first runs and examples.
+EXAMPLE_IMAGE = Path(__file__).parent / "examples" / "shapes.png"
 
 #: public name -> the module that defines it
 _EXPORTS = {
