@@ -152,3 +152,38 @@ def test_local_crop_equals_fill_whole_image_then_resized_crop():
         filled = image * m[None, None] + (1 - m[None, None]) * fill.reshape(1, 3, 1, 1)
         expected = TF.resized_crop(filled.squeeze(0), y1, x1, y2 - y1, x2 - x1, [16, 16])
         torch.testing.assert_close(crop, expected)
+
+
+def _tiny_vit_model(**vision_options):
+    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+
+    torch.manual_seed(0)
+    vision = CLIPVisionCfg(layers=2, width=64, head_width=32, patch_size=16, image_size=64, **vision_options)
+    return CLIP(embed_dim=32, vision_cfg=vision, text_cfg=CLIPTextCfg(width=64, heads=2, layers=1)).eval()
+
+
+def test_final_ln_after_pool_with_class_token_is_computed_exactly():
+    """LayerNorm acts on each token alone, so ln_post before or after picking the class token is one thing."""
+    model = _tiny_vit_model(final_ln_after_pool=True)
+    visual.check_supported(model)
+    image = _image(64, seed=4)
+    ours = visual.global_features(model, image, torch.ones(2, 64, 64, dtype=torch.bool), k=1)
+    expected = model.encode_image(image).expand(2, -1)
+    torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("options, why", [
+    ({"pool_type": "avg"}, "pool_type='avg'"),
+    ({"attentional_pool": True}, "attentional pooling"),
+])
+def test_vit_poolings_not_computed_exactly_are_refused(options, why, tiny_vit):
+    from zsris.errors import ZsrisError
+    from zsris.proposals import ClassicalProposals
+    from zsris.segmenter import Segmenter
+
+    model = _tiny_vit_model(**options)
+    with pytest.raises(ZsrisError, match=why.replace("(", r"\(")):
+        visual.global_features(model, _image(64), torch.ones(1, 64, 64, dtype=torch.bool), k=1)
+    backbone = type(tiny_vit)(model, tiny_vit.tokenizer, "tiny-" + why, "random", 64)
+    with pytest.raises(ZsrisError, match="pools its class token"):
+        Segmenter(backbone, ClassicalProposals(max_proposals=3))

@@ -70,7 +70,9 @@ class SegmenterConfig:
     mask. ``fusion='reference'`` fuses raw features as the authors' code does; ``'normalized'``
     normalises every part first. ``preprocess='reference'`` uses the authors' ImageNet
     statistics, ``'clip'`` CLIP's own. ``weights`` is a checkpoint path, ``"random"`` or None
-    (``$ZSRIS_CLIP_WEIGHTS``, then the ``pretrained`` tag).
+    (``$ZSRIS_CLIP_WEIGHTS``, then the ``pretrained`` tag). ``spacy_model`` pins the English
+    spaCy pipeline that finds the target noun phrase (None: ``$ZSRIS_SPACY_MODEL``, else the
+    most accurate installed; records name the one used).
     """
 
     backbone: str = DEFAULT_BACKBONE
@@ -82,6 +84,7 @@ class SegmenterConfig:
     fusion: str = "reference"
     preprocess: str = "reference"
     proposals: ProposalSpec = field(default_factory=ProposalSpec)
+    spacy_model: Optional[str] = None
     device: str = _runtime("auto")
     batch_size: int = _runtime(64)
     max_pixels: int = _runtime(DEFAULT_MAX_PIXELS)

@@ -10,13 +10,14 @@ from .segmenter import SegmentResult, Segmenter
 def settings(segmenter: Segmenter) -> dict[str, Any]:
     """The settings that produced a result, so a record says how to reproduce it: the config's
     (:meth:`SegmenterConfig.settings`), with what was actually loaded where the config leaves it
-    open: the backbone's canonical name, the weights it resolved to, and the proposal
-    generator's cache key (its settings and version)."""
+    open: the backbone's canonical name, the weights it resolved to, the proposal generator's
+    cache key (its settings and version) and the spaCy pipeline that parsed the expressions."""
     return {
         **segmenter.config.settings(),
         "backbone": segmenter.backbone.name,
         "weights": segmenter.backbone.weights,
         "proposal_generator": getattr(segmenter.proposals, "cache_key", type(segmenter.proposals).__name__),
+        "parser": segmenter.parser.info,
     }
 
 

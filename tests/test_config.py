@@ -1,0 +1,83 @@
+"""SegmenterConfig: one frozen settings object from flags to records."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from zsris.cli import make_parser
+from zsris.cli.flags import config_from_args
+from zsris.config import ProposalSpec, SegmenterConfig, paper_alpha
+from zsris.errors import ZsrisError
+
+
+def test_defaults_are_the_papers_and_the_config_is_frozen():
+    config = SegmenterConfig()
+    assert (config.backbone, config.pretrained, config.alpha, config.beta, config.k) == ("ViT-B/32", "openai", 0.95,
+                                                                                       0.5, 3)
+    assert (config.fusion, config.preprocess, config.proposals) == ("reference", "reference", ProposalSpec())
+    assert paper_alpha("refcocog") == 0.85
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.alpha = 0.5  # type: ignore[misc]
+
+
+def test_settings_are_asdict_less_the_runtime_fields():
+    config = SegmenterConfig(device="cpu", batch_size=7, proposals=ProposalSpec("sam", sam_model="vit_b"))
+    settings = config.settings()
+    assert settings == {k: v for k, v in dataclasses.asdict(config).items()
+                        if k not in ("device", "batch_size", "max_pixels")}
+    assert settings["proposals"] == {"name": "sam", "max_proposals": 100, "sam_checkpoint": None,
+                                     "sam_model": "vit_b", "path": None}
+    assert SegmenterConfig(device="cuda", batch_size=3).settings() == SegmenterConfig().settings()
+
+
+def test_replace_takes_flat_proposal_fields_and_refuses_unknown_ones():
+    config = SegmenterConfig().replace(max_proposals=50, alpha=0.5, proposals="file", path="masks.json")
+    assert config.alpha == 0.5 and config.proposals == ProposalSpec("file", 50, path="masks.json")
+    with pytest.raises(ZsrisError, match="unknown setting.*top_k"):
+        SegmenterConfig().replace(top_k=3)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"alpha": 1.5}, "alpha and beta must lie in"), ({"beta": -0.1}, "alpha and beta must lie in"),
+    ({"batch_size": 0}, "batch_size must be a positive count"), ({"max_pixels": True}, "max_pixels must be"),
+    ({"fusion": "mean"}, "unknown fusion"), ({"preprocess": "imagenet"}, "unknown preprocessing"),
+])
+def test_bad_values_are_refused_when_the_config_is_made(changes, message):
+    with pytest.raises(ZsrisError, match=message):
+        SegmenterConfig(**changes)
+
+
+def test_flags_become_exactly_one_config():
+    parser = make_parser()
+    args = parser.parse_args(["segment", "x.jpg", "a cat", "--backbone", "RN50", "--alpha", "0.7", "--beta", "0.2",
+                              "-k", "2", "--fusion", "normalized", "--preprocess", "clip", "--max-proposals", "all",
+                              "--proposals", "sam", "--sam-model", "vit_b", "--sam-checkpoint", "s.pth",
+                              "--spacy-model", "en_core_web_lg", "--device", "cpu", "--batch-size", "8",
+                              "--max-pixels", "1000", "--weights", "w.pt", "--pretrained", "laion"])
+    assert config_from_args(args) == SegmenterConfig(
+        backbone="RN50", pretrained="laion", weights="w.pt", alpha=0.7, beta=0.2, k=2, fusion="normalized",
+        preprocess="clip", proposals=ProposalSpec("sam", None, "s.pth", "vit_b", None), spacy_model="en_core_web_lg",
+        device="cpu", batch_size=8, max_pixels=1000)
+
+
+def test_create_segmenter_builds_what_the_config_names(tmp_path):
+    from zsris import create_segmenter
+    from zsris.proposals import FileProposals
+    from zsris.records import settings
+
+    config = SegmenterConfig(backbone="RN50", weights="random", k=2, proposals=ProposalSpec("classical", 9))
+    with pytest.warns(UserWarning, match="RANDOM"):
+        segmenter = create_segmenter(config)
+    assert segmenter.config == config
+    assert segmenter.backbone.name == "RN50" and not segmenter.backbone.is_vit
+    assert segmenter.proposals.config.max_proposals == 9
+    recorded = settings(segmenter)
+    assert {k: recorded[k] for k in config.settings() if k not in ("backbone", "weights")} == {
+        k: v for k, v in config.settings().items() if k not in ("backbone", "weights")}
+    assert recorded["backbone"] == "RN50" and recorded["proposal_generator"] == segmenter.proposals.cache_key
+    folder = tmp_path / "masks"
+    folder.mkdir()
+    with pytest.warns(UserWarning, match="RANDOM"):
+        given = create_segmenter(config, proposals=FileProposals(folder))
+    assert isinstance(given.proposals, FileProposals)
