@@ -230,8 +230,9 @@ def weights_source(name: str = DEFAULT_BACKBONE, pretrained: str = DEFAULT_PRETR
     if not cfg:
         tags = ", ".join(tag for model, tag in open_clip.list_pretrained() if model == arch) or "none"
         raise WeightsError(f"CLIP {arch} has no pretrained tag {pretrained!r} (known tags: {tags})")
-    return WeightsSource(arch, "pretrained", pretrained, cached_pretrained_file(cfg), (cfg.get("hf_hub") or "").rstrip("/"),
-                         cfg.get("url") or "", bool(cfg.get("quick_gelu", False)))
+    hub = (cfg.get("hf_hub") or "").rstrip("/")
+    return WeightsSource(arch, "pretrained", pretrained, cached_pretrained_file(cfg), hub, cfg.get("url") or "",
+                         bool(cfg.get("quick_gelu", False)))
 
 
 def _load_pretrained(source: WeightsSource) -> nn.Module:

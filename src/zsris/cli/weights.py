@@ -17,7 +17,7 @@ def _clip_lines(args: argparse.Namespace) -> tuple[list[str], bool]:
     source = weights_source(args.backbone, args.pretrained, args.weights)
     lines = [f"CLIP {source.backbone}"]
     if source.kind == RANDOM:
-        lines.append("  weights: random (the real architecture untrained: for tests and timing, its masks mean nothing)")
+        lines.append("  weights: random (untrained, for tests and timing: its masks mean nothing)")
     elif source.kind == "path":
         origin = "--weights" if args.weights else f"${WEIGHTS_ENV}"
         state = "found" if source.available else "MISSING"
