@@ -30,7 +30,7 @@ PREPROCESSING = ("reference", "clip")
 DEFAULT_MAX_PIXELS = 40_000_000
 
 #: The paper's alpha (weight of the global-context visual feature) per dataset: RefCOCOg's longer
-#: expressions describe more context, so the global feature weighs less there (method.md).
+#: expressions describe more context, so the global feature weighs less there (docs/method.md).
 PAPER_ALPHA = {"refcoco": 0.95, "refcoco+": 0.95, "refcocog": 0.85}
 DEFAULT_ALPHA = 0.95
 

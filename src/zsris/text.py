@@ -1,6 +1,6 @@
 """Text side: the target noun phrase of an expression, and CLIP text features with a cache.
 
-The noun phrase follows the reference rules (method.md step 5): the spaCy noun chunk holding
+The noun phrase follows the reference rules (docs/method.md, step 5): the spaCy noun chunk holding
 the sentence's ROOT; else the chunk of the root's first child; else the whole sentence. The
 sentence itself is lower-cased and re-joined from the parser's tokens before both are encoded.
 """

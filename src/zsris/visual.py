@@ -4,7 +4,7 @@ Both work on already normalised image tensors, so another implementation fed the
 can be compared number for number. Shapes: ``image`` is ``[1, 3, H, W]`` (or ``[3, H, W]``),
 ``masks`` is ``[N, H, W]`` (bool or float in [0, 1]), features are ``[N, D]``.
 
-Global (method.md step 2): ViT backbones run the first ``L - k`` blocks once for the image and
+Global (docs/method.md, step 2): ViT backbones run the first ``L - k`` blocks once for the image and
 only the last ``k`` blocks per proposal, multiplying patch tokens by the mask (resized to the
 patch grid) before each of them. ResNet backbones pool the L2-normalised final feature map,
 multiplied by the mask, with CLIP's own attention pool.
