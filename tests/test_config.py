@@ -42,6 +42,7 @@ def test_replace_takes_flat_proposal_fields_and_refuses_unknown_ones():
     ({"alpha": 1.5}, "alpha and beta must lie in"), ({"beta": -0.1}, "alpha and beta must lie in"),
     ({"batch_size": 0}, "batch_size must be a positive count"), ({"max_pixels": True}, "max_pixels must be"),
     ({"fusion": "mean"}, "unknown fusion"), ({"preprocess": "imagenet"}, "unknown preprocessing"),
+    ({"precision": "int8"}, "unknown precision"),
 ])
 def test_bad_values_are_refused_when_the_config_is_made(changes, message):
     with pytest.raises(ZsrisError, match=message):
@@ -81,3 +82,12 @@ def test_create_segmenter_builds_what_the_config_names(tmp_path):
     with pytest.warns(UserWarning, match="RANDOM"):
         given = create_segmenter(config, proposals=FileProposals(folder))
     assert isinstance(given.proposals, FileProposals)
+
+
+def test_reduced_precision_is_refused_off_cuda(tiny_vit):
+    from zsris.proposals import ClassicalProposals
+    from zsris.segmenter import Segmenter
+
+    for precision in ("tf32", "bf16", "fp16"):
+        with pytest.raises(ZsrisError, match=f"--precision {precision} needs a CUDA device"):
+            Segmenter(tiny_vit, ClassicalProposals(max_proposals=3), precision=precision)

@@ -25,6 +25,7 @@ SAM_RELEASE_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
 PROPOSAL_GENERATORS = ("classical", "sam", "file")
 FUSIONS = ("reference", "normalized")
 PREPROCESSING = ("reference", "clip")
+PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 #: Images with more pixels than this are refused: proposals and masks are computed at full
 #: resolution, and a 20000 x 20000 image would need tens of GiB. ``max_pixels`` changes it.
 DEFAULT_MAX_PIXELS = 40_000_000
@@ -72,7 +73,8 @@ class SegmenterConfig:
     statistics, ``'clip'`` CLIP's own. ``weights`` is a checkpoint path, ``"random"`` or None
     (``$ZSRIS_CLIP_WEIGHTS``, then the ``pretrained`` tag). ``spacy_model`` pins the English
     spaCy pipeline that finds the target noun phrase (None: ``$ZSRIS_SPACY_MODEL``, else the
-    most accurate installed; records name the one used).
+    most accurate installed; records name the one used). ``precision`` (CUDA only) trades
+    fidelity for speed: ``fp32`` (strict, default), ``tf32``, ``bf16`` or ``fp16`` autocast.
     """
 
     backbone: str = DEFAULT_BACKBONE
@@ -85,6 +87,7 @@ class SegmenterConfig:
     preprocess: str = "reference"
     proposals: ProposalSpec = field(default_factory=ProposalSpec)
     spacy_model: Optional[str] = None
+    precision: str = "fp32"
     device: str = _runtime("auto")
     batch_size: int = _runtime(64)
     max_pixels: int = _runtime(DEFAULT_MAX_PIXELS)
@@ -100,6 +103,8 @@ class SegmenterConfig:
             raise ZsrisError(f"unknown fusion {self.fusion!r}; choose one of {', '.join(FUSIONS)}")
         if self.preprocess not in PREPROCESSING:
             raise ZsrisError(f"unknown preprocessing {self.preprocess!r}; choose one of {', '.join(PREPROCESSING)}")
+        if self.precision not in PRECISIONS:
+            raise ZsrisError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
         if not isinstance(self.proposals, ProposalSpec):
             raise ZsrisError(f"proposals must be a ProposalSpec, not {type(self.proposals).__name__}")
 

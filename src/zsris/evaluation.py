@@ -4,7 +4,6 @@ proposals cached on disk, predictions stored as they are made, in-process or on 
 from __future__ import annotations
 
 import contextlib
-import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Optional
 
@@ -12,13 +11,14 @@ import numpy as np
 from tqdm import tqdm
 
 from .cache import ProposalCache
-from .datasets import Ref, ReferDataset
-from .errors import DatasetError, NoProposalsError
 from .config import DEFAULT_MAX_PIXELS
+from .datasets import Ref, ReferDataset
+from .engine import Engine, ImageTask, Prepared, StageTimes, image_task
+from .errors import DatasetError, NoProposalsError
 from .images import load_image
 from .masks import iou_matrix
 from .metrics import intersection_union, iou, proposal_quality
-from .proposals import ProposalGenerator, Proposals
+from .proposals import Proposals
 from .segmenter import Segmenter
 from .store import PredictionStore
 
@@ -53,10 +53,37 @@ class ImageEvaluator:
         return self.cache.get_or_make(self.dataset.image_path(image_id), make)[0]
 
     def __call__(self, image_id: int, refs: list[Ref]) -> list[dict[str, Any]]:
+        """Every sentence's record for one image, all work done here (the Ray workers' path)."""
         pixels = load_dataset_image(self.dataset, image_id, self.segmenter.config.max_pixels)
+        return self.evaluate(image_id, refs, pixels)
+
+    def evaluate_prepared(self, prepared: Prepared, refs: list[Ref]) -> list[dict[str, Any]]:
+        """The records of an image the engine prepared; its sentences fail, with the reason, if it failed."""
+        if prepared.error is not None:
+            return self.failed(prepared.key, refs, prepared.error)
+        return self.evaluate(prepared.key, refs, prepared.pixels, prepared.proposals)
+
+    def failed(self, image_id: int, refs: list[Ref], reason: str) -> list[dict[str, Any]]:
+        """Records that count an image's sentences as failures (IoU 0), saying why."""
+        records = []
+        for ref in refs:
+            union = int(self.dataset.annotation_mask(ref.ann_id).sum())
+            for sentence in ref.sentences:
+                records.append({
+                    "sent_id": sentence.sent_id, "ref_id": ref.ref_id, "ann_id": ref.ann_id, "image_id": image_id,
+                    "expression": sentence.text, "gt_category": ref.category_id, "num_proposals": 0,
+                    "proposal_index": -1, "score": None, "noun_phrase": None, "chosen_category": None,
+                    "intersection": 0, "union": union, "iou": 0.0, "error": reason,
+                })
+        return records
+
+    def evaluate(self, image_id: int, refs: list[Ref], pixels: np.ndarray,
+                 proposals: Optional[Proposals] = None) -> list[dict[str, Any]]:
+        """Score every sentence about the image; proposals are made here unless given."""
         instance_ids = self.dataset.annotation_ids(image_id)
         instances = np.stack([self.dataset.annotation_mask(a) for a in instance_ids])
-        proposals = self.proposals(image_id, pixels, instances)
+        if proposals is None:
+            proposals = self.proposals(image_id, pixels, instances)
         categories = [int(self.dataset.annotations[a]["category_id"]) for a in instance_ids]
         overlap = iou_matrix(proposals.masks, instances)
         proposal_category: list[Optional[int]] = []
@@ -106,6 +133,13 @@ def load_dataset_image(dataset: ReferDataset, image_id: int, max_pixels: int = D
     return pixels
 
 
+def dataset_task(dataset: ReferDataset, image_id: int) -> ImageTask:
+    """The engine's task for a dataset image: its file, the name generators know it by, and the
+    size its annotations give (the stored pixel grid: no EXIF rotation, see load_dataset_image)."""
+    info = dataset.images[image_id]
+    return image_task(image_id, dataset.image_path(image_id), info.file_name, (info.height, info.width))
+
+
 def pending_images(groups: dict[int, list[Ref]], done: set[int]) -> list[int]:
     return [image_id for image_id, refs in groups.items()
             if any(s.sent_id not in done for ref in refs for s in ref.sentences)]
@@ -115,11 +149,15 @@ def sentence_ids(groups: dict[int, list[Ref]]) -> set[int]:
     return {s.sent_id for refs in groups.values() for ref in refs for s in ref.sentences}
 
 
-def run_local(evaluate: Callable[[int, list[Ref]], list[dict]], groups: dict[int, list[Ref]],
-              pending: Iterable[int], store: PredictionStore, progress: tqdm) -> None:
-    for image_id in pending:
-        store.add(evaluate(image_id, groups[image_id]))
+def run_local(evaluator: ImageEvaluator, groups: dict[int, list[Ref]], pending: Iterable[int],
+              store: PredictionStore, progress: tqdm, engine: Engine) -> StageTimes:
+    """The pending images through ``engine``: decoding and proposals in its workers, CLIP here,
+    each image's records committed to the store as soon as they exist."""
+    def consume(prepared: Prepared) -> None:
+        store.add(evaluator.evaluate_prepared(prepared, groups[prepared.key]))
         progress.update(1)
+
+    return engine.run([dataset_task(evaluator.dataset, image_id) for image_id in pending], consume)
 
 
 class RayWorker:
@@ -183,40 +221,44 @@ def run_ray(build: Callable[[], ImageEvaluator], groups: dict[int, list[Ref]], p
         submit(actor)
 
 
-def evaluate_proposals(generator: ProposalGenerator, dataset: ReferDataset, groups: dict[int, list[Ref]],
-                       cache: Optional[ProposalCache] = None, show_progress: bool = True) -> dict[str, Any]:
-    """Proposal quality alone (no CLIP): the oracle per referred object, recall, count and time.
+def evaluate_proposals(dataset: ReferDataset, groups: dict[int, list[Ref]], engine: Engine,
+                       show_progress: bool = True) -> dict[str, Any]:
+    """Proposal quality alone (no CLIP): the oracle per referred object, recall, count and time,
+    the images prepared by ``engine`` (its workers run the generator and the cache).
 
     Also counts the referred objects (and their sentences) whose ground truth differs between
-    the ``refer`` and ``union`` readings of overlapping polygons."""
+    the ``refer`` and ``union`` readings of overlapping polygons. An image that fails counts
+    its objects with IoU 0."""
     best, inters, unions, counts, seconds = [], [], [], [], []
-    differing_objects = differing_sentences = 0
+    differing = {"objects": 0, "sentences": 0}
     other = "union" if dataset.gt_mask == "refer" else "refer"
-    for image_id in tqdm(groups, desc="proposals", unit="image", disable=not show_progress):
-        file_name = dataset.images[image_id].file_name
-        pixels = load_dataset_image(dataset, image_id)
-        if cache is not None:
-            proposals, elapsed = cache.get_or_make(dataset.image_path(image_id), lambda: generator(pixels, file_name))
-        else:
-            start = time.perf_counter()
-            proposals = generator(pixels, file_name)
-            elapsed = time.perf_counter() - start
-        counts.append(len(proposals))
-        seconds.append(elapsed)
+    progress = tqdm(total=len(groups), desc="proposals", unit="image", disable=not show_progress, dynamic_ncols=True)
+
+    def consume(prepared: Prepared) -> None:
+        masks = prepared.proposals.masks if prepared.proposals is not None else np.zeros((0, 1, 1), bool)
+        counts.append(len(masks))
+        seconds.append(prepared.proposal_seconds)
         sentences_per_object: dict[int, int] = {}
-        for ref in groups[image_id]:
+        for ref in groups[prepared.key]:
             sentences_per_object[ref.ann_id] = sentences_per_object.get(ref.ann_id, 0) + len(ref.sentences)
         for ann_id, sentences in sentences_per_object.items():
             target = dataset.annotation_mask(ann_id)
             if not np.array_equal(target, dataset.annotation_mask(ann_id, other)):
-                differing_objects += 1
-                differing_sentences += sentences
-            inter, union = best_proposal(proposals.masks, target)
+                differing["objects"] += 1
+                differing["sentences"] += sentences
+            inter, union = best_proposal(masks, target) if prepared.error is None else (0, int(target.sum()))
             best.append(iou(inter, union))
             inters.append(inter)
             unions.append(union)
+        progress.update(1)
+
+    try:
+        times = engine.run([dataset_task(dataset, image_id) for image_id in groups], consume)
+    finally:
+        progress.close()
     summary = proposal_quality(best, inters, unions, counts, seconds)
+    summary["images failed"] = len(times.failed)
     summary["gt mask"] = dataset.gt_mask
-    summary["objects where refer != union"] = differing_objects
-    summary["sentences where refer != union"] = differing_sentences
+    summary["objects where refer != union"] = differing["objects"]
+    summary["sentences where refer != union"] = differing["sentences"]
     return summary

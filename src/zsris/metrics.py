@@ -36,7 +36,8 @@ def summarize(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
 
     Each record holds ``intersection``, ``union`` and ``iou`` of the chosen mask; optionally
     ``oracle_intersection``/``oracle_union``/``oracle_iou`` (best proposal), ``chosen_category``
-    and ``gt_category`` (mc-acc), ``num_proposals`` and ``image_id``.
+    and ``gt_category`` (mc-acc), ``num_proposals``, ``image_id``, and ``error`` where the
+    image could not be processed (its sentences then count with IoU 0).
     """
     records = list(records)
     if not records:
@@ -71,6 +72,7 @@ def summarize(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     if per_image:
         summary["proposals/image"] = round(float(np.mean(list(per_image.values()))), 1)
         summary["images without proposals"] = sum(1 for n in per_image.values() if n == 0)
+    summary["images failed"] = len({r.get("image_id") for r in records if r.get("error")})
     return summary
 
 

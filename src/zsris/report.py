@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -34,12 +34,16 @@ def iou_histogram(ious: Sequence[float], path: Path, title: str) -> None:
 
 
 def write_report(out: Path, summary: dict[str, Any], settings: dict[str, Any], ious: Sequence[float],
-                 title: str) -> None:
+                 title: str, timing: Optional[dict[str, Any]] = None) -> None:
+    """metrics.json, report.md and the IoU histogram; ``timing`` (per-stage seconds and how busy
+    each stage was) describes the last run of the command, not the whole resumed evaluation."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps({"metrics": summary, "settings": settings}, indent=2))
+    content = {"metrics": summary, "settings": settings, **({"timing": timing} if timing else {})}
+    (out / "metrics.json").write_text(json.dumps(content, indent=2))
     iou_histogram(ious, out / "iou_histogram.png", title)
     settings_table = "\n".join(f"- `{k}`: {v}" for k, v in settings.items())
     (out / "report.md").write_text(
         f"# zsris evaluation: {title}\n\n{table(summary)}\n\n![IoU histogram](iou_histogram.png)\n\n"
         f"## Settings\n\n{settings_table}\n"
+        + (f"\n## Time (the last run of the command)\n\n{table(timing)}\n" if timing else "")
     )

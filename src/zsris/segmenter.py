@@ -22,6 +22,7 @@ from .config import ProposalSpec, SegmenterConfig
 from .errors import NoProposalsError, ZsrisError
 from .fusion import fuse_text, fuse_visual
 from .images import ImageInput, load_image
+from .precision import check_precision, compute_precision
 from .proposals import ProposalGenerator, Proposals, create_proposals
 from .text import ExpressionParser, ParsedExpression, TextEncoder, check_expression
 
@@ -90,6 +91,7 @@ class Segmenter:
         k = self.config.k
         if backbone.is_vit and not 0 <= k <= visual.vit_num_blocks(backbone.model):
             raise ZsrisError(f"k must be between 0 and {visual.vit_num_blocks(backbone.model)}, not {k}")
+        check_precision(self.config.precision, backbone.device)
         self.backbone = backbone
         self.proposals = proposals
         self.preprocess_config = preprocess_preset(self.config.preprocess, backbone.model)
@@ -150,9 +152,10 @@ class Segmenter:
         if proposals.image_size != pixels.shape[:2]:
             raise ZsrisError(f"proposals are {proposals.image_size}, the image is {pixels.shape[:2]}")
         image_tensor = self.image_tensor(pixels)
-        masks = torch.from_numpy(proposals.masks)
-        g = self.global_features(self.clip_input(image_tensor), masks)
-        loc = self.local_features(image_tensor, masks, torch.from_numpy(proposals.boxes))
+        masks = torch.from_numpy(proposals.masks).to(self.device)  # once, as bool
+        with compute_precision(self.config.precision, self.device):
+            g = self.global_features(self.clip_input(image_tensor), masks).float()
+            loc = self.local_features(image_tensor, masks, torch.from_numpy(proposals.boxes)).float()
         return ImageFeatures(proposals, g, loc, self.fuse_visual(g, loc))
 
     def _load(self, image: ImageInput, image_id: Optional[str]) -> tuple[np.ndarray, Optional[str]]:
@@ -164,8 +167,9 @@ class Segmenter:
     def text_features(self, expressions: Sequence[str]) -> tuple[Tensor, list[ParsedExpression]]:
         """Fused, L2-normalised text features ``[E, D]`` and the parses behind them."""
         parsed = [self.parser(check_expression(e)) for e in expressions]
-        sentences = self.text_encoder.encode(p.sentence for p in parsed)
-        phrases = self.text_encoder.encode(p.noun_phrase for p in parsed)
+        with compute_precision(self.config.precision, self.device):
+            sentences = self.text_encoder.encode(p.sentence for p in parsed).float()
+            phrases = self.text_encoder.encode(p.noun_phrase for p in parsed).float()
         return fuse_text(sentences, phrases, self.config.beta, self.config.fusion, self.backbone.is_vit), parsed
 
     # -- scoring --------------------------------------------------------------------------

@@ -126,10 +126,9 @@ def global_features(
         fmap = _resnet_trunk(visual, image)
         if normalize_map:
             fmap = fmap / fmap.norm(dim=1, keepdim=True)
-        weights = resize_masks(masks, fmap.shape[-2:])
-        return torch.cat(
-            [visual.attnpool(fmap * w[:, None]) for w in weights.split(batch_size)]
-        ) if len(weights) else fmap.new_zeros(0, visual.attnpool.c_proj.out_features)
+        pooled = [visual.attnpool(fmap * resize_masks(chunk, fmap.shape[-2:])[:, None])
+                  for chunk in masks.split(batch_size)]
+        return torch.cat(pooled) if pooled else fmap.new_zeros(0, visual.attnpool.c_proj.out_features)
     blocks = list(visual.transformer.resblocks)
     if not 0 <= k <= len(blocks):
         raise ValueError(f"k must be between 0 and {len(blocks)} for this model, not {k}")
@@ -137,10 +136,9 @@ def global_features(
     tail = blocks[len(blocks) - k:]
     if k == 0:
         return _vit_head(visual, trunk[:, 0]).expand(len(masks), -1).clone()
-    grid = visual.grid_size
-    weights = resize_masks(masks, grid).flatten(1)[:, :, None]
     outputs = []
-    for w in weights.split(batch_size):
+    for chunk in masks.split(batch_size):  # full-resolution masks become floats a batch at a time
+        w = resize_masks(chunk, visual.grid_size).flatten(1)[:, :, None]
         x = trunk.expand(len(w), -1, -1)
         for block in tail:
             x = torch.cat([x[:, :1], x[:, 1:] * w], dim=1)

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from ..config import SegmenterConfig
+from ..config import ProposalSpec, SegmenterConfig
 from ..datasets import DATASETS, GT_MASKS, SPLITS
 from .flags import (add_model_flags, add_proposal_flags, announce_random, build_segmenter, config_from_args,
-                    positive_int, proposal_spec_from_args)
+                    non_negative_int, positive_int, proposal_spec_from_args)
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,16 @@ class DataSpec:
 
         return ReferDataset(self.data, self.dataset, self.split_by, self.images, self.gt_mask)
 
+    def preparer(self, spec: ProposalSpec, max_pixels: int):
+        """What the engine's workers do: decode dataset images on their stored grid and, unless the
+        proposals come from the ground truth or the GPU (SAM, made by the model stage), make them."""
+        from ..cache import DEFAULT_CACHE
+        from ..engine import Preparer
+
+        in_workers = not self.gt_proposals and spec.name != "sam"
+        cache = None if self.no_cache else str(self.cache or DEFAULT_CACHE)
+        return Preparer(spec if in_workers else None, cache, max_pixels, exif_transpose=False)
+
     def proposal_cache(self, generator_key: str):
         from ..cache import DEFAULT_CACHE, ProposalCache
 
@@ -59,6 +69,9 @@ def _add_data_flags(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--cache", default=None, metavar="DIR",
                       help="proposal cache folder (default: $ZSRIS_CACHE/proposals or ~/.cache/zsris/proposals)")
     data.add_argument("--no-cache", action="store_true", help="do not read or write the proposal cache")
+    data.add_argument("--proposal-workers", type=non_negative_int, default=None, metavar="N",
+                      help="processes that decode images and make proposals ahead of the model stage "
+                           "(default: cores minus one; 0: all in one process)")
 
 
 def build_evaluator(config: SegmenterConfig, data: DataSpec, announce: bool = False):
@@ -78,6 +91,13 @@ def run_settings(args: argparse.Namespace, evaluator) -> dict[str, Any]:
         "dataset": args.dataset, "split": args.split, "split_by": evaluator.dataset.split_by,
         "gt_proposals": args.gt_proposals, "gt_mask": args.gt_mask, **settings(evaluator.segmenter),
     }
+
+
+def _engine(args: argparse.Namespace, data: DataSpec, spec: ProposalSpec, max_pixels: int):
+    from ..engine import Engine, default_workers
+
+    workers = default_workers() if args.proposal_workers is None else args.proposal_workers
+    return Engine(data.preparer(spec, max_pixels), workers)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -103,12 +123,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
         pending = pending_images(groups, store.done())
         progress = tqdm(total=len(groups), initial=len(groups) - len(pending), unit="image", desc="eval",
                         dynamic_ncols=True)
+        timing = None
         try:
             if args.engine == "ray":
                 run_ray(functools.partial(build_evaluator, config, data), groups, pending, store, progress,
                         args.workers)
             else:
-                run_local(evaluator, groups, pending, store, progress)
+                engine = _engine(args, data, config.proposals, config.max_pixels)
+                timing = run_local(evaluator, groups, pending, store, progress, engine).summary()
         except KeyboardInterrupt:
             progress.close()
             print(f"zsris: interrupted; {len(store.done())} sentences are saved in {out}. "
@@ -118,8 +140,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
             progress.close()
         records = store.records(sentence_ids(groups))
     summary = summarize(records)
-    write_report(out, summary, settings, [r["iou"] for r in records], title)
+    write_report(out, summary, settings, [r["iou"] for r in records], title, timing)
     print(table(summary, title))
+    if timing:
+        print("\n" + table(timing, "time (this run)"))
     print(f"\nwrote {out / 'metrics.json'}, {out / 'report.md'}, {out / 'iou_histogram.png'}")
     return 0
 
@@ -128,15 +152,25 @@ def cmd_proposals_eval(args: argparse.Namespace) -> int:
     import json
 
     from ..backbones import resolve_device
+    from ..cache import DEFAULT_CACHE
+    from ..config import DEFAULT_MAX_PIXELS
+    from ..engine import Engine, Preparer
     from ..evaluation import evaluate_proposals
     from ..proposals import create_proposals
     from ..report import table
 
     data = DataSpec.from_args(args)
     dataset = data.open()
-    generator = create_proposals(proposal_spec_from_args(args), resolve_device(args.device))
+    spec = proposal_spec_from_args(args)
+    device = str(resolve_device(args.device))
+    generator = create_proposals(spec, device)  # refuses bad settings before any worker starts
     groups = dataset.refs_by_image(args.split, args.limit)
-    summary = evaluate_proposals(generator, dataset, groups, data.proposal_cache(generator.cache_key))
+    if spec.name == "sam":  # one copy of SAM, on the device, in this process
+        cache = None if data.no_cache else str(data.cache or DEFAULT_CACHE)
+        engine = Engine(Preparer(spec, cache, DEFAULT_MAX_PIXELS, exif_transpose=False, device=device), 0)
+    else:
+        engine = _engine(args, data, spec, DEFAULT_MAX_PIXELS)
+    summary = evaluate_proposals(dataset, groups, engine)
     print(table(summary, f"{args.proposals} proposals on {args.dataset} {args.split}"))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ import sys
 import warnings
 from typing import Optional
 
-from ..config import (DEFAULT_BACKBONE, DEFAULT_MAX_PIXELS, DEFAULT_PRETRAINED, FUSIONS, PREPROCESSING,
+from ..config import (DEFAULT_BACKBONE, DEFAULT_MAX_PIXELS, DEFAULT_PRETRAINED, FUSIONS, PRECISIONS, PREPROCESSING,
                       PROPOSAL_GENERATORS, SAM_CHECKPOINT_ENV, SAM_MODEL_TYPES, WEIGHTS_ENV, ProposalSpec,
                       SegmenterConfig, paper_alpha)
 
@@ -30,6 +30,17 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: a count of 0 or more (0 meaning "none of these", where a flag says so)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
     return value
 
 
@@ -81,6 +92,8 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--spacy-model", default=None, metavar="NAME|DIR",
                        help="English spaCy pipeline for the target noun phrase (default: $ZSRIS_SPACY_MODEL, else "
                             "the most accurate installed of en_core_web_trf, _lg (the paper's), _md, _sm)")
+    model.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                       help="CUDA only: strict fp32 (default, for fidelity), tf32, or bf16/fp16 autocast (faster)")
     model.add_argument("--batch-size", type=positive_int, default=64,
                        help="proposals per forward pass (default: %(default)s)")
     add_proposal_flags(parser)
@@ -100,7 +113,7 @@ def config_from_args(args: argparse.Namespace) -> SegmenterConfig:
     return SegmenterConfig(
         backbone=args.backbone, pretrained=args.pretrained, weights=args.weights, alpha=alpha, beta=args.beta,
         k=args.k, fusion=args.fusion, preprocess=args.preprocess, proposals=proposal_spec_from_args(args),
-        spacy_model=args.spacy_model, device=args.device, batch_size=args.batch_size, max_pixels=args.max_pixels,
+        spacy_model=args.spacy_model, precision=args.precision, device=args.device, batch_size=args.batch_size, max_pixels=args.max_pixels,
     )
 
 

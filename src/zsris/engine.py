@@ -1,0 +1,264 @@
+"""The pipelined engine: image decoding and proposals in worker processes, ahead of the model.
+
+The model stage (CLIP, on the GPU or the CPU) runs in the calling process and consumes the
+images in their order; worker processes decode the images and make their proposals (reading
+and writing the proposal cache) through a bounded window, so at most ``workers + ahead``
+prepared images wait in memory. A worker ignores Ctrl-C (the parent stops the pool) and dies
+with its parent, even one killed outright (Linux's parent-death signal). An error on one image
+(a corrupt file, a generator failure) comes back as that image's error and the run goes on;
+a worker process that dies takes only its current image with it.
+"""
+from __future__ import annotations
+
+import ctypes
+import multiprocessing
+import os
+import signal
+import sys
+import time
+from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Optional
+
+import numpy as np
+
+from .config import DEFAULT_MAX_PIXELS, ProposalSpec
+from .errors import ZsrisError
+from .proposals import Proposals
+
+
+def default_workers() -> int:
+    """Cores minus one (the model stage keeps one), at least one."""
+    return max(1, (os.cpu_count() or 2) - 1)
+
+
+@dataclass(frozen=True)
+class ImageTask:
+    """One image to prepare: ``key`` names it to the caller, ``name`` to file-based generators;
+    ``size`` (height, width), when known, must match the decoded image."""
+
+    key: Any
+    path: str
+    name: str
+    size: Optional[tuple[int, int]] = None
+
+
+@dataclass
+class Prepared:
+    """An image ready for the model stage, or the reason it is not."""
+
+    key: Any
+    pixels: Optional[np.ndarray] = None
+    proposals: Optional[Proposals] = None
+    seconds: float = 0.0  # decoding and proposals (or the cache read), in the worker
+    proposal_seconds: float = 0.0  # the generator's own time (as first measured, for cached proposals)
+    error: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class Preparer:
+    """What a worker does with a task: decode, check the size, make or read the proposals.
+
+    ``spec`` None decodes only (ground-truth proposals, or a generator run by the model stage).
+    Plain data, so that it can be shipped to worker processes."""
+
+    spec: Optional[ProposalSpec] = None
+    cache_root: Optional[str] = None
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    exif_transpose: bool = True
+    device: str = "cpu"
+
+    def build(self) -> Callable[[ImageTask], Prepared]:
+        from .cache import ProposalCache
+        from .proposals import create_proposals
+
+        generator = create_proposals(self.spec, self.device) if self.spec is not None else None
+        cache = (ProposalCache(self.cache_root, generator.cache_key)
+                 if generator is not None and self.cache_root else None)
+
+        def prepare(task: ImageTask) -> Prepared:
+            from .images import load_image
+
+            start = time.perf_counter()
+            try:
+                pixels = load_image(task.path, self.max_pixels, exif_transpose=self.exif_transpose)
+                if task.size is not None and pixels.shape[:2] != tuple(task.size):
+                    raise ZsrisError(f"{task.path} is {pixels.shape[1]}x{pixels.shape[0]}, but its annotations "
+                                     f"say {task.size[1]}x{task.size[0]}")
+                proposals, proposal_seconds = None, 0.0
+                if generator is not None:
+                    make = lambda: generator(pixels, task.name)  # noqa: E731
+                    if cache is not None:
+                        proposals, proposal_seconds = cache.get_or_make(task.path, make)
+                    else:
+                        began = time.perf_counter()
+                        proposals = make()
+                        proposal_seconds = time.perf_counter() - began
+            except ZsrisError as error:
+                return Prepared(task.key, error=str(error), seconds=time.perf_counter() - start)
+            except Exception as error:  # noqa: BLE001 - one image's failure must not stop the run
+                return Prepared(task.key, error=f"{type(error).__name__}: {error}", seconds=time.perf_counter() - start)
+            return Prepared(task.key, pixels, proposals, time.perf_counter() - start, proposal_seconds)
+
+        return prepare
+
+
+_PREPARE: Optional[Callable[[ImageTask], Prepared]] = None
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to kill this worker when its parent dies, however the parent dies."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
+
+
+def _init_worker(preparer: Preparer, parent: int) -> None:
+    global _PREPARE
+    _die_with_parent()
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os._exit(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    import torch
+
+    torch.set_num_threads(1)
+    _PREPARE = preparer.build()
+
+
+def _prepare_in_worker(task: ImageTask) -> tuple:
+    """A prepared image as plain parts, its masks packed 8 per byte: a tenth of the bytes to
+    pickle through the pipe."""
+    prepared = _PREPARE(task)
+    proposals = prepared.proposals
+    if proposals is None:
+        return prepared, None
+    packed = (np.packbits(proposals.masks, axis=-1), proposals.image_size[1], proposals.scores, proposals.boxes)
+    prepared.proposals = None
+    return prepared, packed
+
+
+def _unpack(prepared: Prepared, packed: Optional[tuple]) -> Prepared:
+    if packed is not None:
+        bits, width, scores, boxes = packed
+        prepared.proposals = Proposals(np.unpackbits(bits, axis=-1, count=width).astype(bool), scores, boxes)
+    return prepared
+
+
+@dataclass
+class StageTimes:
+    """Where the time went: the workers' busy seconds, the model stage's, and the wall clock."""
+
+    workers: int = 0
+    prepare_seconds: float = 0.0
+    model_seconds: float = 0.0
+    waiting_seconds: float = 0.0  # the model stage waiting for a prepared image
+    wall_seconds: float = 0.0
+    images: int = 0
+    failed: list[tuple[Any, str]] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        """Seconds per image per stage and how busy each stage was (1.0: never idle)."""
+        wall = max(self.wall_seconds, 1e-9)
+        images = max(self.images, 1)
+        lanes = max(self.workers, 1)
+        return {
+            "images": self.images,
+            "proposal workers": self.workers,
+            "seconds/image (end to end)": round(wall / images, 3),
+            "seconds/image (decode + proposals, per worker)": round(self.prepare_seconds / images, 3),
+            "seconds/image (model)": round(self.model_seconds / images, 3),
+            "busy (proposal workers)": round(min(1.0, self.prepare_seconds / (wall * lanes)), 2),
+            "busy (model)": round(min(1.0, self.model_seconds / wall), 2),
+            "images failed": len(self.failed),
+        }
+
+
+class Engine:
+    """Prepare images in ``workers`` processes (0: in this process) ``ahead`` of the consumer."""
+
+    def __init__(self, preparer: Preparer, workers: int = 0, ahead: Optional[int] = None) -> None:
+        if workers < 0:
+            raise ZsrisError(f"proposal workers must be 0 or more, not {workers}")
+        self.preparer = preparer
+        self.workers = workers
+        self.ahead = ahead if ahead is not None else max(2, 2 * workers)
+        self.times = StageTimes(workers=workers)
+
+    def run(self, tasks: Iterable[ImageTask], consume: Callable[[Prepared], None]) -> StageTimes:
+        """Call ``consume`` on every task's prepared image, in the tasks' order; the consumer's
+        time counts as the model stage's."""
+        start = time.perf_counter()
+        try:
+            for prepared in self._prepared(list(tasks)):
+                began = time.perf_counter()
+                consume(prepared)
+                self.times.model_seconds += time.perf_counter() - began
+                self.times.images += 1
+                self.times.prepare_seconds += prepared.seconds
+                if prepared.error is not None:
+                    self.times.failed.append((prepared.key, prepared.error))
+        finally:
+            self.times.wall_seconds += time.perf_counter() - start
+        return self.times
+
+    def _prepared(self, tasks: list[ImageTask]) -> Iterator[Prepared]:
+        if self.workers == 0:
+            prepare = self.preparer.build()
+            for task in tasks:
+                yield prepare(task)
+            return
+        queue = deque(tasks)
+        fruitless = 0
+        while queue:
+            produced = 0
+            for prepared in self._pool_pass(queue):
+                produced += prepared.error is None
+                yield prepared
+            fruitless = 0 if produced else fruitless + 1
+            if fruitless == 2 and queue:
+                raise ZsrisError("the proposal worker processes die before preparing any image; "
+                                 "run with --proposal-workers 0 to see why")
+
+    def _pool_pass(self, queue: deque) -> Iterator[Prepared]:
+        """Run tasks off ``queue`` through one pool; if a worker process dies, its image fails
+        and the rest are resubmitted to a fresh pool by the caller's next pass."""
+        context = multiprocessing.get_context("spawn")
+        pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_init_worker,
+                                   initargs=(self.preparer, os.getpid()))
+        pending: deque[tuple[ImageTask, Future]] = deque()
+        try:
+            while queue and len(pending) < self.workers + self.ahead:
+                task = queue.popleft()
+                pending.append((task, pool.submit(_prepare_in_worker, task)))
+            while pending:
+                task, future = pending[0]
+                waited = time.perf_counter()
+                try:
+                    prepared = _unpack(*future.result())
+                except BrokenProcessPool:
+                    pending.popleft()
+                    for other, _ in reversed(pending):
+                        queue.appendleft(other)
+                    pending.clear()
+                    yield Prepared(task.key, error="the worker process preparing this image died")
+                    return
+                self.times.waiting_seconds += time.perf_counter() - waited
+                pending.popleft()
+                if queue:
+                    nxt = queue.popleft()
+                    pending.append((nxt, pool.submit(_prepare_in_worker, nxt)))
+                yield prepared
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def image_task(key: Any, path: str | Path, name: Optional[str] = None,
+               size: Optional[tuple[int, int]] = None) -> ImageTask:
+    """A task for the image file at ``path`` (``name`` defaults to its file name)."""
+    path = str(path)
+    return ImageTask(key, path, name or Path(path).name, size)
