@@ -92,8 +92,13 @@ def test_cached_proposals_are_reused(refcoco_mini, uninterrupted, tmp_path, monk
     calls = []
     original = ClassicalProposals.__call__
     monkeypatch.setattr(ClassicalProposals, "__call__", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
-    assert main(_eval_args(refcoco_mini, tmp_path / "again", uninterrupted / "cache", "--alpha", "0.85")) == 0
+    # in this process (no workers), so that the patched generator would see any call
+    args = _eval_args(refcoco_mini, tmp_path / "again", uninterrupted / "cache", "--alpha", "0.85",
+                      "--proposal-workers", "0")
+    assert main(args) == 0
     assert calls == []
+    assert main(_eval_args(refcoco_mini, tmp_path / "fresh", tmp_path / "empty-cache", "--proposal-workers", "0")) == 0
+    assert len(calls) == 6  # the patch does see the generator where nothing is cached
 
 
 def test_ray_engine_equals_in_process(refcoco_mini, uninterrupted, tmp_path):

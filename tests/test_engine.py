@@ -1,0 +1,146 @@
+"""The pipelined engine: same results as serial, failures per image, clean stops, no orphans."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from zsris import EXAMPLE_IMAGE
+from zsris.config import ProposalSpec
+from zsris.engine import Engine, Preparer, image_task
+
+FAST = ["--weights", "random", "--max-proposals", "8"]
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> list[Path]:
+    """Three real image files (the example, flipped and darkened) and one that is not an image."""
+    folder = tmp_path_factory.mktemp("images")
+    pixels = np.asarray(Image.open(EXAMPLE_IMAGE).convert("RGB"))
+    paths = []
+    for number, variant in enumerate((pixels, pixels[:, ::-1], pixels // 2)):
+        path = folder / f"image{number}.png"
+        Image.fromarray(np.ascontiguousarray(variant)).save(path)
+        paths.append(path)
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    return [*paths[:2], folder / "broken.png", paths[2]]
+
+
+def _run(engine: Engine, tasks) -> list:
+    seen = []
+    times = engine.run(tasks, seen.append)
+    return seen, times
+
+
+def test_workers_give_what_one_process_gives_in_order(images):
+    tasks = [image_task(number, path) for number, path in enumerate(images)]
+    preparer = Preparer(ProposalSpec(max_proposals=6))
+    serial, _ = _run(Engine(preparer, 0), tasks)
+    pooled, times = _run(Engine(preparer, 2, ahead=1), tasks)
+    assert [p.key for p in pooled] == [0, 1, 2, 3]
+    for a, b in zip(serial, pooled):
+        assert (a.error is None) == (b.error is None)
+        if a.error is None:
+            np.testing.assert_array_equal(a.pixels, b.pixels)
+            np.testing.assert_array_equal(a.proposals.masks, b.proposals.masks)
+            np.testing.assert_array_equal(a.proposals.scores, b.proposals.scores)
+            np.testing.assert_array_equal(a.proposals.boxes, b.proposals.boxes)
+    assert "broken.png" in pooled[2].error and pooled[3].error is None  # one bad image, the run goes on
+    summary = times.summary()
+    assert summary["images"] == 4 and summary["images failed"] == 1 and summary["proposal workers"] == 2
+    assert 0 <= summary["busy (proposal workers)"] <= 1 and summary["seconds/image (end to end)"] > 0
+
+
+def test_a_size_that_disagrees_with_the_annotations_fails_that_image(images):
+    tasks = [image_task("wrong", images[0], size=(3, 4)), image_task("right", images[1])]
+    prepared, _ = _run(Engine(Preparer(None), 0), tasks)
+    assert "its annotations say 4x3" in prepared[0].error and prepared[1].pixels is not None
+    assert prepared[1].proposals is None  # no spec: decoding only
+
+
+def _children(pid: int) -> set[int]:
+    try:
+        return {int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+    except OSError:
+        return set()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def _rows(database: Path) -> int:
+    try:
+        with sqlite3.connect(database, timeout=1) as connection:
+            return connection.execute("SELECT COUNT(*) FROM predictions").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
+def _eval(refcoco_mini: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "zsris.cli", "eval", "--data", str(refcoco_mini), "--dataset", "refcoco",
+            "--split", "train", "--out", str(out), "--limit", "8", "--no-cache", "--proposal-workers", "2",
+            *FAST, *extra]
+
+
+@pytest.mark.parametrize("stop", ["SIGKILL", "SIGINT"])
+def test_workers_end_with_their_parent(refcoco_mini, tmp_path, stop):
+    """SIGKILL (the OOM killer) leaves no orphan; Ctrl-C (SIGINT to the whole group) stops cleanly."""
+    out = tmp_path / "run"
+    process = subprocess.Popen(_eval(refcoco_mini, out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)
+    deadline = time.time() + 240
+    workers: set[int] = set()
+    while time.time() < deadline and process.poll() is None and (len(workers) < 2 or _rows(out / "predictions.sqlite") < 2):
+        workers |= _children(process.pid)
+        time.sleep(0.2)
+    assert process.poll() is None and len(workers) >= 2, "the run should be under way with its workers"
+    saved = _rows(out / "predictions.sqlite")
+    if stop == "SIGKILL":
+        process.kill()
+    else:
+        os.killpg(process.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+    _, err = process.communicate(timeout=120)
+    gone = time.time() + 10
+    while any(_alive(pid) for pid in workers) and time.time() < gone:
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in workers), "worker processes outlived their parent"
+    assert _rows(out / "predictions.sqlite") >= saved  # nothing committed is lost
+    if stop == "SIGINT":
+        assert process.returncode == 130 and "Run the same command again to resume" in err
+        assert "Traceback" not in err
+
+
+def test_an_image_whose_proposals_fail_is_counted_and_the_run_goes_on(refcoco_mini, tmp_path):
+    from zsris.datasets import ReferDataset
+
+    dataset = ReferDataset(refcoco_mini, "refcoco")
+    ids = list(dataset.refs_by_image("train", 3))
+    bad = dataset.images[ids[1]].file_name
+    records = {dataset.images[i].file_name: [] for i in ids}  # no proposals at all: fine, counted as such
+    records[bad] = [{"segmentation": {"size": [1, 1], "counts": "x"}}]  # malformed: the generator raises
+    (tmp_path / "proposals.json").write_text(json.dumps(records))
+    out = tmp_path / "run"
+    proc = subprocess.run(_eval(refcoco_mini, out, "--proposals", "file", "--proposals-path",
+                                str(tmp_path / "proposals.json"), "--limit", "3"),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((out / "metrics.json").read_text())
+    assert result["metrics"]["images failed"] == 1 and result["timing"]["images failed"] == 1
+    with sqlite3.connect(out / "predictions.sqlite") as connection:
+        failed = [json.loads(r[0]) for r in connection.execute("SELECT record FROM predictions")]
+    failed = [r for r in failed if r.get("error")]
+    assert failed and all(r["image_id"] == ids[1] and "malformed proposal" in r["error"] for r in failed)
+    assert "## Time" in (out / "report.md").read_text()
