@@ -67,11 +67,13 @@ def test_a_size_that_disagrees_with_the_annotations_fails_that_image(images):
     assert prepared[1].proposals is None  # no spec: decoding only
 
 
-def _children(pid: int) -> set[int]:
+def _descendants(pid: int) -> set[int]:
+    """Children, grandchildren ...: the workers are forked by a fork server, the parent's child."""
     try:
-        return {int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+        children = {int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
     except OSError:
         return set()
+    return children.union(*(_descendants(child) for child in children))
 
 
 def _alive(pid: int) -> bool:
@@ -103,11 +105,12 @@ def test_workers_end_with_their_parent(refcoco_mini, tmp_path, stop):
                                text=True, start_new_session=True)
     deadline = time.time() + 240
     workers: set[int] = set()
-    while time.time() < deadline and process.poll() is None and (len(workers) < 2 or _rows(out / "predictions.sqlite") < 2):
-        workers |= _children(process.pid)
+    database = out / "predictions.sqlite"
+    while time.time() < deadline and process.poll() is None and (len(workers) < 3 or _rows(database) < 2):
+        workers |= _descendants(process.pid)
         time.sleep(0.2)
-    assert process.poll() is None and len(workers) >= 2, "the run should be under way with its workers"
-    saved = _rows(out / "predictions.sqlite")
+    assert process.poll() is None and len(workers) >= 3, "the run should be under way with its workers"
+    saved = _rows(database)
     if stop == "SIGKILL":
         process.kill()
     else:
@@ -117,7 +120,7 @@ def test_workers_end_with_their_parent(refcoco_mini, tmp_path, stop):
     while any(_alive(pid) for pid in workers) and time.time() < gone:
         time.sleep(0.1)
     assert not any(_alive(pid) for pid in workers), "worker processes outlived their parent"
-    assert _rows(out / "predictions.sqlite") >= saved  # nothing committed is lost
+    assert _rows(database) >= saved  # nothing committed is lost
     if stop == "SIGINT":
         assert process.returncode == 130 and "Run the same command again to resume" in err
         assert "Traceback" not in err

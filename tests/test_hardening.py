@@ -19,7 +19,9 @@ from PIL import Image
 from test_service_hardening import bomb_png
 from zsris.cache import ProposalCache, image_key
 from zsris.cli import main
+from zsris.config import ProposalSpec
 from zsris.datasets import ReferDataset, segmentation_to_mask
+from zsris.engine import Engine, Preparer
 from zsris.errors import ExpressionError, ImageError, ImageTooLargeError, ProposalError, ZsrisError
 from zsris.evaluation import evaluate_proposals, load_dataset_image
 from zsris.images import load_image
@@ -146,8 +148,8 @@ def test_dataset_images_keep_the_grid_their_annotations_use(tmp_path, orientatio
     target = dataset.annotation_mask(10)
     assert pixels.shape[:2] == target.shape == (80, 120)
     assert pixels[target].min() == 255 and pixels[~target].max() == 0
-    summary = evaluate_proposals(ClassicalProposals(max_proposals=20), dataset, dataset.refs_by_image("train"),
-                                 show_progress=False)
+    engine = Engine(Preparer(ProposalSpec(max_proposals=20), exif_transpose=False))
+    summary = evaluate_proposals(dataset, dataset.refs_by_image("train"), engine, show_progress=False)
     assert summary["objects"] == 1 and summary["proposals/image"] > 0
     code = main(["eval", "--data", str(tmp_path), "--split", "train", "--out", str(tmp_path / "run"),
                  "--weights", "random", "--gt-proposals", "--no-cache"])

@@ -12,6 +12,8 @@ from zsris.errors import ProposalError, WeightsError, ZsrisError
 from zsris.evaluation import evaluate_proposals
 from zsris.images import load_image
 from zsris.masks import decode_rle, encode_rle, iou_matrix, mask_nms, nms_by_iou
+from zsris.config import ProposalSpec
+from zsris.engine import Engine, Preparer
 from zsris.proposals import ClassicalProposals, FileProposals, Proposals, SamProposals, create_proposals
 from zsris.proposals.classical import _boundary_band, _snap_to_superpixels
 
@@ -135,7 +137,8 @@ def test_unknown_grouping_strategy_is_refused():
 def test_classical_quality_floor_on_real_objects(refcoco_mini):
     dataset = ReferDataset(refcoco_mini, "refcoco")
     groups = dataset.refs_by_image("train", limit=24)
-    quality = evaluate_proposals(ClassicalProposals(), dataset, groups, show_progress=False)
+    engine = Engine(Preparer(ProposalSpec(), exif_transpose=False), workers=1)  # the engine eval uses
+    quality = evaluate_proposals(dataset, groups, engine, show_progress=False)
     assert quality["proposals/image"] <= 100
     assert quality["oracle mIoU"] >= 55
 

@@ -16,6 +16,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -137,11 +138,34 @@ def _die_with_parent() -> None:
             pass
 
 
-def _init_worker(preparer: Preparer, parent: int) -> None:
+def _watch_owner(owner: int) -> None:
+    """Exit as soon as ``owner`` (the process running the engine) is gone. A forked worker's
+    parent is the fork server, and the fork server lives as long as any worker does, so the
+    parent-death signal alone would keep both alive after the owner is killed outright."""
+    while _alive(owner):
+        time.sleep(0.5)
+    os._exit(1)
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs: a zombie (killed, not yet reaped by its parent) counts as gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc here: ask the kernel whether the pid exists
+        try:
+            os.kill(pid, 0)
+            return True
+        except ProcessLookupError:
+            return False
+
+
+def _init_worker(preparer: Preparer, owner: int) -> None:
+    """Make the worker die with its owner and its parent, ignore Ctrl-C, build the preparer once."""
     global _PREPARE
     _die_with_parent()
-    if os.getppid() != parent:  # the parent died before the signal was armed
-        os._exit(1)
+    threading.Thread(target=_watch_owner, args=(owner,), daemon=True, name="zsris-owner-watch").start()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     import torch
 
@@ -246,12 +270,16 @@ class Engine:
     def _pool_pass(self, queue: deque) -> Iterator[Prepared]:
         """Run tasks off ``queue`` through one pool; if a worker process dies, its image fails
         and the rest are resubmitted to a fresh pool by the caller's next pass."""
-        context = multiprocessing.get_context("spawn")
+        # A fork server imports zsris once and forks the workers from it: a worker starts in a
+        # fraction of a second, where a spawned one imports torch anew (seconds, times N at once);
+        # and nothing is forked from this process, whose CUDA and threads would not survive it.
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["zsris.engine", "zsris.proposals", "zsris.images", "zsris.cache"])
         pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_init_worker,
                                    initargs=(self.preparer, os.getpid()))
         pending: deque[tuple[ImageTask, Future]] = deque()
         try:
-            with _one_thread_per_worker():  # spawned children read it before importing numpy
+            with _one_thread_per_worker():  # the fork server and its children start with this environment
                 while queue and len(pending) < self.workers + self.ahead:
                     task = queue.popleft()
                     pending.append((task, pool.submit(_prepare_in_worker, task)))
