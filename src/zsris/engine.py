@@ -109,8 +109,8 @@ class Preparer:
 
 
 _PREPARE: Optional[Callable[[ImageTask], Prepared]] = None
-#: Thread pools of the numeric libraries: one thread each in a worker, else N workers x N cores
-#: threads fight over the cores (measured on 16 cores: 1.3 s per image alone, 3.4 s in a pool).
+#: Thread pools of the numeric libraries: one thread each in a worker, so that N workers do not
+#: each start a pool as large as the machine and fight over its cores.
 _THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 

@@ -22,26 +22,24 @@ and timing only: its masks mean nothing). `zsris weights` shows what would be lo
 """
 
 
-def positive_int(text: str) -> int:
-    """argparse type: a count of at least 1 (zero and negatives are refused, not read as "all")."""
+def _whole_number(text: str, minimum: int, bound: str) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be {bound}, not {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a count of at least 1 (zero and negatives are refused, not read as "all")."""
+    return _whole_number(text, 1, "at least 1")
 
 
 def non_negative_int(text: str) -> int:
     """argparse type: a count of 0 or more (0 meaning "none of these", where a flag says so)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
-    return value
+    return _whole_number(text, 0, "0 or more")
 
 
 def proposal_cap(text: str) -> Optional[int]:
