@@ -129,6 +129,9 @@ def test_segment_shows_its_stages_on_a_terminal_only(tmp_path):
 
 def test_weights_says_where_weights_come_from(tmp_path):
     env = {"HF_HOME": str(tmp_path / "hf"), "ZSRIS_CLIP_WEIGHTS": "", "ZSRIS_SAM_CHECKPOINT": ""}
+    no_weights = _zsris("segment", str(EXAMPLE_IMAGE), "the red circle", "-o", str(tmp_path / "out"), env=env)
+    assert no_weights.returncode == 1 and no_weights.stderr.count("\n") == 1
+    assert "--weights random" in no_weights.stderr and "`zsris weights` shows where" in no_weights.stderr
     missing = _zsris("weights", env=env)
     assert missing.returncode == 1
     assert "timm/vit_base_patch32_clip_224.openai" in missing.stdout

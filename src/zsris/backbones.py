@@ -104,7 +104,8 @@ def _missing_weights_message(name: str, pretrained: str, reason: str) -> str:
         f"no weights for CLIP {name} ({pretrained}): {reason}. Point --weights (or the "
         f"{WEIGHTS_ENV} environment variable) at a local checkpoint (OpenAI .pt, torch state dict, "
         f"open_clip .bin/.safetensors), put the open_clip weights in the Hugging Face cache "
-        f"(HF_HOME), or use --weights random for an untrained model (its masks mean nothing)"
+        f"(HF_HOME), or use --weights random for an untrained model (its masks mean nothing); "
+        f"`zsris weights` shows where they are looked for"
     )
 
 
