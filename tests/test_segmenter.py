@@ -145,3 +145,30 @@ def test_bad_expressions_and_settings(tiny_vit, small_image):
         _segmenter(tiny_vit, alpha=1.5)
     with pytest.raises(ZsrisError, match="k must be"):
         _segmenter(tiny_vit, k=9)
+
+
+def test_out_of_gpu_memory_retries_with_smaller_batches(tiny_vit, small_image, proposals, monkeypatch):
+    """Fault injection: the local pass runs out of memory above 4 proposals per forward pass."""
+    from zsris import visual
+    from zsris.errors import ZsrisError, ZsrisWarning
+
+    segmenter = _segmenter(tiny_vit, batch_size=16)
+    expected = _segmenter(tiny_vit, batch_size=4).image_features(small_image, proposals=proposals)
+    original = visual.local_features
+    tried = []
+
+    def tight(*args, batch_size=64, **kwargs):
+        tried.append(batch_size)
+        if batch_size > 4:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
+        return original(*args, batch_size=batch_size, **kwargs)
+
+    monkeypatch.setattr(visual, "local_features", tight)
+    with pytest.warns(ZsrisWarning) as caught:
+        features = segmenter.image_features(small_image, proposals=proposals)
+    assert [str(w.message)[-2:].strip() for w in caught] == ["8", "4"] and tried == [16, 8, 4]
+    torch.testing.assert_close(features.visual_features, expected.visual_features)
+    monkeypatch.setattr(visual, "local_features", lambda *a, **k: (_ for _ in ()).throw(
+        torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")))
+    with pytest.raises(ZsrisError, match="even with one proposal per forward pass"), pytest.warns(ZsrisWarning):
+        segmenter.image_features(small_image, proposals=proposals)

@@ -19,7 +19,7 @@ from torch import Tensor
 from . import visual
 from .backbones import ClipBackbone, load_backbone, preprocess_preset, resolve_device
 from .config import ProposalSpec, SegmenterConfig
-from .errors import NoProposalsError, ZsrisError
+from .errors import NoProposalsError, ZsrisError, ZsrisWarning
 from .fusion import fuse_text, fuse_visual
 from .images import ImageInput, load_image
 from .precision import check_precision, compute_precision
@@ -118,20 +118,41 @@ class Segmenter:
         return TF.resize(image_tensor, [size, size])
 
     # -- visual features ------------------------------------------------------------------
-    def global_features(self, clip_input: Tensor, masks: Tensor | np.ndarray) -> Tensor:
+    def global_features(self, clip_input: Tensor, masks: Tensor | np.ndarray,
+                        batch_size: Optional[int] = None) -> Tensor:
         """Global-context features ``[N, D]`` (raw) of ``masks`` on a preprocessed CLIP input."""
         masks = torch.as_tensor(masks, device=self.device)
         return visual.global_features(self.backbone.model, clip_input.to(self.device), masks, self.config.k,
-                                      batch_size=self.config.batch_size)
+                                      batch_size=batch_size or self.config.batch_size)
 
     def local_features(self, image_tensor: Tensor, masks: Tensor | np.ndarray,
-                       boxes: Optional[Tensor | np.ndarray] = None) -> Tensor:
+                       boxes: Optional[Tensor | np.ndarray] = None, batch_size: Optional[int] = None) -> Tensor:
         """Local-context features ``[N, D]`` (raw) of ``masks`` on a preprocessed full-size image."""
         masks = torch.as_tensor(masks)
         boxes = None if boxes is None else torch.as_tensor(boxes)
         return visual.local_features(self.backbone.model, image_tensor.to(self.device), masks,
                                      self.preprocess_config.fill, self.backbone.input_size, boxes,
-                                     batch_size=self.config.batch_size)
+                                     batch_size=batch_size or self.config.batch_size)
+
+    def _visual_features(self, image_tensor: Tensor, masks: Tensor, boxes: Tensor) -> tuple[Tensor, Tensor]:
+        """Global and local features at the configured precision. Out of GPU memory (a huge image,
+        a large backbone), the same work is done again with half the batch, down to one proposal
+        at a time, rather than failing the run."""
+        batch_size = self.config.batch_size
+        while True:
+            try:
+                with compute_precision(self.config.precision, self.device):
+                    g = self.global_features(self.clip_input(image_tensor), masks, batch_size).float()
+                    loc = self.local_features(image_tensor, masks, boxes, batch_size).float()
+                return g, loc
+            except torch.cuda.OutOfMemoryError:
+                if batch_size == 1:
+                    raise ZsrisError("out of GPU memory even with one proposal per forward pass; "
+                                     "lower --max-pixels or use a smaller backbone") from None
+                batch_size = max(1, batch_size // 2)
+                torch.cuda.empty_cache()
+                warnings.warn(f"zsris: out of GPU memory; this image goes again with --batch-size {batch_size}",
+                              ZsrisWarning, stacklevel=2)
 
     def fuse_visual(self, global_features: Tensor, local_features: Tensor) -> Tensor:
         """The fused, L2-normalised visual feature of each proposal (see :mod:`zsris.fusion`)."""
@@ -153,9 +174,7 @@ class Segmenter:
             raise ZsrisError(f"proposals are {proposals.image_size}, the image is {pixels.shape[:2]}")
         image_tensor = self.image_tensor(pixels)
         masks = torch.from_numpy(proposals.masks).to(self.device)  # once, as bool
-        with compute_precision(self.config.precision, self.device):
-            g = self.global_features(self.clip_input(image_tensor), masks).float()
-            loc = self.local_features(image_tensor, masks, torch.from_numpy(proposals.boxes)).float()
+        g, loc = self._visual_features(image_tensor, masks, torch.from_numpy(proposals.boxes))
         return ImageFeatures(proposals, g, loc, self.fuse_visual(g, loc))
 
     def _load(self, image: ImageInput, image_id: Optional[str]) -> tuple[np.ndarray, Optional[str]]:
