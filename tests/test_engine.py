@@ -147,3 +147,14 @@ def test_an_image_whose_proposals_fail_is_counted_and_the_run_goes_on(refcoco_mi
     failed = [r for r in failed if r.get("error")]
     assert failed and all(r["image_id"] == ids[1] and "malformed proposal" in r["error"] for r in failed)
     assert "## Time" in (out / "report.md").read_text()
+
+
+def test_a_generator_loaded_here_serves_the_in_process_engine_only(images):
+    from zsris.errors import ZsrisError
+    from zsris.proposals import ClassicalProposals
+
+    loaded = ClassicalProposals(max_proposals=3)
+    prepared, _ = _run(Engine(Preparer(ProposalSpec(max_proposals=50)), 0, generator=loaded), [image_task(0, images[0])])
+    assert 1 <= len(prepared[0].proposals) <= 3  # the loaded generator's cap, not the spec's
+    with pytest.raises(ZsrisError, match="cannot serve worker processes"):
+        Engine(Preparer(), 2, generator=loaded)

@@ -28,8 +28,8 @@ from typing import Any, Callable, Iterable, Iterator, Optional
 import numpy as np
 
 from .config import DEFAULT_MAX_PIXELS, ProposalSpec
-from .errors import ZsrisError
-from .proposals import Proposals
+from .errors import DatasetError, ZsrisError
+from .proposals import ProposalGenerator, Proposals
 
 
 def default_workers() -> int:
@@ -60,6 +60,17 @@ class Prepared:
     error: Optional[str] = None
 
 
+def load_task_image(task: ImageTask, max_pixels: int = DEFAULT_MAX_PIXELS, exif_transpose: bool = True) -> np.ndarray:
+    """The task's image as RGB; a size that disagrees with the task's (its annotations') is refused."""
+    from .images import load_image
+
+    pixels = load_image(task.path, max_pixels, exif_transpose=exif_transpose)
+    if task.size is not None and pixels.shape[:2] != tuple(task.size):
+        raise DatasetError(f"{task.path} is {pixels.shape[1]}x{pixels.shape[0]}, but its annotations "
+                           f"say {task.size[1]}x{task.size[0]}")
+    return pixels
+
+
 @dataclass(frozen=True)
 class Preparer:
     """What a worker does with a task: decode, check the size, make or read the proposals.
@@ -71,25 +82,22 @@ class Preparer:
     cache_root: Optional[str] = None
     max_pixels: int = DEFAULT_MAX_PIXELS
     exif_transpose: bool = True
-    device: str = "cpu"
 
-    def build(self) -> Callable[[ImageTask], Prepared]:
+    def build(self, generator: Optional[ProposalGenerator] = None) -> Callable[[ImageTask], Prepared]:
+        """The function that prepares a task; ``generator``, when given, is used instead of a new
+        one built from the spec (a model already loaded in this process, such as SAM)."""
         from .cache import ProposalCache
         from .proposals import create_proposals
 
-        generator = create_proposals(self.spec, self.device) if self.spec is not None else None
+        if generator is None and self.spec is not None:
+            generator = create_proposals(self.spec)
         cache = (ProposalCache(self.cache_root, generator.cache_key)
                  if generator is not None and self.cache_root else None)
 
         def prepare(task: ImageTask) -> Prepared:
-            from .images import load_image
-
             start = time.perf_counter()
             try:
-                pixels = load_image(task.path, self.max_pixels, exif_transpose=self.exif_transpose)
-                if task.size is not None and pixels.shape[:2] != tuple(task.size):
-                    raise ZsrisError(f"{task.path} is {pixels.shape[1]}x{pixels.shape[0]}, but its annotations "
-                                     f"say {task.size[1]}x{task.size[0]}")
+                pixels = load_task_image(task, self.max_pixels, self.exif_transpose)
                 proposals, proposal_seconds = None, 0.0
                 if generator is not None:
                     make = lambda: generator(pixels, task.name)  # noqa: E731
@@ -222,13 +230,18 @@ class StageTimes:
 
 
 class Engine:
-    """Prepare images in ``workers`` processes (0: in this process) ``ahead`` of the consumer."""
+    """Prepare images in ``workers`` processes (0: in this process, where ``generator`` may be a
+    model already loaded here) ``ahead`` of the consumer."""
 
-    def __init__(self, preparer: Preparer, workers: int = 0, ahead: Optional[int] = None) -> None:
+    def __init__(self, preparer: Preparer, workers: int = 0, ahead: Optional[int] = None,
+                 generator: Optional[ProposalGenerator] = None) -> None:
         if workers < 0:
             raise ZsrisError(f"proposal workers must be 0 or more, not {workers}")
+        if generator is not None and workers:
+            raise ZsrisError("a generator loaded in this process cannot serve worker processes")
         self.preparer = preparer
         self.workers = workers
+        self.generator = generator
         self.ahead = ahead if ahead is not None else max(2, 2 * workers)
         self.times = StageTimes(workers=workers)
 
@@ -251,7 +264,7 @@ class Engine:
 
     def _prepared(self, tasks: list[ImageTask]) -> Iterator[Prepared]:
         if self.workers == 0:
-            prepare = self.preparer.build()
+            prepare = self.preparer.build(self.generator)
             for task in tasks:
                 yield prepare(task)
             return

@@ -13,8 +13,8 @@ from tqdm import tqdm
 from .cache import ProposalCache
 from .config import DEFAULT_MAX_PIXELS
 from .datasets import Ref, ReferDataset
-from .engine import Engine, ImageTask, Prepared, StageTimes, image_task
-from .errors import DatasetError, NoProposalsError
+from .engine import Engine, ImageTask, Prepared, StageTimes, image_task, load_task_image
+from .errors import NoProposalsError
 from .images import load_image
 from .masks import iou_matrix
 from .metrics import intersection_union, iou, proposal_quality
@@ -125,12 +125,7 @@ class ImageEvaluator:
 def load_dataset_image(dataset: ReferDataset, image_id: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """A dataset image on its stored pixel grid: COCO annotations refer to that grid, not to the
     EXIF-rotated view, so orientation is not applied (else masks and pixels would disagree)."""
-    pixels = load_image(dataset.image_path(image_id), max_pixels, exif_transpose=False)
-    info = dataset.images[image_id]
-    if pixels.shape[:2] != (info.height, info.width):
-        raise DatasetError(f"{dataset.image_path(image_id)} is {pixels.shape[1]}x{pixels.shape[0]}, but "
-                           f"{dataset.instances_path.name} says {info.width}x{info.height}")
-    return pixels
+    return load_task_image(dataset_task(dataset, image_id), max_pixels, exif_transpose=False)
 
 
 def dataset_task(dataset: ReferDataset, image_id: int) -> ImageTask:

@@ -37,22 +37,26 @@ class DataSpec:
 
         return ReferDataset(self.data, self.dataset, self.split_by, self.images, self.gt_mask)
 
-    def preparer(self, spec: ProposalSpec, max_pixels: int):
-        """What the engine's workers do: decode dataset images on their stored grid and, unless the
-        proposals come from the ground truth or the GPU (SAM, made by the model stage), make them."""
+    @property
+    def cache_root(self) -> Optional[str]:
+        """The proposal cache's folder, None with --no-cache."""
         from ..cache import DEFAULT_CACHE
+
+        return None if self.no_cache else str(self.cache or DEFAULT_CACHE)
+
+    def preparer(self, spec: Optional[ProposalSpec], max_pixels: int):
+        """What the engine does before the model stage: decode dataset images on their stored
+        grid and make their proposals from ``spec`` (None: decoding only)."""
         from ..engine import Preparer
 
-        in_workers = not self.gt_proposals and spec.name != "sam"
-        cache = None if self.no_cache else str(self.cache or DEFAULT_CACHE)
-        return Preparer(spec if in_workers else None, cache, max_pixels, exif_transpose=False)
+        return Preparer(spec, self.cache_root, max_pixels, exif_transpose=False)
 
     def proposal_cache(self, generator_key: str):
-        from ..cache import DEFAULT_CACHE, ProposalCache
+        from ..cache import ProposalCache
 
-        if self.no_cache or self.gt_proposals:
+        if self.cache_root is None or self.gt_proposals:
             return None
-        return ProposalCache(self.cache or DEFAULT_CACHE, generator_key)
+        return ProposalCache(self.cache_root, generator_key)
 
 
 def _add_data_flags(parser: argparse.ArgumentParser) -> None:
@@ -93,7 +97,7 @@ def run_settings(args: argparse.Namespace, evaluator) -> dict[str, Any]:
     }
 
 
-def _engine(args: argparse.Namespace, data: DataSpec, spec: ProposalSpec, max_pixels: int):
+def _engine(args: argparse.Namespace, data: DataSpec, spec: Optional[ProposalSpec], max_pixels: int):
     from ..engine import Engine, default_workers
 
     workers = default_workers() if args.proposal_workers is None else args.proposal_workers
@@ -129,7 +133,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 run_ray(functools.partial(build_evaluator, config, data), groups, pending, store, progress,
                         args.workers)
             else:
-                engine = _engine(args, data, config.proposals, config.max_pixels)
+                # proposals from the ground truth, or from SAM (made on the device by the model stage),
+                # are not the workers' to make
+                in_workers = not data.gt_proposals and config.proposals.name != "sam"
+                engine = _engine(args, data, config.proposals if in_workers else None, config.max_pixels)
                 timing = run_local(evaluator, groups, pending, store, progress, engine).summary()
         except KeyboardInterrupt:
             progress.close()
@@ -152,9 +159,8 @@ def cmd_proposals_eval(args: argparse.Namespace) -> int:
     import json
 
     from ..backbones import resolve_device
-    from ..cache import DEFAULT_CACHE
     from ..config import DEFAULT_MAX_PIXELS
-    from ..engine import Engine, Preparer
+    from ..engine import Engine
     from ..evaluation import evaluate_proposals
     from ..proposals import create_proposals
     from ..report import table
@@ -162,12 +168,10 @@ def cmd_proposals_eval(args: argparse.Namespace) -> int:
     data = DataSpec.from_args(args)
     dataset = data.open()
     spec = proposal_spec_from_args(args)
-    device = str(resolve_device(args.device))
-    generator = create_proposals(spec, device)  # refuses bad settings before any worker starts
+    generator = create_proposals(spec, resolve_device(args.device))  # bad settings fail before any worker starts
     groups = dataset.refs_by_image(args.split, args.limit)
-    if spec.name == "sam":  # one copy of SAM, on the device, in this process
-        cache = None if data.no_cache else str(data.cache or DEFAULT_CACHE)
-        engine = Engine(Preparer(spec, cache, DEFAULT_MAX_PIXELS, exif_transpose=False, device=device), 0)
+    if spec.name == "sam":  # the SAM just loaded, on the device, in this process
+        engine = Engine(data.preparer(spec, DEFAULT_MAX_PIXELS), 0, generator=generator)
     else:
         engine = _engine(args, data, spec, DEFAULT_MAX_PIXELS)
     summary = evaluate_proposals(dataset, groups, engine)
