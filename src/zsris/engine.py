@@ -248,11 +248,18 @@ class Engine:
     def run(self, tasks: Iterable[ImageTask], consume: Callable[[Prepared], None]) -> StageTimes:
         """Call ``consume`` on every task's prepared image, in the tasks' order; the consumer's
         time counts as the model stage's."""
+        for prepared in self.iterate(tasks):
+            consume(prepared)
+        return self.times
+
+    def iterate(self, tasks: Iterable[ImageTask]) -> Iterator[Prepared]:
+        """The tasks' prepared images, in the tasks' order; the time the caller spends between
+        two of them counts as the model stage's."""
         start = time.perf_counter()
         try:
             for prepared in self._prepared(list(tasks)):
                 began = time.perf_counter()
-                consume(prepared)
+                yield prepared
                 self.times.model_seconds += time.perf_counter() - began
                 self.times.images += 1
                 self.times.prepare_seconds += prepared.seconds
@@ -260,7 +267,6 @@ class Engine:
                     self.times.failed.append((prepared.key, prepared.error))
         finally:
             self.times.wall_seconds += time.perf_counter() - start
-        return self.times
 
     def _prepared(self, tasks: list[ImageTask]) -> Iterator[Prepared]:
         if self.workers == 0:

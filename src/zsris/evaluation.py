@@ -4,6 +4,7 @@ proposals cached on disk, predictions stored as they are made, in-process or on 
 from __future__ import annotations
 
 import contextlib
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Optional
 
@@ -156,16 +157,17 @@ def run_local(evaluator: ImageEvaluator, groups: dict[int, list[Ref]], pending: 
 
 
 class RayWorker:
-    """A Ray actor body: builds the segmenter and dataset once, then evaluates images on request."""
+    """A Ray actor body: builds its worker (an :class:`ImageEvaluator`, a batch job ...) once,
+    models included, then runs jobs on request."""
 
-    def __init__(self, build: Callable[[], ImageEvaluator], threads: int = 1) -> None:
+    def __init__(self, build: Callable[[], Callable[..., Any]], threads: int = 1) -> None:
         import torch
 
         torch.set_num_threads(threads)
-        self.evaluator = build()
+        self.worker = build()
 
-    def evaluate(self, image_id: int, refs: list[Ref]) -> list[dict[str, Any]]:
-        return self.evaluator(image_id, refs)
+    def run(self, *job: Any) -> Any:
+        return self.worker(*job)
 
 
 @contextlib.contextmanager
@@ -189,21 +191,22 @@ def ray_session(workers: int, address: Optional[str] = None, enabled: bool = Tru
             ray.shutdown()
 
 
-def run_ray(build: Callable[[], ImageEvaluator], groups: dict[int, list[Ref]], pending: list[int],
-            store: PredictionStore, progress: tqdm, workers: int = 2) -> None:
-    """Spread images over ``workers`` Ray actors (models loaded once each) in a :func:`ray_session`;
-    results stream into the store as they finish, so an interrupted Ray run resumes like a local one."""
+def run_ray(build: Callable[[], Callable[..., Any]], jobs: Iterable[tuple], on_result: Callable[[Any], None],
+            workers: int = 2) -> None:
+    """Spread ``jobs`` (argument tuples) over ``workers`` Ray actors, each with the worker that
+    ``build`` makes (models loaded once each), in a :func:`ray_session`; ``on_result`` gets each
+    job's answer as it finishes (committing it at once, so an interrupted Ray run resumes like a
+    local one)."""
     import ray
 
     actor_class = ray.remote(num_cpus=1)(RayWorker)
     actors = [actor_class.remote(build) for _ in range(workers)]
-    queue = list(pending)
+    queue = deque(jobs)
     in_flight: dict[Any, Any] = {}
 
     def submit(actor) -> None:
         if queue:
-            image_id = queue.pop(0)
-            in_flight[actor.evaluate.remote(image_id, groups[image_id])] = actor
+            in_flight[actor.run.remote(*queue.popleft())] = actor
 
     for actor in actors:
         for _ in range(2):  # one running, one queued per actor
@@ -211,8 +214,7 @@ def run_ray(build: Callable[[], ImageEvaluator], groups: dict[int, list[Ref]], p
     while in_flight:
         ready, _ = ray.wait(list(in_flight), num_returns=1)
         actor = in_flight.pop(ready[0])
-        store.add(ray.get(ready[0]))
-        progress.update(1)
+        on_result(ray.get(ready[0]))
         submit(actor)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -25,6 +25,9 @@ from .images import ImageInput, load_image
 from .precision import check_precision, compute_precision
 from .proposals import ProposalGenerator, Proposals, create_proposals
 from .text import ExpressionParser, ParsedExpression, TextEncoder, check_expression
+
+if TYPE_CHECKING:
+    from .batch import PairResult
 
 RANDOM_WEIGHTS_WARNING = "zsris: CLIP has RANDOM weights (--weights random): its masks mean nothing"
 DEFAULT_TOP_K = 5
@@ -228,6 +231,20 @@ class Segmenter:
                 top_k: int = DEFAULT_TOP_K) -> SegmentResult:
         """The mask of the object that ``expression`` refers to in ``image``."""
         return self.segment_many(image, [expression], image_id, top_k)[0]
+
+    def segment_batch(self, pairs: Iterable[Any], top_k: int = DEFAULT_TOP_K,
+                      workers: int = 0) -> Iterator["PairResult"]:
+        """Segment ``(image path, expression)`` pairs, yielding a :class:`~zsris.batch.PairResult`
+        per pair in the order given (``.result``, or ``.error`` saying why there is none).
+
+        The pairs of one image share its visual work; ``workers`` processes decode images and
+        make proposals ahead of the model (0: all here). A pair that fails (an unreadable image,
+        an empty expression) does not stop the others. Results wait until every earlier pair
+        has one, so give an image's pairs together to keep few masks in memory."""
+        from .batch import as_pairs, batch_engine, in_input_order, run_pairs
+
+        pairs = as_pairs(pairs)
+        return in_input_order(pairs, run_pairs(self, pairs, batch_engine(self, workers), top_k))
 
 
 def create_segmenter(

@@ -1,8 +1,9 @@
-"""A crash-safe store of per-sentence predictions (SQLite), so evaluations resume.
+"""Crash-safe stores of results (SQLite), so evaluations and batch jobs resume.
 
-Each image's records are committed in one transaction as soon as they exist; a sentence id is
-the primary key, so a resumed or duplicated run never counts a sentence twice. The run's
-settings are kept beside the records and a resume with other settings is refused.
+Each image's records are committed in one transaction as soon as they exist; a sentence id
+(eval) or a pair id (batch) is the primary key, so a resumed or duplicated run never counts
+one twice. The run's settings are kept beside the records and a resume with other settings
+is refused.
 
 One process owns a run at a time: the store holds an exclusive ``flock`` on ``run.lock`` in
 the run folder for as long as it is open, and a second process is refused with a message that
@@ -20,8 +21,8 @@ from typing import Any, Iterable, Optional
 
 from .errors import ZsrisError
 
+META = "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS predictions (
     sent_id INTEGER PRIMARY KEY,
     image_id INTEGER NOT NULL,
@@ -45,7 +46,15 @@ def _lock_run(folder: Path) -> int:
     return handle
 
 
-class PredictionStore:
+class RunStore:
+    """An SQLite file holding one run's settings and records, locked to this process.
+
+    ``schema`` creates the records' tables; ``new_run_hint`` ends the message that refuses a
+    resume with other settings (how to start a new run instead)."""
+
+    schema = ""
+    new_run_hint = "use another --out to start a new run"
+
     def __init__(self, path: str | Path, settings: dict[str, Any]) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -54,7 +63,7 @@ class PredictionStore:
             self.connection = sqlite3.connect(self.path, isolation_level=None, timeout=30)
             self.connection.execute("PRAGMA journal_mode=WAL")
             self.connection.execute("PRAGMA synchronous=FULL")
-            self.connection.executescript(SCHEMA)
+            self.connection.executescript(META + self.schema)
             self._check_settings(settings)
         except BaseException:
             os.close(self._lock)
@@ -69,8 +78,27 @@ class PredictionStore:
             changed = sorted(k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k))
             raise ZsrisError(
                 f"{self.path.parent} holds a run with other settings ({', '.join(changed)} differ); "
-                f"use another --out to start a new run"
+                f"{self.new_run_hint}"
             )
+
+    def close(self) -> None:
+        """Close the database and release the run's lock (idempotent)."""
+        if self._lock >= 0:
+            self.connection.close()
+            os.close(self._lock)
+            self._lock = -1
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class PredictionStore(RunStore):
+    """Per-sentence predictions of an evaluation, keyed by sentence id."""
+
+    schema = SCHEMA
 
     def done(self) -> set[int]:
         return {row[0] for row in self.connection.execute("SELECT sent_id FROM predictions")}
@@ -88,15 +116,47 @@ class PredictionStore:
         rows = self.connection.execute("SELECT sent_id, record FROM predictions ORDER BY sent_id")
         return [json.loads(record) for sent_id, record in rows if sent_ids is None or sent_id in sent_ids]
 
-    def close(self) -> None:
-        """Close the database and release the run's lock (idempotent)."""
-        if self._lock >= 0:
-            self.connection.close()
-            os.close(self._lock)
-            self._lock = -1
 
-    def __enter__(self) -> "PredictionStore":
-        return self
+BATCH_SCHEMA = """
+CREATE TABLE IF NOT EXISTS pairs (
+    id TEXT PRIMARY KEY,
+    position INTEGER NOT NULL,
+    image TEXT NOT NULL,
+    expression TEXT NOT NULL,
+    ok INTEGER NOT NULL,
+    record TEXT NOT NULL
+);
+"""
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+
+class BatchStore(RunStore):
+    """The pairs a batch job has done, keyed by pair id: results and failures, with the position
+    of each pair in its input (the order of the output files) and what it was made of (image and
+    expression), so that a resume against another input under the same ids is noticed."""
+
+    schema = BATCH_SCHEMA
+    new_run_hint = "give --overwrite to replace it, or another -o"
+
+    def done(self) -> dict[str, tuple[str, str]]:
+        """Each done pair's id -> (image, expression as JSON)."""
+        return {row[0]: (row[1], row[2]) for row in self.connection.execute("SELECT id, image, expression FROM pairs")}
+
+    def add(self, rows: Iterable[tuple[str, int, str, Any, bool, dict[str, Any]]]) -> int:
+        """Commit ``(id, position, image, expression, ok, record)`` rows atomically; returns how many were new."""
+        values = [(pair_id, position, image, json.dumps(expression), int(ok), json.dumps(record))
+                  for pair_id, position, image, expression, ok, record in rows]
+        with self.connection:
+            self.connection.execute("BEGIN")
+            before = self.connection.total_changes
+            self.connection.executemany("INSERT OR IGNORE INTO pairs VALUES (?, ?, ?, ?, ?, ?)", values)
+            return self.connection.total_changes - before
+
+    def records(self, ok: bool) -> list[dict[str, Any]]:
+        """The results (``ok``) or the failures, in input order."""
+        rows = self.connection.execute("SELECT record FROM pairs WHERE ok = ? ORDER BY position, id", (int(ok),))
+        return [json.loads(row[0]) for row in rows]
+
+    def forget_failed(self) -> int:
+        """Drop the failures, so that their pairs are tried again; returns how many."""
+        with self.connection:
+            return self.connection.execute("DELETE FROM pairs WHERE ok = 0").rowcount

@@ -130,8 +130,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         timing = None
         try:
             if args.engine == "ray":
-                run_ray(functools.partial(build_evaluator, config, data), groups, pending, store, progress,
-                        args.workers)
+                def commit(records) -> None:
+                    store.add(records)
+                    progress.update(1)
+
+                run_ray(functools.partial(build_evaluator, config, data),
+                        [(image_id, groups[image_id]) for image_id in pending], commit, args.workers)
             else:
                 # proposals from the ground truth, or from SAM (made on the device by the model stage),
                 # are not the workers' to make

@@ -1,0 +1,288 @@
+"""Batch jobs: many (image, expression) pairs, one model load.
+
+The pairs come from a folder (every image under it against every expression) or from a
+manifest (CSV, TSV or JSONL with ``image``, ``expression`` and optionally ``id``). They are
+grouped by image, so that an image's proposals and visual features are made once for all of
+its expressions, and the images go through the pipelined :class:`~zsris.engine.Engine`.
+
+A pair that cannot be done (a missing column, a path outside the manifest's folder, an image
+that will not decode, an empty expression) becomes a :class:`PairResult` with an ``error``,
+and the job goes on. A manifest that cannot be read at all is refused before any work, with
+the line that breaks it.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Optional, Sequence
+
+import numpy as np
+
+from .engine import Engine, ImageTask, Prepared, Preparer
+from .errors import ZsrisError
+from .segmenter import SegmentResult, Segmenter
+from .text import check_expression
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+MANIFEST_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+
+
+class ManifestError(ZsrisError):
+    """The batch input cannot be read: a manifest that does not parse, an empty folder ..."""
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One (image, expression) pair. ``image`` is the path as the input gave it, ``path`` the
+    file read; ``label`` tells the pair apart from the image's other pairs in file names;
+    ``error`` is set for a row refused before any work (a missing column, a path outside)."""
+
+    id: str
+    image: str
+    path: str
+    expression: Any
+    label: str
+    error: Optional[str] = None
+
+
+@dataclass
+class PairResult:
+    """A pair's answer, or the reason there is none."""
+
+    pair: Pair
+    result: Optional[SegmentResult] = None
+    error: Optional[str] = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+# -- inputs -------------------------------------------------------------------------------
+def folder_pairs(folder: str | Path, expressions: Sequence[str]) -> list[Pair]:
+    """Every image under ``folder`` (recursively, by suffix, case-insensitive) against every
+    expression, in path order; ids are ``relative/path.jpg#N`` (N counts the expressions from 1)."""
+    folder = Path(folder)
+    if not expressions:
+        raise ManifestError("a folder needs expressions: give one or more -e EXPRESSION")
+    images = sorted((p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()),
+                    key=lambda p: p.relative_to(folder).as_posix())
+    if not images:
+        raise ManifestError(f"{folder} holds no images ({', '.join(s[1:] for s in IMAGE_SUFFIXES)})")
+    pairs = []
+    for image in images:
+        relative = image.relative_to(folder).as_posix()
+        for number, expression in enumerate(expressions, 1):
+            pairs.append(Pair(f"{relative}#{number}", relative, str(image), expression, f"e{number}"))
+    return pairs
+
+
+def read_manifest(path: str | Path, allow_outside: bool = False) -> list[Pair]:
+    """The pairs of a CSV, TSV or JSONL manifest (by suffix). Image paths are relative to the
+    manifest's folder, or absolute; a relative path that leaves the folder through ``..`` is
+    refused for its row unless ``allow_outside``. ``id`` defaults to the row's line number."""
+    path = Path(path)
+    kind = MANIFEST_FORMATS.get(path.suffix.lower())
+    if kind is None:
+        raise ManifestError(f"{path}: a manifest ends in {', '.join(MANIFEST_FORMATS)} (or give a folder)")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = raw[:error.start].count(b"\n") + 1
+        raise ManifestError(f"{path} line {line}: not UTF-8 text") from None
+    rows = list(_jsonl_rows(path, text) if kind == "jsonl" else _table_rows(path, text, kind))
+    if not rows:
+        raise ManifestError(f"{path} holds no rows")
+    pairs, seen = [], {}
+    for line, row in rows:
+        pair = _pair(row, line, path.parent, allow_outside)
+        if pair.id in seen:
+            raise ManifestError(f"{path} line {line}: id {pair.id!r} is also the id of line {seen[pair.id]}")
+        seen[pair.id] = line
+        pairs.append(pair)
+    return pairs
+
+
+def _table_rows(path: Path, text: str, kind: str) -> Iterator[tuple[int, dict]]:
+    reader = csv.DictReader(text.splitlines(keepends=True), delimiter="," if kind == "csv" else "\t", strict=True)
+    start = 1
+    try:
+        header = reader.fieldnames or []
+        missing = [name for name in ("image", "expression") if name not in header]
+        if missing:
+            raise ManifestError(f"{path} line 1: the header has no {' or '.join(repr(m) for m in missing)} column "
+                                f"(it has {', '.join(repr(h) for h in header) or 'nothing'})")
+        start = reader.line_num + 1
+        for row in reader:
+            yield start, row
+            start = reader.line_num + 1
+    except csv.Error as error:
+        raise ManifestError(f"{path} line {start}: {error}") from None
+
+
+def _jsonl_rows(path: Path, text: str) -> Iterator[tuple[int, dict]]:
+    for line, content in enumerate(text.splitlines(), 1):
+        if not content.strip():
+            continue
+        try:
+            row = json.loads(content)
+        except json.JSONDecodeError as error:
+            raise ManifestError(f"{path} line {line}: not JSON ({error.msg})") from None
+        if not isinstance(row, dict):
+            raise ManifestError(f"{path} line {line}: expected an object with image and expression, "
+                                f"not {type(row).__name__}")
+        yield line, row
+
+
+def _pair(row: dict, line: int, folder: Path, allow_outside: bool) -> Pair:
+    given_id = row.get("id")
+    pair_id = str(given_id) if given_id not in (None, "") else str(line)
+    image, expression = row.get("image"), row.get("expression")
+    missing = [name for name, value in (("image", image), ("expression", expression)) if value is None]
+    if missing:
+        return Pair(pair_id, str(image or ""), "", expression, pair_id,
+                    f"line {line} has no {' or '.join(missing)}")
+    image = str(image)
+    if not image.strip():
+        return Pair(pair_id, image, "", expression, pair_id, f"line {line} has an empty image path")
+    resolved = os.path.normpath(folder / image)
+    if not allow_outside and not Path(image).is_absolute() and \
+            os.path.relpath(resolved, os.path.normpath(folder)).split(os.sep)[0] == "..":
+        return Pair(pair_id, image, resolved, expression, pair_id,
+                    f"{image} is outside the manifest's folder; give --allow-outside to read it")
+    return Pair(pair_id, image, resolved, expression, pair_id)
+
+
+def group_by_image(pairs: Iterable[Pair]) -> dict[str, list[Pair]]:
+    """The pairs of each image file, images in the order of their first pair."""
+    groups: dict[str, list[Pair]] = {}
+    for pair in pairs:
+        groups.setdefault(pair.path, []).append(pair)
+    return groups
+
+
+def output_name(pair: Pair) -> str:
+    """A file name (no folder, no suffix) for the pair's mask and overlay: the image's relative
+    path (an absolute one's file name: the pair's id keeps it apart) with every run of other characters than letters, digits, ``.``, ``-`` and ``_`` made ``_`` (so
+    ``/`` and ``..`` cannot lead out of the output folder), then ``--`` and the pair's label.
+    Where anything was replaced or cut, a hash of the original keeps two names apart."""
+    image = Path(pair.image)
+    stem = str((Path(image.name) if image.is_absolute() else image).with_suffix("")) if pair.image else "image"
+    original = f"{stem}--{pair.label}"
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", original).lstrip(".") or "pair"
+    if name != original or len(name) > 150:
+        name = f"{name[:150]}-{hashlib.sha1(original.encode()).hexdigest()[:8]}"
+    return name
+
+
+# -- work ---------------------------------------------------------------------------------
+def image_results(segmenter: Segmenter, pairs: Sequence[Pair], pixels: np.ndarray, name: str,
+                  proposals=None, top_k: int = 5) -> list[PairResult]:
+    """Every pair about one decoded image, its visual work done once. An empty expression fails
+    its pair only; an image that cannot be segmented (no proposals ...) fails all of its pairs."""
+    answers: dict[str, PairResult] = {}
+    good = []
+    for pair in pairs:
+        try:
+            check_expression(pair.expression)
+            good.append(pair)
+        except ZsrisError as error:
+            answers[pair.id] = PairResult(pair, error=str(error))
+    if good:
+        try:
+            features = segmenter.image_features(pixels, name, proposals)
+            results = segmenter.score(features, [p.expression for p in good], top_k)
+            answers.update((p.id, PairResult(p, r)) for p, r in zip(good, results))
+        except ZsrisError as error:
+            answers.update((p.id, PairResult(p, error=str(error))) for p in good)
+        except Exception as error:  # noqa: BLE001 - one image's failure must not stop a batch of thousands
+            answers.update((p.id, PairResult(p, error=f"{type(error).__name__}: {error}")) for p in good)
+    return [answers[p.id] for p in pairs]
+
+
+def prepared_results(segmenter: Segmenter, pairs: Sequence[Pair], prepared: Prepared,
+                     top_k: int = 5) -> list[PairResult]:
+    """The results of an image the engine prepared (its pairs fail, with the reason, if it failed)."""
+    if prepared.error is not None:
+        return [PairResult(p, error=prepared.error) for p in pairs]
+    return image_results(segmenter, pairs, prepared.pixels, Path(prepared.key).name, prepared.proposals, top_k)
+
+
+def run_pairs(segmenter: Segmenter, pairs: Sequence[Pair], engine: Engine,
+              top_k: int = 5) -> Iterator[tuple[list[PairResult], Optional[np.ndarray]]]:
+    """The results of ``pairs`` with the decoded image they are about (None where none was),
+    image by image in the order of their first pair: first the rows refused before any work,
+    then each image as the engine prepares it."""
+    refused = [p for p in pairs if p.error is not None]
+    if refused:
+        yield [PairResult(p, error=p.error) for p in refused], None
+    groups = group_by_image(p for p in pairs if p.error is None)
+    tasks = [ImageTask(path, path, Path(path).name) for path in groups]
+    for prepared in engine.iterate(tasks):
+        yield prepared_results(segmenter, groups[prepared.key], prepared, top_k), prepared.pixels
+
+
+class ImageJob:
+    """One image's pairs, start to finish in one process (decoding, proposals, CLIP): the work
+    of a Ray actor. Returns the results and, when ``keep_pixels``, the decoded image (for overlays)."""
+
+    def __init__(self, segmenter: Segmenter, top_k: int = 5, keep_pixels: bool = False) -> None:
+        self.segmenter = segmenter
+        self.top_k = top_k
+        self.keep_pixels = keep_pixels
+        self.prepare = Preparer(None, None, segmenter.config.max_pixels).build()
+
+    def __call__(self, path: str, pairs: Sequence[Pair]) -> tuple[list[PairResult], Optional[np.ndarray]]:
+        prepared = self.prepare(ImageTask(path, path, Path(path).name))
+        pixels = prepared.pixels if self.keep_pixels else None
+        return prepared_results(self.segmenter, pairs, prepared, self.top_k), pixels
+
+
+def batch_engine(segmenter: Segmenter, workers: int) -> Engine:
+    """The engine a batch runs on: ``workers`` processes decode images and make proposals
+    ahead of the model stage (SAM, a model on the device, stays in the model stage; with no
+    workers the segmenter's own generator does the work here)."""
+    config = segmenter.config
+    if workers == 0:
+        return Engine(Preparer(config.proposals, None, config.max_pixels), 0, generator=segmenter.proposals)
+    spec = None if config.proposals.name == "sam" else config.proposals
+    return Engine(Preparer(spec, None, config.max_pixels), workers)
+
+
+def as_pairs(items: Iterable[Any]) -> list[Pair]:
+    """``(image path, expression)`` tuples (or :class:`Pair` objects) as pairs whose ids are their
+    positions, for :meth:`Segmenter.segment_batch`."""
+    pairs = []
+    for position, item in enumerate(items):
+        if isinstance(item, Pair):
+            pairs.append(item)
+            continue
+        try:
+            image, expression = item
+        except (TypeError, ValueError):
+            raise ZsrisError(f"pair {position} is not an (image path, expression) pair: {item!r}") from None
+        if not isinstance(image, (str, Path)):
+            raise ZsrisError(f"pair {position}: segment_batch reads image files; give a path, not "
+                             f"{type(image).__name__} (segment_many takes arrays and PIL images)")
+        pairs.append(Pair(str(position), str(image), os.path.normpath(image), expression, str(position)))
+    return pairs
+
+
+def in_input_order(pairs: Sequence[Pair],
+                   batches: Iterable[tuple[list[PairResult], Any]]) -> Iterator[PairResult]:
+    """Each result of :func:`run_pairs` as soon as every pair before it in ``pairs`` has one."""
+    position = {pair.id: n for n, pair in enumerate(pairs)}
+    waiting: dict[int, PairResult] = {}
+    following = 0
+    for batch, _ in batches:
+        for answer in batch:
+            waiting[position[answer.pair.id]] = answer
+        while following in waiting:
+            yield waiting.pop(following)
+            following += 1
