@@ -26,6 +26,8 @@ PROPOSAL_GENERATORS = ("classical", "sam", "file")
 FUSIONS = ("reference", "normalized")
 PREPROCESSING = ("reference", "clip")
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+#: "on" re-ranks by the target's position, order and size words (zsris.spatial); "off" is the paper.
+SPATIAL_MODES = ("off", "on")
 #: Images with more pixels than this are refused: proposals and masks are computed at full
 #: resolution, and a 20000 x 20000 image would need tens of GiB. ``max_pixels`` changes it.
 DEFAULT_MAX_PIXELS = 40_000_000
@@ -75,6 +77,9 @@ class SegmenterConfig:
     spaCy pipeline that finds the target noun phrase (None: ``$ZSRIS_SPACY_MODEL``, else the
     most accurate installed; records name the one used). ``precision`` (CUDA only) trades
     fidelity for speed: ``fp32`` (strict, default), ``tf32``, ``bf16`` or ``fp16`` autocast.
+    ``spatial="on"`` lets the target's position, order and size words ("the left lion", "the
+    second disc from the right", "the biggest box") choose among the noun phrase's candidates
+    (:mod:`zsris.spatial`; beyond the paper, so off by default).
     """
 
     backbone: str = DEFAULT_BACKBONE
@@ -88,6 +93,7 @@ class SegmenterConfig:
     proposals: ProposalSpec = field(default_factory=ProposalSpec)
     spacy_model: Optional[str] = None
     precision: str = "fp32"
+    spatial: str = "off"
     device: str = _runtime("auto")
     batch_size: int = _runtime(64)
     max_pixels: int = _runtime(DEFAULT_MAX_PIXELS)
@@ -105,6 +111,8 @@ class SegmenterConfig:
             raise ZsrisError(f"unknown preprocessing {self.preprocess!r}; choose one of {', '.join(PREPROCESSING)}")
         if self.precision not in PRECISIONS:
             raise ZsrisError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
+        if self.spatial not in SPATIAL_MODES:
+            raise ZsrisError(f"unknown spatial mode {self.spatial!r}; choose one of {', '.join(SPATIAL_MODES)}")
         if not isinstance(self.proposals, ProposalSpec):
             raise ZsrisError(f"proposals must be a ProposalSpec, not {type(self.proposals).__name__}")
 

@@ -44,4 +44,5 @@ def result_record(result: SegmentResult, image: str | None = None) -> dict[str, 
             }
             for r in result.ranked
         ],
+        **({"spatial": result.spatial.record()} if result.spatial is not None else {}),
     }

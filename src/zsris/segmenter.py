@@ -24,6 +24,7 @@ from .fusion import fuse_text, fuse_visual
 from .images import ImageInput, load_image
 from .precision import check_precision, compute_precision
 from .proposals import ProposalGenerator, Proposals, create_proposals
+from .spatial import SpatialDecision, rectify
 from .text import ExpressionParser, ParsedExpression, TextEncoder, check_expression
 
 if TYPE_CHECKING:
@@ -56,6 +57,7 @@ class SegmentResult:
     box: tuple[int, int, int, int]
     proposal_index: int
     ranked: list[RankedProposal] = field(default_factory=list)
+    spatial: Optional[SpatialDecision] = None  # with spatial="on": what the position words did
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -203,6 +205,7 @@ class Segmenter:
         fused = (text @ features.visual_features.T).cpu()
         global_scores = (text @ F.normalize(features.global_features, dim=-1).T).cpu()
         local_scores = (text @ F.normalize(features.local_features, dim=-1).T).cpu()
+        phrase_scores = self._phrase_scores(features, parsed) if self.config.spatial == "on" else None
         proposals = features.proposals
         areas = proposals.masks.reshape(len(proposals), -1).sum(1)
         results = []
@@ -213,10 +216,20 @@ class Segmenter:
                                tuple(int(v) for v in proposals.boxes[i]), int(areas[i]))
                 for i in order[: max(top_k, 1)]
             ]
-            best = order[0]
-            results.append(SegmentResult(parse.raw, parse.noun_phrase, proposals.masks[best], ranked[0].score,
-                                         ranked[0].box, best, ranked))
+            best, decision = order[0], None
+            if phrase_scores is not None:
+                decision = rectify(parse.spatial, proposals.masks, phrase_scores[row].numpy(), fused[row].numpy())
+                best = decision.chosen
+            results.append(SegmentResult(parse.raw, parse.noun_phrase, proposals.masks[best], float(fused[row, best]),
+                                         tuple(int(v) for v in proposals.boxes[best]), best, ranked, decision))
         return results
+
+    def _phrase_scores(self, features: ImageFeatures, parsed: Sequence[ParsedExpression]) -> Tensor:
+        """``[E, N]``: each noun phrase alone against the proposals, which picks the spatial
+        candidates (the sentence's own words of place mean little to CLIP)."""
+        with compute_precision(self.config.precision, self.device):
+            phrases = self.text_encoder.encode(p.noun_phrase for p in parsed).float()
+        return (F.normalize(phrases, dim=-1) @ features.visual_features.T).cpu()
 
     def segment_many(self, image: ImageInput, expressions: Sequence[str], image_id: Optional[str] = None,
                      top_k: int = DEFAULT_TOP_K) -> list[SegmentResult]:

@@ -225,6 +225,10 @@ def build_demo(service: SegmentationService):
             picture = overlay(pixels, proposals.masks[proposal.index], proposal.box, f"#{rank}", warning=note)
             gallery.append((picture, caption))
         status = f"Segmented {len(results)} expression(s) among {len(proposals)} proposals."
+        spatial = [f"- *{r.expression}*: {r.spatial.summary()}" for r in results
+                   if r.spatial is not None and (r.spatial.steps or r.spatial.ignored)]
+        if spatial:
+            status += "\n\nSpatial words:\n" + "\n".join(spatial)
         return overlays, mask_image(first.mask), gallery, files, status
 
     def show_preview(image_path: Optional[str]):

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import ExpressionError, ZsrisError, ZsrisWarning
+from .spatial import ParsedSpatial, spatial_cues
 
 SPACY_MODEL_ENV = "ZSRIS_SPACY_MODEL"
 
@@ -99,6 +100,7 @@ class ParsedExpression:
     sentence: str
     noun_phrase: str
     root: str
+    spatial: ParsedSpatial = ParsedSpatial()  # the words that place the target (used with spatial="on")
 
 
 #: Unicode categories that print nothing: controls (NUL ...), format marks (zero-width space,
@@ -117,20 +119,26 @@ def check_expression(expression: object) -> str:
 
 def target_noun_phrase(doc) -> tuple[str, str]:
     """``(phrase, root)`` of a parsed sentence by the reference rules."""
+    phrase, token = _target(doc)
+    return phrase, token.text if token is not None else ""
+
+
+def _target(doc):
+    """``(phrase, root token or None)`` of a parsed sentence by the reference rules."""
     chunk_of = {}
     for chunk in doc.noun_chunks:
         for i in range(chunk.start, chunk.end):
             chunk_of[i] = chunk
     roots = [token for token in doc if token.head.i == token.i]
     if not roots:
-        return doc.text, ""
+        return doc.text, None
     head = roots[-1]
     if head.i not in chunk_of:
         children = list(head.children)
         if not children or children[0].i not in chunk_of:
-            return doc.text, head.text
+            return doc.text, head
         head = children[0]
-    return chunk_of[head.i].text, head.text
+    return chunk_of[head.i].text, head
 
 
 class ExpressionParser:
@@ -147,8 +155,10 @@ class ExpressionParser:
         if cached is None:
             tokens = [t.text for t in self.nlp(expression.lower()) if not t.is_space]
             sentence = " ".join(tokens)
-            phrase, root = target_noun_phrase(self.nlp(sentence))
-            cached = self._cache[expression] = ParsedExpression(expression, sentence, phrase, root)
+            doc = self.nlp(sentence)
+            phrase, root = _target(doc)
+            cached = self._cache[expression] = ParsedExpression(
+                expression, sentence, phrase, root.text if root is not None else "", spatial_cues(doc, root))
         return cached
 
 

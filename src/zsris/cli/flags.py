@@ -11,7 +11,7 @@ import warnings
 from typing import Optional
 
 from ..config import (DEFAULT_BACKBONE, DEFAULT_MAX_PIXELS, DEFAULT_PRETRAINED, FUSIONS, PRECISIONS, PREPROCESSING,
-                      PROPOSAL_GENERATORS, SAM_CHECKPOINT_ENV, SAM_MODEL_TYPES, WEIGHTS_ENV, ProposalSpec,
+                      PROPOSAL_GENERATORS, SAM_CHECKPOINT_ENV, SAM_MODEL_TYPES, SPATIAL_MODES, WEIGHTS_ENV, ProposalSpec,
                       SegmenterConfig, paper_alpha)
 
 EPILOG = f"""\
@@ -92,6 +92,10 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
                             "the most accurate installed of en_core_web_trf, _lg (the paper's), _md, _sm)")
     model.add_argument("--precision", choices=PRECISIONS, default="fp32",
                        help="CUDA only: strict fp32 (default, for fidelity), tf32, or bf16/fp16 autocast (faster)")
+    model.add_argument("--spatial", choices=SPATIAL_MODES, default="off",
+                       help="'on': the target's position, order and size words (left, second from the right, "
+                            "biggest ...) choose among the noun phrase's candidates; beyond the paper, so off by "
+                            "default (see zsris.spatial)")
     model.add_argument("--batch-size", type=positive_int, default=64,
                        help="proposals per forward pass (default: %(default)s)")
     add_proposal_flags(parser)
@@ -111,7 +115,7 @@ def config_from_args(args: argparse.Namespace) -> SegmenterConfig:
     return SegmenterConfig(
         backbone=args.backbone, pretrained=args.pretrained, weights=args.weights, alpha=alpha, beta=args.beta,
         k=args.k, fusion=args.fusion, preprocess=args.preprocess, proposals=proposal_spec_from_args(args),
-        spacy_model=args.spacy_model, precision=args.precision, device=args.device, batch_size=args.batch_size, max_pixels=args.max_pixels,
+        spacy_model=args.spacy_model, precision=args.precision, spatial=args.spatial, device=args.device, batch_size=args.batch_size, max_pixels=args.max_pixels,
     )
 
 

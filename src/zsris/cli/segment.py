@@ -92,6 +92,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
         Path(f"{base}.json").write_text(json.dumps(record, indent=2))
         print(f"{result.expression!r} -> score {result.score:.4f}, box {list(result.box)}, "
               f"noun phrase {result.noun_phrase!r}: {base}.{{mask.png,overlay.png,json}}")
+        if result.spatial is not None:
+            print(f"  spatial words: {result.spatial.summary()}")
     return 0
 
 
