@@ -26,6 +26,12 @@ PROPOSAL_GENERATORS = ("classical", "sam", "file")
 FUSIONS = ("reference", "normalized")
 PREPROCESSING = ("reference", "clip")
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+#: Fused scores are cosine similarities: a no-target threshold outside this range could never act.
+SCORE_RANGE = (-1.0, 1.0)
+#: With multi_target, proposals scoring within this much of the best join the answer. A cosine
+#: difference of 0.01 is about the spread of CLIP's scores among views of one object; zsris
+#: calibrate picks it from data where a split with multi-target expressions is at hand.
+DEFAULT_MULTI_TARGET_MARGIN = 0.01
 #: "on" re-ranks by the target's position, order and size words (zsris.spatial); "off" is the paper.
 SPATIAL_MODES = ("off", "on")
 #: Images with more pixels than this are refused: proposals and masks are computed at full
@@ -79,7 +85,11 @@ class SegmenterConfig:
     fidelity for speed: ``fp32`` (strict, default), ``tf32``, ``bf16`` or ``fp16`` autocast.
     ``spatial="on"`` lets the target's position, order and size words ("the left lion", "the
     second disc from the right", "the biggest box") choose among the noun phrase's candidates
-    (:mod:`zsris.spatial`; beyond the paper, so off by default).
+    (:mod:`zsris.spatial`; beyond the paper, so off by default). ``no_target_threshold``: a
+    best fused score below it answers "no such object" (an empty mask, ``found`` false);
+    ``multi_target`` answers with the union of the proposals within ``multi_target_margin`` of
+    the best ("all the zebras"). Both are off by default (the paper always returns one mask);
+    ``zsris calibrate`` picks them on a gRefCOCO split.
     """
 
     backbone: str = DEFAULT_BACKBONE
@@ -94,6 +104,9 @@ class SegmenterConfig:
     spacy_model: Optional[str] = None
     precision: str = "fp32"
     spatial: str = "off"
+    no_target_threshold: Optional[float] = None
+    multi_target: bool = False
+    multi_target_margin: float = DEFAULT_MULTI_TARGET_MARGIN
     device: str = _runtime("auto")
     batch_size: int = _runtime(64)
     max_pixels: int = _runtime(DEFAULT_MAX_PIXELS)
@@ -111,6 +124,12 @@ class SegmenterConfig:
             raise ZsrisError(f"unknown preprocessing {self.preprocess!r}; choose one of {', '.join(PREPROCESSING)}")
         if self.precision not in PRECISIONS:
             raise ZsrisError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
+        low, high = SCORE_RANGE
+        if self.no_target_threshold is not None and not low <= self.no_target_threshold <= high:
+            raise ZsrisError(f"the no-target threshold {self.no_target_threshold} lies outside the range of "
+                             f"scores ({low} to {high}: cosine similarities)")
+        if not 0.0 <= self.multi_target_margin <= high - low:
+            raise ZsrisError(f"the multi-target margin must lie in [0, {high - low}], not {self.multi_target_margin}")
         if self.spatial not in SPATIAL_MODES:
             raise ZsrisError(f"unknown spatial mode {self.spatial!r}; choose one of {', '.join(SPATIAL_MODES)}")
         if not isinstance(self.proposals, ProposalSpec):

@@ -1,7 +1,9 @@
-"""RefCOCO, RefCOCO+ and RefCOCOg in the REFER toolkit's layout.
+"""RefCOCO, RefCOCO+ and RefCOCOg in the REFER toolkit's layout, and gRefCOCO in its own.
 
     DATA/refcoco/refs(unc).p        DATA/refcoco+/refs(unc).p      DATA/refcocog/refs(umd).p
     DATA/<dataset>/instances.json   COCO train2014 images in DATA/images/train2014 (or --images)
+    DATA/grefcoco/grefs(unc).json   (gRefCOCO, Liu et al., CVPR 2023: a JSON list of refs whose
+                                    ann_id is a list, [-1] for a no-target expression)
 
 The refs files are pickles; they are read with an unpickler that admits only plain containers
 and scalars, so a tampered file cannot run code. Ground-truth masks are the annotation's
@@ -29,8 +31,10 @@ from pycocotools import mask as mask_utils
 from .errors import DatasetError
 from .masks import decode_rle
 
-DATASETS = {"refcoco": "unc", "refcoco+": "unc", "refcocog": "umd"}
-SPLIT_BYS = {"refcoco": ("unc", "google"), "refcoco+": ("unc",), "refcocog": ("umd", "google")}
+DATASETS = {"refcoco": "unc", "refcoco+": "unc", "refcocog": "umd", "grefcoco": "unc"}
+SPLIT_BYS = {"refcoco": ("unc", "google"), "refcoco+": ("unc",), "refcocog": ("umd", "google"), "grefcoco": ("unc",)}
+#: Datasets with no-target and multi-target expressions, evaluated with gIoU, cIoU, N-acc, T-acc.
+GENERALIZED = ("grefcoco",)
 SPLITS = ("val", "testA", "testB", "test", "train")
 GT_MASKS = ("refer", "union")
 IMAGE_FOLDERS = ("images/train2014", "images/mscoco/images/train2014", "train2014", "images")
@@ -65,12 +69,22 @@ class Sentence:
 
 @dataclass(frozen=True)
 class Ref:
+    """A referred object (or, in gRefCOCO, several objects or none) and its sentences.
+    ``ann_ids`` are all the annotations referred to (RefCOCO: one; gRefCOCO: any number, none
+    for a ``no_target`` expression); ``ann_id`` is the first, -1 where there is none."""
+
     ref_id: int
     ann_id: int
     image_id: int
     category_id: int
     split: str
     sentences: tuple[Sentence, ...]
+    ann_ids: tuple[int, ...] = ()
+    no_target: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.ann_ids and self.ann_id >= 0 and not self.no_target:
+            object.__setattr__(self, "ann_ids", (self.ann_id,))
 
 
 @dataclass(frozen=True)
@@ -102,20 +116,24 @@ class ReferDataset:
         folder = self.root / dataset
         if not folder.is_dir():
             raise DatasetError(f"{folder}: no such dataset folder (expected the REFER layout under {self.root})")
-        self.refs_path = folder / f"refs({self.split_by}).p"
+        self.refs_path = folder / self.refs_file()
         self.instances_path = folder / "instances.json"
         self.image_dir = self._find_images(images)
         self.refs = self._read_refs()
         self.images, self.annotations, self.categories = self._read_instances()
         for ref in self.refs:
-            if ref.image_id not in self.images or ref.ann_id not in self.annotations:
+            missing = [a for a in ref.ann_ids if a not in self.annotations]
+            if ref.image_id not in self.images or missing:
                 raise DatasetError(
-                    f"{self.refs_path}: ref {ref.ref_id} names image {ref.image_id} / annotation {ref.ann_id}, "
-                    f"which {self.instances_path.name} does not hold"
+                    f"{self.refs_path}: ref {ref.ref_id} names image {ref.image_id} / annotation "
+                    f"{missing[0] if missing else ref.ann_id}, which {self.instances_path.name} does not hold"
                 )
         self._anns_by_image: dict[int, list[int]] = defaultdict(list)
         for ann_id, ann in self.annotations.items():
             self._anns_by_image[int(ann["image_id"])].append(ann_id)
+
+    def refs_file(self) -> str:
+        return f"refs({self.split_by}).p"
 
     def _find_images(self, images: Optional[str | Path]) -> Path:
         if images is not None:
@@ -189,6 +207,15 @@ class ReferDataset:
     def annotation_ids(self, image_id: int) -> list[int]:
         return list(self._anns_by_image.get(image_id, []))
 
+    def target_mask(self, ref: Ref) -> np.ndarray:
+        """Everything ``ref`` refers to, as one mask: the union of its annotations (empty for a
+        no-target expression)."""
+        info = self.images[ref.image_id]
+        target = np.zeros((info.height, info.width), dtype=bool)
+        for ann_id in ref.ann_ids:
+            target |= self.annotation_mask(ann_id)
+        return target
+
     def annotation_mask(self, ann_id: int, gt_mask: Optional[str] = None) -> np.ndarray:
         """The annotation's mask at its image's full resolution (polygons or RLE), read the
         dataset's way (``gt_mask``, see the module docstring) unless another is named."""
@@ -222,3 +249,73 @@ def segmentation_to_mask(segmentation: Any, height: int, width: int, what: str =
     if mask.shape != (height, width):
         raise DatasetError(f"{what}: mask is {mask.shape}, the image is {(height, width)}")
     return mask
+
+
+GREF_KEYS = ("ref_id", "ann_id", "image_id", "split", "sentences")
+
+
+class GRefDataset(ReferDataset):
+    """gRefCOCO (ReLA's layout): ``grefcoco/grefs(unc).json``, a JSON list of refs whose
+    ``ann_id`` is a list of annotation ids (``[-1]`` and ``no_target: true`` for an expression
+    that names nothing in its image), with ``grefcoco/instances.json``. A target is the union of
+    its annotations, each read as the union of its polygons (as ReLA's ``getMask`` merges them)."""
+
+    def __init__(self, data_root: str | Path, dataset: str = "grefcoco", split_by: Optional[str] = None,
+                 images: Optional[str | Path] = None, gt_mask: str = "union") -> None:
+        super().__init__(data_root, dataset, split_by, images, gt_mask)
+
+    def refs_file(self) -> str:
+        return f"grefs({self.split_by}).json"
+
+    def _read_refs(self) -> list[Ref]:
+        path = self.refs_path
+        if not path.is_file():
+            raise DatasetError(f"{path}: no such refs file")
+        try:
+            raw = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise DatasetError(f"{path}: not readable JSON ({error})") from None
+        if not isinstance(raw, list):
+            raise DatasetError(f"{path}: expected a list of refs, found {type(raw).__name__}")
+        return [self._ref(item, index) for index, item in enumerate(raw)]
+
+    def _ref(self, item: Any, index: int) -> Ref:
+        where = f"{self.refs_path}: ref #{index}"
+        if not isinstance(item, dict):
+            raise DatasetError(f"{where} is not an object")
+        for key in GREF_KEYS:
+            if key not in item:
+                raise DatasetError(f"{where} has no field '{key}'")
+        ann_ids = item["ann_id"] if isinstance(item["ann_id"], list) else [item["ann_id"]]
+        try:
+            ann_ids = [int(a) for a in ann_ids]
+        except (TypeError, ValueError):
+            raise DatasetError(f"{where}: field 'ann_id' must hold annotation ids, not {item['ann_id']!r}") from None
+        no_target = item.get("no_target", ann_ids == [-1])
+        if not isinstance(no_target, bool):
+            raise DatasetError(f"{where}: field 'no_target' must be true or false, not {no_target!r}")
+        targets = tuple(a for a in ann_ids if a != -1)
+        if no_target == bool(targets):
+            raise DatasetError(f"{where}: field 'no_target' is {str(no_target).lower()} but field 'ann_id' is "
+                               f"{ann_ids}")
+        if not isinstance(item["sentences"], list) or not item["sentences"]:
+            raise DatasetError(f"{where}: field 'sentences' must be a non-empty list")
+        try:
+            sentences = tuple(Sentence(int(s["sent_id"]), str(s.get("raw") or s["sent"])) for s in item["sentences"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise DatasetError(f"{where}: field 'sentences' is malformed (missing or bad {error})") from None
+        categories = item.get("category_id", -1)
+        category = (categories[0] if categories else -1) if isinstance(categories, list) else categories
+        try:
+            return Ref(int(item["ref_id"]), targets[0] if targets else -1, int(item["image_id"]), int(category),
+                       str(item["split"]), sentences, targets, no_target)
+        except (TypeError, ValueError) as error:
+            raise DatasetError(f"{where}: field 'ref_id', 'image_id' or 'category_id' is malformed ({error})") from None
+
+
+def open_dataset(data_root: str | Path, dataset: str = "refcoco", split_by: Optional[str] = None,
+                 images: Optional[str | Path] = None, gt_mask: Optional[str] = None) -> ReferDataset:
+    """The dataset ``dataset`` names, in its own layout (gRefCOCO's or REFER's)."""
+    if dataset in GENERALIZED:
+        return GRefDataset(data_root, dataset, split_by, images, gt_mask or "union")
+    return ReferDataset(data_root, dataset, split_by, images, gt_mask or "refer")

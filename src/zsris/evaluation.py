@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from .cache import ProposalCache
 from .config import DEFAULT_MAX_PIXELS
-from .datasets import Ref, ReferDataset
+from .datasets import GENERALIZED, Ref, ReferDataset
 from .engine import Engine, ImageTask, Prepared, StageTimes, image_task, load_task_image
 from .errors import NoProposalsError
 from .images import load_image
@@ -22,6 +22,10 @@ from .metrics import intersection_union, iou, proposal_quality
 from .proposals import Proposals
 from .segmenter import Segmenter
 from .store import PredictionStore
+
+
+#: The multi-target margins whose answers gRefCOCO records keep, for ``zsris calibrate``.
+CALIBRATION_MARGINS = (0.0, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05)
 
 
 def best_proposal(masks: np.ndarray, target: np.ndarray, ious: Optional[np.ndarray] = None) -> tuple[int, int]:
@@ -65,18 +69,35 @@ class ImageEvaluator:
         return self.evaluate(prepared.key, refs, prepared.pixels, prepared.proposals)
 
     def failed(self, image_id: int, refs: list[Ref], reason: str) -> list[dict[str, Any]]:
-        """Records that count an image's sentences as failures (IoU 0), saying why."""
+        """Records that count an image's sentences as failures (IoU 0, no answer), saying why."""
         records = []
         for ref in refs:
-            union = int(self.dataset.annotation_mask(ref.ann_id).sum())
+            union = int(self.dataset.target_mask(ref).sum())
             for sentence in ref.sentences:
                 records.append({
                     "sent_id": sentence.sent_id, "ref_id": ref.ref_id, "ann_id": ref.ann_id, "image_id": image_id,
                     "expression": sentence.text, "gt_category": ref.category_id, "num_proposals": 0,
                     "proposal_index": -1, "score": None, "noun_phrase": None, "chosen_category": None,
-                    "intersection": 0, "union": union, "iou": 0.0, "error": reason,
+                    "intersection": 0, "union": union, "iou": 0.0, "error": reason, **self._generalized(ref),
                 })
         return records
+
+    def _generalized(self, ref: Ref, result=None, target: Optional[np.ndarray] = None,
+                     proposals: Optional[Proposals] = None) -> dict[str, Any]:
+        """gRefCOCO's extra fields: whether the expression names nothing, whether an answer was
+        given, and, for calibration, the pixels of the union of the proposals within each margin
+        of :data:`CALIBRATION_MARGINS` of the best (None for the RefCOCO datasets)."""
+        if self.dataset.name not in GENERALIZED:
+            return {}
+        fields: dict[str, Any] = {"no_target": ref.no_target, "ann_ids": list(ref.ann_ids),
+                                  "found": bool(result is not None and result.found)}
+        if result is not None and result.found and target is not None and proposals is not None:
+            best = result.ranked[0].score
+            fields["margin_iu"] = {}
+            for margin in CALIBRATION_MARGINS:
+                members = [r.index for r in result.ranked if r.score >= best - margin]
+                fields["margin_iu"][str(margin)] = list(intersection_union(proposals.masks[members].any(0), target))
+        return fields
 
     def evaluate(self, image_id: int, refs: list[Ref], pixels: np.ndarray,
                  proposals: Optional[Proposals] = None) -> list[dict[str, Any]]:
@@ -92,32 +113,42 @@ class ImageEvaluator:
             proposal_category = [categories[j] if overlap[i, j] > 0 else None
                                  for i, j in enumerate(overlap.argmax(1))]
         expressions = [s.text for ref in refs for s in ref.sentences]
+        generalized = self.dataset.name in GENERALIZED
+        # gRefCOCO: every proposal ranked, for the margins that calibration tries
+        top_k = max(len(proposals), 1) if generalized else 1
         try:
-            results = self.segmenter.score(self.segmenter.image_features(pixels, proposals=proposals), expressions)
+            results = self.segmenter.score(self.segmenter.image_features(pixels, proposals=proposals), expressions,
+                                           top_k)
         except NoProposalsError:
             results = None
         records, position = [], 0
         for ref in refs:
-            column = instance_ids.index(ref.ann_id)
-            target = instances[column]
-            o_inter, o_union = best_proposal(proposals.masks, target, overlap[:, column])
-            oracle = {"oracle_iou": iou(o_inter, o_union), "oracle_intersection": o_inter, "oracle_union": o_union}
+            if len(ref.ann_ids) == 1:
+                column = instance_ids.index(ref.ann_id)
+                target, ious = instances[column], overlap[:, column]
+            else:
+                target, ious = self.dataset.target_mask(ref), None
+            oracle: dict[str, Any] = {"oracle_iou": None}
+            if target.any():
+                o_inter, o_union = best_proposal(proposals.masks, target, ious)
+                oracle = {"oracle_iou": iou(o_inter, o_union), "oracle_intersection": o_inter, "oracle_union": o_union}
             for sentence in ref.sentences:
                 record: dict[str, Any] = {
                     "sent_id": sentence.sent_id, "ref_id": ref.ref_id, "ann_id": ref.ann_id, "image_id": image_id,
                     "expression": sentence.text, "gt_category": ref.category_id, "num_proposals": len(proposals),
                     **oracle,
                 }
-                if results is None:
+                result = None if results is None else results[position]
+                if result is None:
                     record.update(proposal_index=-1, score=None, noun_phrase=None, chosen_category=None,
                                   intersection=0, union=int(target.sum()), iou=0.0)
                 else:
-                    result = results[position]
                     inter, union = intersection_union(result.mask, target)
                     record.update(proposal_index=result.proposal_index, score=result.score,
                                   noun_phrase=result.noun_phrase,
-                                  chosen_category=proposal_category[result.proposal_index],
+                                  chosen_category=proposal_category[result.proposal_index] if result.found else None,
                                   intersection=inter, union=union, iou=iou(inter, union))
+                record.update(self._generalized(ref, result, target, proposals))
                 position += 1
                 records.append(record)
         return records
@@ -237,7 +268,8 @@ def evaluate_proposals(dataset: ReferDataset, groups: dict[int, list[Ref]], engi
         seconds.append(prepared.proposal_seconds)
         sentences_per_object: dict[int, int] = {}
         for ref in groups[prepared.key]:
-            sentences_per_object[ref.ann_id] = sentences_per_object.get(ref.ann_id, 0) + len(ref.sentences)
+            for ann_id in ref.ann_ids:  # none for a no-target expression
+                sentences_per_object[ann_id] = sentences_per_object.get(ann_id, 0) + len(ref.sentences)
         for ann_id, sentences in sentences_per_object.items():
             target = dataset.annotation_mask(ann_id)
             if not np.array_equal(target, dataset.annotation_mask(ann_id, other)):

@@ -42,6 +42,9 @@ def summarize(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     records = list(records)
     if not records:
         return {"sentences": 0}
+    generalized = gres_metrics(records) if any("no_target" in r for r in records) else {}
+    if generalized:  # the RefCOCO metrics below are over the expressions that name something
+        records = [r for r in records if not r.get("no_target")] or [{"iou": 0.0, "intersection": 0, "union": 0}]
     ious = np.array([r["iou"] for r in records], dtype=np.float64)
     inter = sum(int(r["intersection"]) for r in records)
     union = sum(int(r["union"]) for r in records)
@@ -73,7 +76,40 @@ def summarize(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         summary["proposals/image"] = round(float(np.mean(list(per_image.values()))), 1)
         summary["images without proposals"] = sum(1 for n in per_image.values() if n == 0)
     summary["images failed"] = len({r.get("image_id") for r in records if r.get("error")})
-    return summary
+    return {**generalized, **summary} if generalized else summary
+
+
+def gres_metrics(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """gRefCOCO's metrics, defined as in ReLA's evaluation (Liu et al., CVPR 2023).
+
+    Per expression, with an empty prediction (``found`` false) for "no such object":
+    - a no-target expression counts 1 in gIoU when the prediction is empty (a true positive of
+      N-acc) and 0 otherwise (a false negative; its predicted pixels join cIoU's union);
+    - an expression with targets counts its IoU in gIoU and its intersection and union in cIoU;
+      a non-empty prediction is a true negative of T-acc, an empty one a false positive.
+    gIoU = mean over expressions, cIoU = total intersection / total union,
+    N-acc = TP / (TP + FN), T-acc = TN / (TN + FP). Percentages."""
+    g_ious, inter, union = [], 0, 0
+    tp = fn = tn = fp = 0
+    for r in records:
+        empty = not r.get("found", True) or int(r["intersection"]) + int(r["union"]) == 0
+        if r["no_target"]:
+            predicted = 0 if empty else int(r["union"])  # the target is empty: the union is the prediction
+            tp, fn = tp + (predicted == 0), fn + (predicted > 0)
+            g_ious.append(1.0 if predicted == 0 else 0.0)
+            union += predicted
+        else:
+            tn, fp = tn + (not empty), fp + empty
+            g_ious.append(iou(int(r["intersection"]), int(r["union"])))
+            inter, union = inter + int(r["intersection"]), union + int(r["union"])
+    no_target = tp + fn
+    return {
+        "gIoU": _percent(float(np.mean(g_ious))) if g_ious else 0.0,
+        "cIoU": _percent(inter / union) if union else 0.0,
+        "N-acc": _percent(tp / no_target) if no_target else None,
+        "T-acc": _percent(tn / (tn + fp)) if tn + fp else None,
+        "no-target sentences": no_target,
+    }
 
 
 def proposal_quality(best_ious: Iterable[float], intersections: Iterable[int], unions: Iterable[int],

@@ -29,9 +29,11 @@ def result_record(result: SegmentResult, image: str | None = None) -> dict[str, 
         "image_size": [height, width],
         "expression": result.expression,
         "noun_phrase": result.noun_phrase,
+        "found": result.found,
         "score": result.score,
-        "box": list(result.box),
+        "box": list(result.box) if result.found else None,
         "proposal_index": result.proposal_index,
+        **({"proposal_indices": result.proposal_indices} if len(result.proposal_indices) > 1 else {}),
         "mask": encode_rle(result.mask),
         "top_proposals": [
             {

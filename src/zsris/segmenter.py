@@ -22,6 +22,7 @@ from .config import ProposalSpec, SegmenterConfig
 from .errors import NoProposalsError, ZsrisError, ZsrisWarning
 from .fusion import fuse_text, fuse_visual
 from .images import ImageInput, load_image
+from .masks import masks_boxes
 from .precision import check_precision, compute_precision
 from .proposals import ProposalGenerator, Proposals, create_proposals
 from .spatial import SpatialDecision, rectify
@@ -58,10 +59,17 @@ class SegmentResult:
     proposal_index: int
     ranked: list[RankedProposal] = field(default_factory=list)
     spatial: Optional[SpatialDecision] = None  # with spatial="on": what the position words did
+    found: bool = True  # False: the best score fell below the no-target threshold; the mask is empty
+    proposal_indices: list[int] = field(default_factory=list)  # the proposals united in the mask
 
     @property
     def image_size(self) -> tuple[int, int]:
         return int(self.mask.shape[0]), int(self.mask.shape[1])
+
+    @property
+    def caption(self) -> str:
+        """The expression, marked where no object answers it (for overlays and pages)."""
+        return self.expression if self.found else f"{self.expression} (no such object)"
 
 
 @dataclass
@@ -220,9 +228,30 @@ class Segmenter:
             if phrase_scores is not None:
                 decision = rectify(parse.spatial, proposals.masks, phrase_scores[row].numpy(), fused[row].numpy())
                 best = decision.chosen
-            results.append(SegmentResult(parse.raw, parse.noun_phrase, proposals.masks[best], float(fused[row, best]),
-                                         tuple(int(v) for v in proposals.boxes[best]), best, ranked, decision))
+            results.append(self._answer(parse, proposals, fused[row], best, ranked, decision))
         return results
+
+    def _answer(self, parse: ParsedExpression, proposals: Proposals, scores: Tensor, best: int,
+                ranked: list[RankedProposal], decision: Optional[SpatialDecision]) -> SegmentResult:
+        """The result for the chosen proposal ``best``: none below the no-target threshold, the
+        union of the proposals within the margin with multi_target, else that proposal."""
+        score = float(scores[best])
+        threshold = self.config.no_target_threshold
+        if threshold is not None and score < threshold:
+            empty = np.zeros(proposals.image_size, dtype=bool)
+            return SegmentResult(parse.raw, parse.noun_phrase, empty, score, (0, 0, 0, 0), -1, ranked, decision,
+                                 found=False)
+        members = [best]
+        if self.config.multi_target:
+            within = (scores >= score - self.config.multi_target_margin).nonzero().flatten().tolist()
+            members += [int(i) for i in within if int(i) != best]
+        if len(members) == 1:
+            return SegmentResult(parse.raw, parse.noun_phrase, proposals.masks[best], score,
+                                 tuple(int(v) for v in proposals.boxes[best]), best, ranked, decision,
+                                 proposal_indices=members)
+        union = proposals.masks[members].any(axis=0)
+        return SegmentResult(parse.raw, parse.noun_phrase, union, score, tuple(int(v) for v in masks_boxes(union[None])[0]),
+                             best, ranked, decision, proposal_indices=members)
 
     def _phrase_scores(self, features: ImageFeatures, parsed: Sequence[ParsedExpression]) -> Tensor:
         """``[E, N]``: each noun phrase alone against the proposals, which picks the spatial

@@ -211,7 +211,7 @@ def build_demo(service: SegmentationService):
         note = RANDOM_WEIGHTS_NOTE if service.segmenter.backbone.is_random else ""
         overlays, files, gallery = [], [], []
         for number, result in enumerate(results):
-            overlays.append((overlay(pixels, result.mask, result.box, result.expression, warning=note),
+            overlays.append((overlay(pixels, result.mask, result.box, result.caption, warning=note),
                              result.expression))
             mask_path = out / f"mask-{number:02d}.png"
             mask_image(result.mask).save(mask_path)
@@ -225,6 +225,10 @@ def build_demo(service: SegmentationService):
             picture = overlay(pixels, proposals.masks[proposal.index], proposal.box, f"#{rank}", warning=note)
             gallery.append((picture, caption))
         status = f"Segmented {len(results)} expression(s) among {len(proposals)} proposals."
+        absent = [f"- *{r.expression}*: no such object (best score {r.score:.3f} is below the threshold "
+                  f"{service.segmenter.config.no_target_threshold})" for r in results if not r.found]
+        if absent:
+            status += "\n\nNo target:\n" + "\n".join(absent)
         spatial = [f"- *{r.expression}*: {r.spatial.summary()}" for r in results
                    if r.spatial is not None and (r.spatial.steps or r.spatial.ignored)]
         if spatial:

@@ -69,7 +69,7 @@ class Outputs:
             if self.masks is not None:
                 mask_image(result.mask).save(self.masks / f"{name}.png")
             if self.overlays is not None and pixels is not None:
-                overlay(pixels, result.mask, result.box, result.expression, warning=self.note).save(
+                overlay(pixels, result.mask, result.box, result.caption, warning=self.note).save(
                     self.overlays / f"{name}.png")
 
     def append(self, results: list[dict[str, Any]], errors: list[dict[str, Any]]) -> None:
@@ -97,6 +97,8 @@ def write_coco(out: Path, pairs, store) -> None:
         image_ids.setdefault(pair.image, len(image_ids) + 1)
     results, images = [], {}
     for record in store.records(ok=True):
+        if not record.get("found", True):  # "no such object": nothing to export
+            continue
         image_id = image_ids[record["image"]]
         height, width = record["image_size"]
         images[image_id] = {"id": image_id, "file_name": record["image"], "height": height, "width": width}

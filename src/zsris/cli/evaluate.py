@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import sys
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ class DataSpec:
     dataset: str
     split_by: Optional[str]
     images: Optional[str]
-    gt_mask: str
+    gt_mask: Optional[str]
     cache: Optional[str]
     no_cache: bool
     gt_proposals: bool = False
@@ -33,9 +34,9 @@ class DataSpec:
                    getattr(args, "gt_proposals", False))
 
     def open(self):
-        from ..datasets import ReferDataset
+        from ..datasets import open_dataset
 
-        return ReferDataset(self.data, self.dataset, self.split_by, self.images, self.gt_mask)
+        return open_dataset(self.data, self.dataset, self.split_by, self.images, self.gt_mask)
 
     @property
     def cache_root(self) -> Optional[str]:
@@ -66,9 +67,10 @@ def _add_data_flags(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--split", choices=SPLITS, default="val")
     data.add_argument("--split-by", default=None, help="unc, umd or google (default: the dataset's usual one)")
     data.add_argument("--images", default=None, metavar="DIR", help="COCO train2014 folder (default: found under --data)")
-    data.add_argument("--gt-mask", choices=GT_MASKS, default="refer",
+    data.add_argument("--gt-mask", choices=GT_MASKS, default=None,
                       help="where a referred object's polygons overlap: 'refer' drops the overlap as the "
-                           "authors' code reads REFER (default; reproduces the paper), 'union' keeps it")
+                           "authors' code reads REFER (default; reproduces the paper), 'union' keeps it "
+                           "(the default for grefcoco, as ReLA reads it)")
     data.add_argument("--limit", type=positive_int, default=None, metavar="N", help="only the first N images")
     data.add_argument("--cache", default=None, metavar="DIR",
                       help="proposal cache folder (default: $ZSRIS_CACHE/proposals or ~/.cache/zsris/proposals)")
@@ -93,7 +95,7 @@ def run_settings(args: argparse.Namespace, evaluator) -> dict[str, Any]:
 
     return {
         "dataset": args.dataset, "split": args.split, "split_by": evaluator.dataset.split_by,
-        "gt_proposals": args.gt_proposals, "gt_mask": args.gt_mask, **settings(evaluator.segmenter),
+        "gt_proposals": args.gt_proposals, "gt_mask": evaluator.dataset.gt_mask, **settings(evaluator.segmenter),
     }
 
 
@@ -156,7 +158,43 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if timing:
         print("\n" + table(timing, "time (this run)"))
     print(f"\nwrote {out / 'metrics.json'}, {out / 'report.md'}, {out / 'iou_histogram.png'}")
+    if getattr(args, "calibrate", False):
+        return _write_calibration(args, records, settings, out)
     return 0
+
+
+def _write_calibration(args: argparse.Namespace, records, settings, out: Path) -> int:
+    from ..calibration import calibrate
+    from ..report import table
+
+    calibration, curve = calibrate(records)
+    calibration = dataclasses.replace(calibration, dataset=args.dataset, split=args.split, settings=settings)
+    target = Path(args.calibration_out) if args.calibration_out else out / "calibration.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    calibration.write(target)
+    print("\n" + "\n".join(f"threshold {row['threshold']:>8}: gIoU {row['gIoU']:6.2f}  "
+                            f"({row['answered none']} of {len(records)} answered none)" for row in curve))
+    chosen = {"no-target threshold": calibration.no_target_threshold, "gIoU": calibration.gIoU,
+              "multi-target threshold": calibration.multi_target_threshold,
+              "multi-target margin": calibration.multi_target_margin,
+              "multi-target gIoU": calibration.multi_target_gIoU}
+    print("\n" + table(chosen, f"calibration on {args.dataset} {args.split}"))
+    print(f"\nwrote {target}: pass it to segment, batch, serve or eval with --calibration {target}")
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from ..datasets import GENERALIZED
+    from ..errors import ZsrisError
+
+    if args.dataset not in GENERALIZED:
+        raise ZsrisError(f"calibrate needs a dataset with no-target expressions ({', '.join(GENERALIZED)}), "
+                         f"not {args.dataset}")
+    if args.no_target_threshold is not None or args.multi_target or args.calibration:
+        raise ZsrisError("calibrate evaluates the split as the paper answers (one mask each): leave out "
+                         "--no-target-threshold, --multi-target and --calibration")
+    args.calibrate = True
+    return cmd_eval(args)
 
 
 def cmd_proposals_eval(args: argparse.Namespace) -> int:
@@ -204,6 +242,22 @@ def register(commands) -> None:
     evaluate.add_argument("--ray-address", default=None, help="an existing Ray cluster (default: start a local one)")
     add_model_flags(evaluate)
     evaluate.set_defaults(run=cmd_eval)
+
+    calibrate = commands.add_parser(
+        "calibrate", help="pick the no-target threshold and multi-target margin on a gRefCOCO split",
+        description="Evaluate a gRefCOCO split as the paper answers (resumable, like eval), then choose the "
+                    "no-target threshold (and, for --multi-target, the threshold and margin) that maximise gIoU, "
+                    "print the curve and write a calibration file for --calibration.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example:\n  zsris calibrate --data refer/data --dataset grefcoco --split val --out runs/grefcoco-val",
+    )
+    _add_data_flags(calibrate)
+    calibrate.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder (resumable)")
+    calibrate.add_argument("--calibration-out", default=None, metavar="FILE",
+                           help="where to write the calibration (default: RUN_DIR/calibration.json)")
+    calibrate.set_defaults(gt_proposals=False, engine="local", workers=1, ray_address=None)
+    add_model_flags(calibrate)
+    calibrate.set_defaults(run=cmd_calibrate)
 
     proposals = commands.add_parser(
         "proposals-eval", help="proposal quality alone: oracle mIoU/oIoU, recall, count, time",

@@ -10,7 +10,7 @@ import sys
 import warnings
 from typing import Optional
 
-from ..config import (DEFAULT_BACKBONE, DEFAULT_MAX_PIXELS, DEFAULT_PRETRAINED, FUSIONS, PRECISIONS, PREPROCESSING,
+from ..config import (DEFAULT_BACKBONE, DEFAULT_MULTI_TARGET_MARGIN, DEFAULT_MAX_PIXELS, DEFAULT_PRETRAINED, FUSIONS, PRECISIONS, PREPROCESSING,
                       PROPOSAL_GENERATORS, SAM_CHECKPOINT_ENV, SAM_MODEL_TYPES, SPATIAL_MODES, WEIGHTS_ENV, ProposalSpec,
                       SegmenterConfig, paper_alpha)
 
@@ -96,6 +96,18 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
                        help="'on': the target's position, order and size words (left, second from the right, "
                             "biggest ...) choose among the noun phrase's candidates; beyond the paper, so off by "
                             "default (see zsris.spatial)")
+    absent = parser.add_argument_group("absent and multiple objects (beyond the paper; off by default)")
+    absent.add_argument("--no-target-threshold", type=float, default=None, metavar="T",
+                        help="answer 'no such object' (an empty mask, found: false) when the best fused score "
+                             "is below T, a cosine similarity in [-1, 1] (default: always answer)")
+    absent.add_argument("--multi-target", action="store_true",
+                        help="answer with the union of the proposals scoring within --multi-target-margin of the "
+                             "best, for expressions such as 'all the zebras'")
+    absent.add_argument("--multi-target-margin", type=float, default=DEFAULT_MULTI_TARGET_MARGIN, metavar="M",
+                        help="(default: %(default)s)")
+    absent.add_argument("--calibration", default=None, metavar="FILE",
+                        help="a file written by `zsris calibrate`: its threshold (and margin, with --multi-target) "
+                             "replace the two flags above")
     model.add_argument("--batch-size", type=positive_int, default=64,
                        help="proposals per forward pass (default: %(default)s)")
     add_proposal_flags(parser)
@@ -112,10 +124,18 @@ def config_from_args(args: argparse.Namespace) -> SegmenterConfig:
     """The only place where flags become settings. Alpha defaults to the paper's for the
     dataset being evaluated (``--dataset``), else the paper's RefCOCO value."""
     alpha = args.alpha if args.alpha is not None else paper_alpha(getattr(args, "dataset", None))
+    threshold, margin = args.no_target_threshold, args.multi_target_margin
+    if args.calibration:
+        from ..calibration import read_calibration
+
+        calibration = read_calibration(args.calibration)
+        threshold = calibration.no_target_threshold
+        margin = calibration.multi_target_margin if calibration.multi_target_margin is not None else margin
     return SegmenterConfig(
         backbone=args.backbone, pretrained=args.pretrained, weights=args.weights, alpha=alpha, beta=args.beta,
         k=args.k, fusion=args.fusion, preprocess=args.preprocess, proposals=proposal_spec_from_args(args),
-        spacy_model=args.spacy_model, precision=args.precision, spatial=args.spatial, device=args.device, batch_size=args.batch_size, max_pixels=args.max_pixels,
+        spacy_model=args.spacy_model, precision=args.precision, spatial=args.spatial, no_target_threshold=threshold,
+        multi_target=args.multi_target, multi_target_margin=margin, device=args.device, batch_size=args.batch_size, max_pixels=args.max_pixels,
     )
 
 

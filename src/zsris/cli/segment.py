@@ -87,11 +87,15 @@ def cmd_segment(args: argparse.Namespace) -> int:
     for number, result in enumerate(results):
         base = out / f"{stem}-{number:02d}-{_slug(result.expression)}"
         mask_image(result.mask).save(f"{base}.mask.png")
-        overlay(image, result.mask, result.box, result.expression, warning=note).save(f"{base}.overlay.png")
+        overlay(image, result.mask, result.box, result.caption, warning=note).save(f"{base}.overlay.png")
         record = {**result_record(result, str(args.image)), "settings": settings(segmenter)}
         Path(f"{base}.json").write_text(json.dumps(record, indent=2))
-        print(f"{result.expression!r} -> score {result.score:.4f}, box {list(result.box)}, "
-              f"noun phrase {result.noun_phrase!r}: {base}.{{mask.png,overlay.png,json}}")
+        if not result.found:
+            print(f"{result.expression!r} -> no such object: the best score {result.score:.4f} is below the "
+                  f"no-target threshold {segmenter.config.no_target_threshold}: {base}.{{mask.png,overlay.png,json}}")
+        else:
+            print(f"{result.expression!r} -> score {result.score:.4f}, box {list(result.box)}, "
+                  f"noun phrase {result.noun_phrase!r}: {base}.{{mask.png,overlay.png,json}}")
         if result.spatial is not None:
             print(f"  spatial words: {result.spatial.summary()}")
     return 0
