@@ -260,13 +260,13 @@ def cmd_batch(args: argparse.Namespace) -> int:
 def register(commands) -> None:
     batch = commands.add_parser(
         "batch", help="segment a folder or a manifest of (image, expression) pairs, resumably",
-        description="Segment many (image, expression) pairs with one model load. INPUT is a folder (every "
-                    "image under it, recursively, against every -e expression) or a manifest: a .csv, .tsv "
-                    "or .jsonl file with the columns image (relative to the manifest, or absolute), "
-                    "expression and optionally id. Results are saved as they are made: after Ctrl-C or a "
-                    "crash, the same command goes on where it stopped. Exit status: 0 when every pair "
-                    f"succeeded, {SOME_FAILED} when some failed (see errors.jsonl), 1 when nothing could "
-                    "start, 130 when interrupted.",
+        description=(
+            "Segment many (image, expression) pairs with one model load. INPUT is a folder (every image\n"
+            "under it, recursively, against every -e expression) or a manifest: a .csv, .tsv or .jsonl file\n"
+            "with the columns image (relative to the manifest, or absolute), expression and optionally id.\n"
+            "Results are saved as they are made: after Ctrl-C or a crash, the same command goes on where it\n"
+            f"stopped. Exit status: 0 when every pair succeeded, {SOME_FAILED} when some failed (see errors.jsonl),\n"
+            "1 when nothing could start, 130 when interrupted."),
         epilog=EPILOG + '\nexamples:\n  zsris batch photos/ -e "the dog" -e "the person on the left" -o out/\n'
                         "  zsris batch pairs.csv -o out/ --format coco --save-masks",
         formatter_class=argparse.RawDescriptionHelpFormatter,
