@@ -122,7 +122,7 @@ def test_workers_end_with_their_parent(refcoco_mini, tmp_path, stop):
     assert not any(_alive(pid) for pid in workers), "worker processes outlived their parent"
     assert _rows(database) >= saved  # nothing committed is lost
     if stop == "SIGINT":
-        assert process.returncode == 130 and "Run the same command again to resume" in err
+        assert process.returncode == 130 and "Run the same command again to resume" in err, err[-3000:]
         assert "Traceback" not in err
 
 
@@ -158,3 +158,18 @@ def test_a_generator_loaded_here_serves_the_in_process_engine_only(images):
     assert 1 <= len(prepared[0].proposals) <= 3  # the loaded generator's cap, not the spec's
     with pytest.raises(ZsrisError, match="cannot serve worker processes"):
         Engine(Preparer(), 2, generator=loaded)
+
+
+def test_a_ctrl_c_lost_in_a_finaliser_still_stops_the_engine_at_the_next_image(images):
+    """Python drops a KeyboardInterrupt raised inside a __del__; the CLI's flag catches it."""
+    from zsris.errors import INTERRUPTED
+
+    seen = []
+    INTERRUPTED.set()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            for prepared in Engine(Preparer(None), 0).iterate([image_task(n, p) for n, p in enumerate(images)]):
+                seen.append(prepared.key)
+    finally:
+        INTERRUPTED.clear()
+    assert seen == []

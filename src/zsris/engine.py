@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional
 import numpy as np
 
 from .config import DEFAULT_MAX_PIXELS, ProposalSpec
-from .errors import DatasetError, ZsrisError
+from .errors import INTERRUPTED, DatasetError, ZsrisError
 from .proposals import ProposalGenerator, Proposals
 
 
@@ -258,6 +258,8 @@ class Engine:
         start = time.perf_counter()
         try:
             for prepared in self._prepared(list(tasks)):
+                if INTERRUPTED.is_set():  # a Ctrl-C whose KeyboardInterrupt a finaliser swallowed
+                    raise KeyboardInterrupt
                 began = time.perf_counter()
                 yield prepared
                 self.times.model_seconds += time.perf_counter() - began

@@ -6,13 +6,16 @@ SegmenterConfig step live in :mod:`zsris.cli.flags`. Heavy imports happen inside
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import signal
 import sys
+import threading
 import warnings
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
-from ..errors import ZsrisError, ZsrisWarning
+from ..errors import INTERRUPTED, ZsrisError, ZsrisWarning
 from . import batch, evaluate, segment, serve, weights
 from .flags import EPILOG
 
@@ -48,6 +51,26 @@ def _one_line_warnings(message, category, filename, lineno, file=None, line=None
     print(text if text.startswith("zsris:") else f"zsris: warning: {text}", file=sys.stderr)
 
 
+@contextlib.contextmanager
+def _interrupt_flag() -> Iterator[None]:
+    """Ctrl-C raises KeyboardInterrupt as usual and also sets :data:`zsris.errors.INTERRUPTED`,
+    which long loops check, for the rare Ctrl-C that lands inside a finaliser and is lost there."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame) -> None:
+        INTERRUPTED.set()
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        INTERRUPTED.clear()
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = make_parser()
     args = parser.parse_args(argv)
@@ -57,7 +80,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     warnings.filterwarnings("always", category=ZsrisWarning)  # zsris's own, wherever they are raised from
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        return args.run(args)
+        with _interrupt_flag():
+            return args.run(args)
     except ZsrisError as error:
         print(f"zsris: error: {error}", file=sys.stderr)
         return 1
