@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -65,6 +66,16 @@ def real_image_path(refcoco_mini: Path) -> Path:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+def count_rows(database: Path, table: str) -> int:
+    """Rows of ``table`` in a run's SQLite store, 0 while it does not exist or is locked (a run
+    being watched from outside)."""
+    try:
+        with sqlite3.connect(database, timeout=1) as connection:
+            return connection.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+    except sqlite3.Error:
+        return 0
 
 
 def free_port() -> int:

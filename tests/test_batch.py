@@ -9,7 +9,6 @@ import csv
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from conftest import count_rows
 from zsris import EXAMPLE_IMAGE
 from zsris.batch import ManifestError, Pair, folder_pairs, output_name, read_manifest
 from zsris.cli import main
@@ -286,11 +286,7 @@ def test_refusals_are_one_line_and_write_nothing(tmp_path, photos, capsys, case)
 
 
 def _stored(out: Path) -> int:
-    try:
-        with sqlite3.connect(out / "batch.sqlite", timeout=1) as connection:
-            return connection.execute("SELECT COUNT(*) FROM pairs").fetchone()[0]
-    except sqlite3.Error:
-        return 0
+    return count_rows(out / "batch.sqlite", "pairs")
 
 
 def test_a_killed_batch_resumes_with_nothing_lost_or_doubled(tmp_path):

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import count_rows
 from zsris import EXAMPLE_IMAGE
 from zsris.config import ProposalSpec
 from zsris.engine import Engine, Preparer, image_task
@@ -84,11 +85,7 @@ def _alive(pid: int) -> bool:
 
 
 def _rows(database: Path) -> int:
-    try:
-        with sqlite3.connect(database, timeout=1) as connection:
-            return connection.execute("SELECT COUNT(*) FROM predictions").fetchone()[0]
-    except sqlite3.Error:
-        return 0
+    return count_rows(database, "predictions")
 
 
 def _eval(refcoco_mini: Path, out: Path, *extra: str) -> list[str]:

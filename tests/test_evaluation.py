@@ -5,7 +5,6 @@ import json
 import os
 import re
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import count_rows
 from zsris.cli import main
 
 LIMIT = "6"
@@ -28,11 +28,7 @@ def _metrics(out: Path) -> dict:
 
 
 def _rows(out: Path) -> int:
-    try:
-        with sqlite3.connect(out / "predictions.sqlite", timeout=1) as connection:
-            return connection.execute("SELECT COUNT(*) FROM predictions").fetchone()[0]
-    except sqlite3.Error:
-        return 0
+    return count_rows(out / "predictions.sqlite", "predictions")
 
 
 @pytest.fixture(scope="module")

@@ -214,14 +214,19 @@ def prepared_results(segmenter: Segmenter, pairs: Sequence[Pair], prepared: Prep
     return image_results(segmenter, pairs, prepared.pixels, Path(prepared.key).name, prepared.proposals, top_k)
 
 
+def refused_results(pairs: Sequence[Pair]) -> list[PairResult]:
+    """The answers of the rows refused before any work (a missing column, a path outside)."""
+    return [PairResult(p, error=p.error) for p in pairs if p.error is not None]
+
+
 def run_pairs(segmenter: Segmenter, pairs: Sequence[Pair], engine: Engine,
               top_k: int = 5) -> Iterator[tuple[list[PairResult], Optional[np.ndarray]]]:
     """The results of ``pairs`` with the decoded image they are about (None where none was),
     image by image in the order of their first pair: first the rows refused before any work,
     then each image as the engine prepares it."""
-    refused = [p for p in pairs if p.error is not None]
+    refused = refused_results(pairs)
     if refused:
-        yield [PairResult(p, error=p.error) for p in refused], None
+        yield refused, None
     groups = group_by_image(p for p in pairs if p.error is None)
     tasks = [ImageTask(path, path, Path(path).name) for path in groups]
     for prepared in engine.iterate(tasks):

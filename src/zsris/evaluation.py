@@ -16,7 +16,6 @@ from .config import DEFAULT_MAX_PIXELS
 from .datasets import GENERALIZED, Ref, ReferDataset
 from .engine import Engine, ImageTask, Prepared, StageTimes, image_task, load_task_image
 from .errors import NoProposalsError
-from .images import load_image
 from .masks import iou_matrix
 from .metrics import intersection_union, iou, proposal_quality
 from .proposals import Proposals

@@ -245,13 +245,12 @@ class Segmenter:
         if self.config.multi_target:
             within = (scores >= score - self.config.multi_target_margin).nonzero().flatten().tolist()
             members += [int(i) for i in within if int(i) != best]
-        if len(members) == 1:
-            return SegmentResult(parse.raw, parse.noun_phrase, proposals.masks[best], score,
-                                 tuple(int(v) for v in proposals.boxes[best]), best, ranked, decision,
-                                 proposal_indices=members)
-        union = proposals.masks[members].any(axis=0)
-        return SegmentResult(parse.raw, parse.noun_phrase, union, score, tuple(int(v) for v in masks_boxes(union[None])[0]),
-                             best, ranked, decision, proposal_indices=members)
+        mask, box = proposals.masks[best], proposals.boxes[best]
+        if len(members) > 1:
+            mask = proposals.masks[members].any(axis=0)
+            box = masks_boxes(mask[None])[0]
+        return SegmentResult(parse.raw, parse.noun_phrase, mask, score, tuple(int(v) for v in box), best, ranked,
+                             decision, proposal_indices=members)
 
     def _phrase_scores(self, features: ImageFeatures, parsed: Sequence[ParsedExpression]) -> Tensor:
         """``[E, N]``: each noun phrase alone against the proposals, which picks the spatial

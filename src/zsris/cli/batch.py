@@ -9,10 +9,11 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from ..config import SegmenterConfig
-from .flags import EPILOG, add_model_flags, build_segmenter, config_from_args, non_negative_int, positive_int
+from .flags import (EPILOG, add_engine_flags, add_model_flags, build_segmenter, config_from_args, positive_int,
+                    proposal_workers)
 
 #: The exit status of a batch in which some pairs failed (their reasons are in errors.jsonl).
 SOME_FAILED = 3
@@ -160,8 +161,7 @@ def make_image_job(config: SegmenterConfig, top_k: int, keep_pixels: bool):
 def cmd_batch(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ..batch import batch_engine, group_by_image, run_pairs
-    from ..engine import default_workers
+    from ..batch import batch_engine, group_by_image, refused_results, run_pairs
     from ..evaluation import ray_session, run_ray
     from ..records import settings
     from ..report import table
@@ -201,7 +201,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
             outputs.append([row[5] for row in rows if row[4]], [row[5] for row in rows if not row[4]])
             counts["done"] += sum(a.ok for a in answers)
             counts["failed"] += sum(not a.ok for a in answers)
-            if pixels is not None or any(a.pair.error is None for a in answers):
+            if any(a.pair.error is None for a in answers):  # an image's pairs, not the refused rows
                 progress.update(1)
 
         progress = tqdm(total=len(images), initial=len(images) - len(pending_images), unit="image",
@@ -210,16 +210,13 @@ def cmd_batch(args: argparse.Namespace) -> int:
         timing = None
         try:
             if args.engine == "ray":
-                refused = [p for p in pending if p.error is not None]
+                refused = refused_results(pending)
                 if refused:
-                    from ..batch import PairResult
-
-                    commit(([PairResult(p, error=p.error) for p in refused], None))
+                    commit((refused, None))
                 run_ray(functools.partial(make_image_job, config, args.top_k, args.save_overlays),
                         list(pending_images.items()), commit, args.workers)
             else:
-                workers = default_workers() if args.proposal_workers is None else args.proposal_workers
-                engine = batch_engine(segmenter, workers)
+                engine = batch_engine(segmenter, proposal_workers(args))
                 for batch in run_pairs(segmenter, pending, engine, args.top_k):
                     commit(batch)
                 timing = engine.times.summary()
@@ -287,12 +284,6 @@ def register(commands) -> None:
     batch.add_argument("--overwrite", action="store_true",
                        help="replace the results already in OUT (made with other settings or another input)")
     batch.add_argument("--retry-failed", action="store_true", help="try the pairs that failed before again")
-    batch.add_argument("--proposal-workers", type=non_negative_int, default=None, metavar="N",
-                       help="processes that decode images and make proposals ahead of the model stage "
-                            "(default: cores minus one; 0: all in one process)")
-    batch.add_argument("--engine", choices=("local", "ray"), default="local",
-                       help="'ray' spreads images over Ray workers (needs the 'ray' extra)")
-    batch.add_argument("--workers", type=positive_int, default=2, help="Ray workers (default: %(default)s)")
-    batch.add_argument("--ray-address", default=None, help="an existing Ray cluster (default: start a local one)")
+    add_engine_flags(batch)
     add_model_flags(batch)
     batch.set_defaults(run=cmd_batch)

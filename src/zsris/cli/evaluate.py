@@ -11,8 +11,8 @@ from typing import Any, Optional
 
 from ..config import ProposalSpec, SegmenterConfig
 from ..datasets import DATASETS, GT_MASKS, SPLITS
-from .flags import (add_model_flags, add_proposal_flags, announce_random, build_segmenter, config_from_args,
-                    non_negative_int, positive_int, proposal_spec_from_args)
+from .flags import (add_engine_flags, add_model_flags, add_proposal_flags, build_segmenter,
+                    config_from_args, positive_int, proposal_spec_from_args, proposal_workers)
 
 
 @dataclass(frozen=True)
@@ -75,9 +75,6 @@ def _add_data_flags(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--cache", default=None, metavar="DIR",
                       help="proposal cache folder (default: $ZSRIS_CACHE/proposals or ~/.cache/zsris/proposals)")
     data.add_argument("--no-cache", action="store_true", help="do not read or write the proposal cache")
-    data.add_argument("--proposal-workers", type=non_negative_int, default=None, metavar="N",
-                      help="processes that decode images and make proposals ahead of the model stage "
-                           "(default: cores minus one; 0: all in one process)")
 
 
 def build_evaluator(config: SegmenterConfig, data: DataSpec, announce: bool = False):
@@ -100,10 +97,9 @@ def run_settings(args: argparse.Namespace, evaluator) -> dict[str, Any]:
 
 
 def _engine(args: argparse.Namespace, data: DataSpec, spec: Optional[ProposalSpec], max_pixels: int):
-    from ..engine import Engine, default_workers
+    from ..engine import Engine
 
-    workers = default_workers() if args.proposal_workers is None else args.proposal_workers
-    return Engine(data.preparer(spec, max_pixels), workers)
+    return Engine(data.preparer(spec, max_pixels), proposal_workers(args))
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -236,10 +232,7 @@ def register(commands) -> None:
     evaluate.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder (resumable)")
     evaluate.add_argument("--gt-proposals", action="store_true",
                           help="use the image's ground-truth instance masks as proposals (upper bound)")
-    evaluate.add_argument("--engine", choices=("local", "ray"), default="local",
-                          help="'ray' spreads images over Ray workers (needs the 'ray' extra)")
-    evaluate.add_argument("--workers", type=positive_int, default=2, help="Ray workers (default: %(default)s)")
-    evaluate.add_argument("--ray-address", default=None, help="an existing Ray cluster (default: start a local one)")
+    add_engine_flags(evaluate)
     add_model_flags(evaluate)
     evaluate.set_defaults(run=cmd_eval)
 
@@ -255,7 +248,8 @@ def register(commands) -> None:
     calibrate.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder (resumable)")
     calibrate.add_argument("--calibration-out", default=None, metavar="FILE",
                            help="where to write the calibration (default: RUN_DIR/calibration.json)")
-    calibrate.set_defaults(gt_proposals=False, engine="local", workers=1, ray_address=None)
+    calibrate.set_defaults(gt_proposals=False)
+    add_engine_flags(calibrate)
     add_model_flags(calibrate)
     calibrate.set_defaults(run=cmd_calibrate)
 
@@ -265,5 +259,6 @@ def register(commands) -> None:
     )
     _add_data_flags(proposals)
     proposals.add_argument("--out", default=None, metavar="FILE", help="also write the metrics as JSON")
+    add_engine_flags(proposals, ray=False)
     add_proposal_flags(proposals)
     proposals.set_defaults(run=cmd_proposals_eval)

@@ -115,6 +115,27 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
                         help="refuse larger images (default: %(default)s)")
 
 
+def add_engine_flags(parser: argparse.ArgumentParser, ray: bool = True) -> None:
+    """How the work is spread: proposal worker processes ahead of the model stage and, with
+    ``ray``, the choice of Ray and its workers (eval, calibrate and batch; proposals-eval has no model)."""
+    engine = parser.add_argument_group("engine")
+    engine.add_argument("--proposal-workers", type=non_negative_int, default=None, metavar="N",
+                        help="processes that decode images and make proposals ahead of the model stage "
+                             "(default: cores minus one; 0: all in one process)")
+    if ray:
+        engine.add_argument("--engine", choices=("local", "ray"), default="local",
+                            help="'ray' spreads images over Ray workers (needs the 'ray' extra)")
+        engine.add_argument("--workers", type=positive_int, default=2, help="Ray workers (default: %(default)s)")
+        engine.add_argument("--ray-address", default=None, help="an existing Ray cluster (default: start a local one)")
+
+
+def proposal_workers(args: argparse.Namespace) -> int:
+    """--proposal-workers, or its default: cores minus one."""
+    from ..engine import default_workers
+
+    return default_workers() if args.proposal_workers is None else args.proposal_workers
+
+
 def proposal_spec_from_args(args: argparse.Namespace) -> ProposalSpec:
     return ProposalSpec(name=args.proposals, max_proposals=args.max_proposals, sam_checkpoint=args.sam_checkpoint,
                         sam_model=args.sam_model, path=args.proposals_path)
