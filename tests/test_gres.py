@@ -250,10 +250,28 @@ def test_calibrate_refusals(grefcoco, tmp_path, capsys):
     ("{}", "field 'no_target_threshold' must be a number"),
     ('{"no_target_threshold": 3}', "field 'no_target_threshold' is 3, outside the range"),
     ('{"no_target_threshold": 0.2, "multi_target_margin": "x"}', "field 'multi_target_margin' must be a number"),
+    ('{"no_target_threshold": 0.2, "multi_target_margin": 0.01}', "go together"),
     ("[", "not a calibration file"),
 ])
 def test_a_bad_calibration_file_is_one_line(tmp_path, content, message):
     path = tmp_path / "c.json"
     path.write_text(content)
     with pytest.raises(ZsrisError, match=message.replace("(", r"\(")):
+        read_calibration(path)
+
+
+def test_a_calibration_file_sets_the_threshold_and_with_multi_target_the_pair(tmp_path):
+    from zsris.cli import make_parser
+    from zsris.cli.flags import config_from_args
+
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"no_target_threshold": 0.21, "multi_target_threshold": 0.23,
+                                "multi_target_margin": 0.02}))
+    base = ["segment", "x.png", "a cat", "--calibration", str(path)]
+    single = config_from_args(make_parser().parse_args(base))
+    assert single.no_target_threshold == 0.21 and not single.multi_target
+    multi = config_from_args(make_parser().parse_args(base + ["--multi-target"]))
+    assert (multi.no_target_threshold, multi.multi_target_margin, multi.multi_target) == (0.23, 0.02, True)
+    path.write_text(json.dumps({"no_target_threshold": 0.21, "multi_target_margin": 0.02}))
+    with pytest.raises(ZsrisError, match="go together"):
         read_calibration(path)

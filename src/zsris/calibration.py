@@ -27,7 +27,7 @@ class Calibration:
     """The chosen settings and the gIoU they reached on the split they were chosen on."""
 
     no_target_threshold: float
-    gIoU: float
+    gIoU: Optional[float] = None  # informative: a file written by hand need not say it
     multi_target_threshold: Optional[float] = None
     multi_target_margin: Optional[float] = None
     multi_target_gIoU: Optional[float] = None
@@ -61,6 +61,8 @@ def read_calibration(path: str | Path) -> Calibration:
             raise ZsrisError(f"{path}: field '{name}' is {value}, outside the range of scores ({low} to {high})")
         if name.endswith("margin") and not 0 <= value <= high - low:
             raise ZsrisError(f"{path}: field '{name}' is {value}, outside [0, {high - low}]")
+    if (data.get("multi_target_margin") is None) != (data.get("multi_target_threshold") is None):
+        raise ZsrisError(f"{path}: fields 'multi_target_threshold' and 'multi_target_margin' go together")
     known = {f for f in Calibration.__dataclass_fields__}
     return Calibration(**{k: v for k, v in data.items() if k in known})
 

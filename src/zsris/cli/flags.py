@@ -106,8 +106,8 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     absent.add_argument("--multi-target-margin", type=float, default=DEFAULT_MULTI_TARGET_MARGIN, metavar="M",
                         help="(default: %(default)s)")
     absent.add_argument("--calibration", default=None, metavar="FILE",
-                        help="a file written by `zsris calibrate`: its threshold (and margin, with --multi-target) "
-                             "replace the two flags above")
+                        help="a file written by `zsris calibrate`: its threshold (with --multi-target, the threshold and margin "
+                             "chosen together) replaces the flags above")
     model.add_argument("--batch-size", type=positive_int, default=64,
                        help="proposals per forward pass (default: %(default)s)")
     add_proposal_flags(parser)
@@ -151,7 +151,8 @@ def config_from_args(args: argparse.Namespace) -> SegmenterConfig:
 
         calibration = read_calibration(args.calibration)
         threshold = calibration.no_target_threshold
-        margin = calibration.multi_target_margin if calibration.multi_target_margin is not None else margin
+        if args.multi_target and calibration.multi_target_margin is not None:  # the pair chosen together
+            threshold, margin = calibration.multi_target_threshold, calibration.multi_target_margin
     return SegmenterConfig(
         backbone=args.backbone, pretrained=args.pretrained, weights=args.weights, alpha=alpha, beta=args.beta,
         k=args.k, fusion=args.fusion, preprocess=args.preprocess, proposals=proposal_spec_from_args(args),
