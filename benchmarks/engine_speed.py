@@ -1,22 +1,27 @@
 """The engine and the visual step, side by side in one run, on whatever device is here.
 
-    python benchmarks/engine_speed.py --data ../shared/data/refcoco-mini [--images 40]
+    python benchmarks/engine_speed.py --data ../shared/data/refcoco-mini [--images 64]
 
 Prints, each labelled with the device it was measured on (GPU rows only where CUDA is present):
+0. (CUDA) strict fp32 on the GPU against the CPU, and the batched crops against one crop at a
+   time on the GPU: the largest feature differences.
 1. `zsris eval`'s work on refcoco-mini images, serial (proposals and CLIP in one process)
    against the pipelined engine (proposals in worker processes ahead of CLIP): seconds per
    image per stage and end to end.
 2. The authors' per-object loop (proposals and visual features recomputed for each referred
    object, text encoded one sentence at a time) against zsris, on a RefCOCO-val-shaped
-   workload: 2.5 referred objects and about 7.2 sentences per image.
+   workload: 2.5 referred objects and about 7.5 sentences per image.
 3. The visual step for 100 proposals per backbone and precision (random weights: the real
-   FLOPs).
+   FLOPs), beside open_clip's plain encode_image over the same 100 crops (its floor).
 4. Reduced precision against fp32 on refcoco-mini sentences: the largest feature deviation and
    the share of sentences whose chosen proposal changes.
+5. (CUDA) SAM's automatic generator on the device, one image ahead of CLIP in a thread against
+   one after the other.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -27,12 +32,13 @@ import numpy as np
 import torch
 
 from common import add_data_flag, require_data
+from zsris import visual
 from zsris.backbones import load_backbone
 from zsris.config import ProposalSpec, SegmenterConfig
 from zsris.datasets import ReferDataset
 from zsris.engine import Engine, Preparer, default_workers
 from zsris.evaluation import ImageEvaluator, dataset_task, load_dataset_image, run_local
-from zsris.proposals import ClassicalProposals
+from zsris.proposals import ClassicalProposals, Proposals
 from zsris.segmenter import Segmenter
 from zsris.store import PredictionStore
 
@@ -63,50 +69,75 @@ def _timed(function, repeat: int = 1) -> tuple[object, float]:
 _BACKBONES: dict = {}
 
 
-def _segmenter(backbone: str = "ViT-B/32", precision: str = "fp32", device: torch.device = DEVICE) -> Segmenter:
+def _segmenter(backbone: str = "ViT-B/32", precision: str = "fp32", device: torch.device = DEVICE,
+               proposals=None) -> Segmenter:
     """A segmenter over a random-weight backbone, each backbone built once per device."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if (backbone, device) not in _BACKBONES:
             _BACKBONES[backbone, device] = load_backbone(backbone, weights="random", device=device)
-        return Segmenter(_BACKBONES[backbone, device], ClassicalProposals(max_proposals=100),
+        return Segmenter(_BACKBONES[backbone, device], proposals or ClassicalProposals(max_proposals=100),
                          SegmenterConfig(precision=precision))
 
 
-def cuda_equals_cpu(image: np.ndarray) -> None:
-    """fp32 on the GPU computes the same features as the CPU, up to float rounding."""
-    proposals = ClassicalProposals(max_proposals=100)(image)
+def _prepared(dataset: ReferDataset, count: int, workers: int) -> list[tuple[int, np.ndarray, Proposals]]:
+    """The first ``count`` train images with their 100 classical proposals, made by the engine."""
+    groups = dataset.refs_by_image("train", count)
+    engine = Engine(Preparer(ProposalSpec(max_proposals=100), None, exif_transpose=False), workers)
+    return [(p.key, p.pixels, p.proposals) for p in engine.iterate(dataset_task(dataset, i) for i in groups)
+            if p.error is None]
+
+
+def exactness(image: np.ndarray, proposals: Proposals) -> None:
+    """fp32 on the GPU computes the CPU's features up to float rounding; the batched crops
+    compute what one crop at a time computes."""
+    print(f"\n0. strict fp32 on {LABEL}, ViT-B/32, {len(proposals)} proposals: largest differences")
     on_gpu = _segmenter().image_features(image, proposals=proposals)
     on_cpu = _segmenter(device=torch.device("cpu")).image_features(image, proposals=proposals)
     for name in ("global_features", "local_features", "visual_features"):
         a, b = getattr(on_gpu, name).cpu(), getattr(on_cpu, name)
-        print(f"   {name}: largest |GPU - CPU| {float((a - b).abs().max()):.2e} "
-              f"(largest |value| {float(b.abs().max()):.2e})")
-
-
-def engines(dataset: ReferDataset, images: int, workers: int) -> None:
-    groups = dataset.refs_by_image("train", images)
+        print(f"   GPU against CPU, {name}: {float((a - b).abs().max()):.2e} (largest |value| {float(b.abs().max()):.2e})")
     segmenter = _segmenter()
-    evaluator = ImageEvaluator(segmenter, dataset)
-    rows = {}
-    for name, count in (("serial", 0), (f"pipelined, {workers} workers", workers)):
-        engine = Engine(Preparer(ProposalSpec(max_proposals=100), None, exif_transpose=False), count)
-        with tempfile.TemporaryDirectory() as folder, PredictionStore(Path(folder) / "p.sqlite", {}) as store:
-            times = run_local(evaluator, groups, list(groups), store, _NoBar(), engine)
-        rows[name] = times.summary()
-    print(f"\n1. eval on {len(groups)} refcoco-mini images, ViT-B/32, 100 classical proposals [{LABEL}]")
-    keys = ["seconds/image (end to end)", "seconds/image (decode + proposals, per worker)", "seconds/image (model)",
-            "busy (proposal workers)", "busy (model)"]
-    print(f"   {'':48}" + "".join(f"{name:>26}" for name in rows))
-    for key in keys:
-        print(f"   {key:48}" + "".join(f"{row[key]:>26}" for row in rows.values()))
-    serial, pipelined = (row["seconds/image (end to end)"] for row in rows.values())
-    print(f"   end to end: pipelined x{serial / pipelined:.2f} faster than serial [{LABEL}]")
+    tensor = segmenter.image_tensor(image)[0]
+    masks = torch.from_numpy(proposals.masks).to(DEVICE)
+    boxes = torch.from_numpy(proposals.boxes)
+    fill = torch.tensor(segmenter.preprocess_config.fill)
+    from zsris.resample import crop_resize
+
+    batched = crop_resize(tensor, masks, boxes, fill, 224, batched=True)
+    single = crop_resize(tensor, masks, boxes, fill, 224, batched=False)
+    with torch.inference_mode():
+        features = [visual.encode_images(segmenter.model, crops) for crops in (batched, single)]
+    print(f"   batched crops against one at a time on the GPU: crops {float((batched - single).abs().max()):.2e}, "
+          f"local features {float((features[0] - features[1]).abs().max()):.2e}")
 
 
 class _NoBar:
     def update(self, count: int) -> None:
         pass
+
+
+KEYS = ["seconds/image (end to end)", "seconds/image (once the first was ready)", "seconds until the first image",
+        "seconds/image (decode + proposals, per worker)", "seconds/image (model)",
+        "seconds/image (model stage waiting)", "busy (proposal workers)", "busy (model)"]
+
+
+def engines(dataset: ReferDataset, images: int, serial_images: int, workers: int) -> None:
+    segmenter = _segmenter()
+    evaluator = ImageEvaluator(segmenter, dataset)
+    rows = {}
+    for name, count, limit in (("serial", 0, serial_images), (f"pipelined, {workers} workers", workers, images)):
+        groups = dataset.refs_by_image("train", limit)
+        engine = Engine(Preparer(ProposalSpec(max_proposals=100), None, exif_transpose=False), count)
+        with tempfile.TemporaryDirectory() as folder, PredictionStore(Path(folder) / "p.sqlite", {}) as store:
+            times = run_local(evaluator, groups, list(groups), store, _NoBar(), engine)
+        rows[f"{name} ({len(groups)} images)"] = times.summary()
+    print(f"\n1. eval on refcoco-mini images, ViT-B/32, 100 classical proposals [{LABEL}, {os.cpu_count()} CPUs]")
+    print(f"   {'':48}" + "".join(f"{name:>34}" for name in rows))
+    for key in KEYS:
+        print(f"   {key:48}" + "".join(f"{row[key]:>34}" for row in rows.values()))
+    serial, pipelined = (row["seconds/image (end to end)"] for row in rows.values())
+    print(f"   end to end: pipelined x{serial / pipelined:.2f} faster than serial [{LABEL}]")
 
 
 def per_object_loop(dataset: ReferDataset, images: int) -> None:
@@ -146,35 +177,42 @@ def per_object_loop(dataset: ReferDataset, images: int) -> None:
     print(f"   zsris, per image          {t_ours / count:7.3f} s/image   x{t_authors / t_ours:.2f} [{LABEL}]")
 
 
-def visual_step(image: np.ndarray, backbones: list[str], precisions: list[str]) -> None:
-    proposals = ClassicalProposals(max_proposals=100)(image)
-    print(f"\n3. visual step (global + local features) for {len(proposals)} proposals, median of 5 [{LABEL}]")
-    print(f"   {'backbone':12}" + "".join(f"{p:>10}" for p in precisions))
+def visual_step(image: np.ndarray, proposals: Proposals, backbones: list[str], precisions: list[str]) -> None:
+    print(f"\n3. visual step (global + local features) for {len(proposals)} proposals, median of 5 [{LABEL}];"
+          f" in brackets open_clip's encode_image alone over the same {len(proposals)} crops")
+    print(f"   {'backbone':12}" + "".join(f"{p:>22}" for p in precisions))
     for name in backbones:
         cells = []
         for precision in precisions:
             segmenter = _segmenter(name, precision)
             _, seconds = _timed(lambda: segmenter.image_features(image, proposals=proposals), repeat=5)
-            cells.append(f"{1000 * seconds:8.1f}ms")
-            del segmenter
-        print(f"   {name:12}" + "".join(f"{c:>10}" for c in cells))
+            crops = visual.local_crops(segmenter.image_tensor(image), torch.from_numpy(proposals.masks).to(DEVICE),
+                                       torch.from_numpy(proposals.boxes), segmenter.preprocess_config.fill,
+                                       segmenter.backbone.input_size)
+
+            def plain() -> torch.Tensor:
+                from zsris.precision import compute_precision
+
+                with compute_precision(precision, DEVICE):
+                    return visual.encode_images(segmenter.model, crops, 128)
+
+            _, floor = _timed(plain, repeat=5)
+            cells.append(f"{1000 * seconds:7.1f}ms ({1000 * floor:5.1f})")
+        print(f"   {name:12}" + "".join(f"{c:>22}" for c in cells))
 
 
-def precision_effect(dataset: ReferDataset, images: int, precisions: list[str]) -> None:
-    groups = dataset.refs_by_image("train", images)
-    work = []
-    for image_id, refs in groups.items():
-        pixels = load_dataset_image(dataset, image_id)
-        work.append((pixels, ClassicalProposals(max_proposals=100)(pixels), [s.text for r in refs for s in r.sentences]))
+def precision_effect(work: list, precisions: list[str]) -> None:
     reference = _segmenter()
-    base = [(reference.image_features(p, proposals=q), reference.score(reference.image_features(p, proposals=q), e))
-            for p, q, e in work]
+    base = []
+    for _, pixels, proposals, expressions in work:
+        features = reference.image_features(pixels, proposals=proposals)
+        base.append((features, reference.score(features, expressions)))
     print(f"\n4. reduced precision against fp32: {len(work)} refcoco-mini images, "
-          f"{sum(len(e) for *_, e in work)} sentences, ViT-B/32, 100 proposals [{LABEL}]")
+          f"{sum(len(w[3]) for w in work)} sentences, ViT-B/32, 100 proposals [{LABEL}]")
     for precision in precisions[1:]:
         segmenter = _segmenter(precision=precision)
         deviation, changed, total = 0.0, 0, 0
-        for (pixels, proposals, expressions), (features, results) in zip(work, base):
+        for (_, pixels, proposals, expressions), (features, results) in zip(work, base):
             other = segmenter.image_features(pixels, proposals=proposals)
             deviation = max(deviation, float((other.visual_features - features.visual_features).abs().max()))
             for a, b in zip(results, segmenter.score(other, expressions)):
@@ -184,35 +222,86 @@ def precision_effect(dataset: ReferDataset, images: int, precisions: list[str]) 
               f"chosen proposal changes for {changed} of {total} sentences ({100 * changed / max(total, 1):.1f}%)")
 
 
+def sam_engine(dataset: ReferDataset, prepared: list, model_type: str, points: int = 32) -> None:
+    """SAM (random weights: the real FLOPs, but its masks mean nothing and few survive its
+    filters) runs on each image; CLIP then scores the image's 100 classical proposals, so the
+    model stage does the work it does with real SAM masks."""
+    from zsris.proposals import SamProposals
+
+    by_name = {dataset.images[image_id].file_name: proposals for image_id, _, proposals in prepared}
+    torch.manual_seed(0)
+    sam = SamProposals("random", model_type=model_type, device=DEVICE, points_per_side=points)
+    seconds = []
+
+    def sam_then_classical(pixels: np.ndarray, name: str = "") -> Proposals:
+        began = time.perf_counter()
+        sam(pixels, name)
+        seconds.append(time.perf_counter() - began)
+        return by_name[name]
+
+    sam_then_classical.cache_key = "benchmark"
+    ids = [image_id for image_id, _, _ in prepared]
+    every = dataset.refs_by_image("train")
+    groups = {i: every[i] for i in ids}
+    evaluator = ImageEvaluator(_segmenter(), dataset)
+    print(f"\n5. SAM {model_type} ({points} x {points} points, on the device) then CLIP on 100 proposals, "
+          f"{len(groups)} images [{LABEL}]")
+    for label, ahead in (("one after the other", 0), ("SAM one image ahead, in a thread", 1)):
+        for images in (list(groups)[:1], list(groups)):  # a warm-up image, then the run
+            seconds.clear()
+            engine = Engine(Preparer(None, None, exif_transpose=False), 0, ahead=ahead, generator=sam_then_classical)
+            times = run_local(evaluator, groups, images, _Store(), _NoBar(), engine).summary()
+        print(f"   {label:34} {times['seconds/image (end to end)']:.3f} s/image end to end "
+              f"(SAM {sum(seconds) / len(seconds):.3f} s/image, model stage waiting "
+              f"{times['seconds/image (model stage waiting)']:.3f})")
+
+
+class _Store:
+    def add(self, records: list) -> None:
+        pass
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_flag(parser)
-    parser.add_argument("--images", type=int, default=40, help="images for the engine comparison")
+    parser.add_argument("--images", type=int, default=64, help="images for the pipelined engine")
+    parser.add_argument("--serial-images", type=int, default=16, help="images for the serial engine")
     parser.add_argument("--loop-images", type=int, default=8, help="images for the per-object loop")
     parser.add_argument("--precision-images", type=int, default=20)
+    parser.add_argument("--sam-images", type=int, default=8)
+    parser.add_argument("--sam-model", default="vit_h")
     parser.add_argument("--workers", type=int, default=default_workers())
     parser.add_argument("--backbones", nargs="+", default=["ViT-B/32", "ViT-B/16", "ViT-L/14", "RN50"])
-    parser.add_argument("--only", nargs="+", type=int, default=[0, 1, 2, 3, 4], help="which parts to run")
+    parser.add_argument("--only", nargs="+", type=int, default=[0, 1, 2, 3, 4, 5], help="which parts to run")
     args = parser.parse_args()
     require_data(args.data)
     dataset = ReferDataset(args.data, "refcoco")
     precisions = ["fp32", "tf32", "bf16", "fp16"] if CUDA else ["fp32"]
-    print(f"device: {LABEL}; torch {torch.__version__}" + ("" if CUDA else "; no GPU here: CUDA rows not run"))
-    image = load_dataset_image(dataset, next(iter(dataset.refs_by_image("train", 1))))
+    print(f"device: {LABEL}; torch {torch.__version__}; {os.cpu_count()} CPUs"
+          + ("" if CUDA else "; no GPU here: CUDA rows not run"))
+    needed = max(args.precision_images if 4 in args.only else 1, args.sam_images if 5 in args.only else 1)
+    prepared = _prepared(dataset, needed, args.workers)
+    _, image, proposals = prepared[0]
     if CUDA and 0 in args.only:
-        print(f"\n0. strict fp32 on {LABEL} against the CPU, ViT-B/32, 100 proposals")
-        cuda_equals_cpu(image)
+        exactness(image, proposals)
     if 1 in args.only:
-        engines(dataset, args.images, args.workers)
+        engines(dataset, args.images, args.serial_images, args.workers)
     if 2 in args.only:
         per_object_loop(dataset, args.loop_images)
     if 3 in args.only:
-        visual_step(image, args.backbones if CUDA else args.backbones[:1], precisions)
+        visual_step(image, proposals, args.backbones if CUDA else args.backbones[:1], precisions)
     if 4 in args.only:
         if CUDA:
-            precision_effect(dataset, args.precision_images, precisions)
+            groups = dataset.refs_by_image("train", args.precision_images)
+            work = [(i, p, q, [s.text for r in groups[i] for s in r.sentences]) for i, p, q in prepared if i in groups]
+            precision_effect(work, precisions)
         else:
             print("\n4. reduced precision: no GPU here (the CPU computes in fp32 only)")
+    if 5 in args.only:
+        if CUDA:
+            sam_engine(dataset, prepared[:args.sam_images], args.sam_model)
+        else:
+            print("\n5. SAM on the device: no GPU here")
 
 
 if __name__ == "__main__":

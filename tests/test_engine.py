@@ -7,6 +7,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -42,7 +43,8 @@ def _run(engine: Engine, tasks) -> list:
     return seen, times
 
 
-def test_workers_give_what_one_process_gives_in_order(images):
+def test_workers_give_what_one_process_gives_in_order(images, tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the workers' files wait
     tasks = [image_task(number, path) for number, path in enumerate(images)]
     preparer = Preparer(ProposalSpec(max_proposals=6))
     serial, _ = _run(Engine(preparer, 0), tasks)
@@ -59,6 +61,7 @@ def test_workers_give_what_one_process_gives_in_order(images):
     summary = times.summary()
     assert summary["images"] == 4 and summary["images failed"] == 1 and summary["proposal workers"] == 2
     assert 0 <= summary["busy (proposal workers)"] <= 1 and summary["seconds/image (end to end)"] > 0
+    assert list(tmp_path.glob("zsris-engine-*")) == []  # every file read and the spool removed
 
 
 def test_a_size_that_disagrees_with_the_annotations_fails_that_image(images):
@@ -97,9 +100,10 @@ def _eval(refcoco_mini: Path, out: Path, *extra: str) -> list[str]:
 @pytest.mark.parametrize("stop", ["SIGKILL", "SIGINT"])
 def test_workers_end_with_their_parent(refcoco_mini, tmp_path, stop):
     """SIGKILL (the OOM killer) leaves no orphan; Ctrl-C (SIGINT to the whole group) stops cleanly."""
-    out = tmp_path / "run"
+    out, spools = tmp_path / "run", tmp_path / "tmp"
+    spools.mkdir()
     process = subprocess.Popen(_eval(refcoco_mini, out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               text=True, start_new_session=True)
+                               text=True, start_new_session=True, env={**os.environ, "TMPDIR": str(spools)})
     deadline = time.time() + 240
     workers: set[int] = set()
     database = out / "predictions.sqlite"
@@ -117,6 +121,7 @@ def test_workers_end_with_their_parent(refcoco_mini, tmp_path, stop):
     while any(_alive(pid) for pid in workers) and time.time() < gone:
         time.sleep(0.1)
     assert not any(_alive(pid) for pid in workers), "worker processes outlived their parent"
+    assert list(spools.glob("zsris-engine-*")) == [], "the workers' files outlived the run"
     assert _rows(database) >= saved  # nothing committed is lost
     if stop == "SIGINT":
         assert process.returncode == 130 and "Run the same command again to resume" in err, err[-3000:]
@@ -155,6 +160,32 @@ def test_a_generator_loaded_here_serves_the_in_process_engine_only(images):
     assert 1 <= len(prepared[0].proposals) <= 3  # the loaded generator's cap, not the spec's
     with pytest.raises(ZsrisError, match="cannot serve worker processes"):
         Engine(Preparer(), 2, generator=loaded)
+
+
+def test_a_generator_loaded_here_prepares_ahead_in_a_thread_in_order(images):
+    """SAM on the device: the next images' proposals are made while the caller works on this one."""
+    import threading
+
+    from zsris.proposals import ClassicalProposals
+
+    loaded, threads = ClassicalProposals(max_proposals=4), []
+
+    def generator(pixels, name=None):
+        threads.append(threading.current_thread().name)
+        return loaded(pixels, name)
+
+    generator.cache_key = loaded.cache_key
+    tasks = [image_task(number, path) for number, path in enumerate(images)]
+    inline, _ = _run(Engine(Preparer(), 0, ahead=0, generator=generator), tasks)
+    assert set(threads) == {threading.current_thread().name}
+    threads.clear()
+    ahead, times = _run(Engine(Preparer(), 0, ahead=2, generator=generator), tasks)
+    assert threads and all(name.startswith("zsris-prepare") for name in threads)
+    assert [p.key for p in ahead] == [0, 1, 2, 3] and "broken.png" in ahead[2].error
+    for a, b in zip(inline, ahead):
+        if a.error is None:
+            np.testing.assert_array_equal(a.proposals.masks, b.proposals.masks)
+    assert times.images == 4 and len(times.failed) == 1
 
 
 def test_a_ctrl_c_lost_in_a_finaliser_still_stops_the_engine_at_the_next_image(images):

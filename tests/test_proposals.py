@@ -15,7 +15,7 @@ from zsris.masks import decode_rle, encode_rle, iou_matrix, mask_nms, nms_by_iou
 from zsris.config import ProposalSpec
 from zsris.engine import Engine, Preparer
 from zsris.proposals import ClassicalProposals, FileProposals, Proposals, SamProposals, create_proposals
-from zsris.proposals.classical import _boundary_band, _snap_to_superpixels
+from zsris.proposals.classical import _adjacent_pairs, _boundary_band, _self_iou, _snap_to_superpixels
 
 IMAGES = ["COCO_train2014_000000000312.jpg", "COCO_train2014_000000009057.jpg", "COCO_train2014_000000020619.jpg"]
 
@@ -127,6 +127,23 @@ def test_nms_by_iou_stops_at_the_limit():
     everything = mask_nms(masks, scores, 0.5)
     assert len(everything) > 3
     np.testing.assert_array_equal(nms_by_iou(iou_matrix(masks, masks), scores, 0.5, limit=3), everything[:3])
+
+
+def test_adjacent_pairs_are_the_sorted_unique_rows(rng):
+    labels = rng.integers(0, 40, size=(30, 50))
+    pairs = np.concatenate([np.stack([labels[:, :-1].ravel(), labels[:, 1:].ravel()], 1),
+                            np.stack([labels[:-1].ravel(), labels[1:].ravel()], 1)])
+    pairs = np.unique(np.sort(pairs[pairs[:, 0] != pairs[:, 1]], axis=1), axis=0)
+    ours = _adjacent_pairs(labels)
+    np.testing.assert_array_equal(ours, pairs)
+    assert ours.dtype == labels.dtype
+
+
+def test_iou_of_repeated_candidates_equals_the_full_product(rng):
+    distinct = rng.random((12, 70)) > 0.5
+    candidates = distinct[rng.integers(0, 12, size=40)]  # every mask several times, in any order
+    candidates[5] = False  # an empty one too
+    np.testing.assert_array_equal(_self_iou(candidates), iou_matrix(candidates, candidates))
 
 
 def test_unknown_grouping_strategy_is_refused():

@@ -8,12 +8,13 @@ of these works the error says exactly which flag and variable to set.
 """
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import pickle
 import socket
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -70,6 +71,16 @@ class ClipBackbone:
     name: str
     weights: str
     input_size: int
+    casts: dict[torch.dtype, nn.Module] = field(default_factory=dict, repr=False, compare=False)
+
+    def model_in(self, dtype: Optional[torch.dtype]) -> nn.Module:
+        """The model with its weights in ``dtype`` (None: the fp32 model itself); a cast copy is
+        made once and shared by every segmenter of this backbone."""
+        if dtype is None or dtype == torch.float32:
+            return self.model
+        if dtype not in self.casts:
+            self.casts[dtype] = copy.deepcopy(self.model).to(dtype)
+        return self.casts[dtype]
 
     @property
     def is_vit(self) -> bool:

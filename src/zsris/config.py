@@ -82,7 +82,7 @@ class SegmenterConfig:
     (``$ZSRIS_CLIP_WEIGHTS``, then the ``pretrained`` tag). ``spacy_model`` pins the English
     spaCy pipeline that finds the target noun phrase (None: ``$ZSRIS_SPACY_MODEL``, else the
     most accurate installed; records name the one used). ``precision`` (CUDA only) trades
-    fidelity for speed: ``fp32`` (strict, default), ``tf32``, ``bf16`` or ``fp16`` autocast.
+    fidelity for speed: ``fp32`` (strict, default), ``tf32``, or ``bf16`` / ``fp16`` weights.
     ``spatial="on"`` lets the target's position, order and size words ("the left lion", "the
     second disc from the right", "the biggest box") choose among the noun phrase's candidates
     (:mod:`zsris.spatial`; beyond the paper, so off by default). ``no_target_threshold``: a

@@ -23,7 +23,7 @@ from .errors import NoProposalsError, ZsrisError, ZsrisWarning
 from .fusion import fuse_text, fuse_visual
 from .images import ImageInput, load_image
 from .masks import masks_boxes
-from .precision import check_precision, compute_precision
+from .precision import check_precision, compute_precision, weight_dtype
 from .proposals import ProposalGenerator, Proposals, create_proposals
 from .spatial import SpatialDecision, rectify
 from .text import ExpressionParser, ParsedExpression, TextEncoder, check_expression
@@ -106,10 +106,11 @@ class Segmenter:
             raise ZsrisError(f"k must be between 0 and {visual.vit_num_blocks(backbone.model)}, not {k}")
         check_precision(self.config.precision, backbone.device)
         self.backbone = backbone
+        self.model = backbone.model_in(weight_dtype(self.config.precision))  # what computes
         self.proposals = proposals
         self.preprocess_config = preprocess_preset(self.config.preprocess, backbone.model)
         self.parser = parser or ExpressionParser(model=self.config.spacy_model)
-        self.text_encoder = TextEncoder(backbone.model, backbone.tokenizer, backbone.context_length)
+        self.text_encoder = TextEncoder(self.model, backbone.tokenizer, backbone.context_length)
         if backbone.is_random:
             warnings.warn(RANDOM_WEIGHTS_WARNING, stacklevel=2)
 
@@ -135,7 +136,7 @@ class Segmenter:
                         batch_size: Optional[int] = None) -> Tensor:
         """Global-context features ``[N, D]`` (raw) of ``masks`` on a preprocessed CLIP input."""
         masks = torch.as_tensor(masks, device=self.device)
-        return visual.global_features(self.backbone.model, clip_input.to(self.device), masks, self.config.k,
+        return visual.global_features(self.model, clip_input.to(self.device), masks, self.config.k,
                                       batch_size=batch_size or self.config.batch_size)
 
     def local_features(self, image_tensor: Tensor, masks: Tensor | np.ndarray,
@@ -143,7 +144,7 @@ class Segmenter:
         """Local-context features ``[N, D]`` (raw) of ``masks`` on a preprocessed full-size image."""
         masks = torch.as_tensor(masks)
         boxes = None if boxes is None else torch.as_tensor(boxes)
-        return visual.local_features(self.backbone.model, image_tensor.to(self.device), masks,
+        return visual.local_features(self.model, image_tensor.to(self.device), masks,
                                      self.preprocess_config.fill, self.backbone.input_size, boxes,
                                      batch_size=batch_size or self.config.batch_size)
 

@@ -11,17 +11,19 @@ multiplied by the mask, with CLIP's own attention pool.
 
 Local (step 3): every pixel outside the mask gets a constant fill, the mask's box is cropped and
 resized to the CLIP input size, and the crops go through the plain image encoder in batches.
+Mask resizes, and on CUDA the crops, are batched matrix products (:mod:`zsris.resample`): no
+per-proposal loop or kernel launches.
 """
 from __future__ import annotations
 
 from typing import Optional, Sequence
 
 import torch
-import torchvision.transforms.functional as TF
 from torch import Tensor, nn
 
 from .errors import ZsrisError
 from .masks import masks_boxes
+from .resample import crop_resize, resize_masks
 
 
 def _as_batch(image: Tensor) -> Tensor:
@@ -30,12 +32,6 @@ def _as_batch(image: Tensor) -> Tensor:
     if image.dim() != 4 or image.shape[0] != 1 or image.shape[1] != 3:
         raise ValueError(f"expected one image of shape [1, 3, H, W], got {tuple(image.shape)}")
     return image
-
-
-def resize_masks(masks: Tensor, size: Sequence[int]) -> Tensor:
-    """Soft masks on a coarse grid: bilinear with antialiasing, torchvision's default resize,
-    which is what the reference code calls."""
-    return TF.resize(masks.float(), list(size))
 
 
 def is_vit(model: nn.Module) -> bool:
@@ -69,13 +65,19 @@ def check_supported(model: nn.Module) -> None:
                          f"image towers, not {name}")
 
 
+def weight_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype the image tower computes in (bf16/fp16 for a reduced-precision copy); inputs
+    are cast to it, results come back in it."""
+    return model.visual.conv1.weight.dtype
+
+
 def vit_num_blocks(model: nn.Module) -> int:
     return len(model.visual.transformer.resblocks)
 
 
 def _vit_embed(visual: nn.Module, image: Tensor) -> Tensor:
     """Patch embedding, class token, positions and ln_pre: tokens ``[B, 1 + g*g, D]``."""
-    x = visual.conv1(image)
+    x = visual.conv1(image.to(visual.conv1.weight.dtype))
     x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
     cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
     x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
@@ -97,7 +99,7 @@ def _vit_head(visual: nn.Module, cls_token: Tensor) -> Tensor:
 
 
 def _resnet_trunk(visual: nn.Module, image: Tensor) -> Tensor:
-    x = visual.stem(image)
+    x = visual.stem(image.to(visual.conv1.weight.dtype))
     for layer in (visual.layer1, visual.layer2, visual.layer3, visual.layer4):
         x = layer(x)
     return x
@@ -126,7 +128,7 @@ def global_features(
         fmap = _resnet_trunk(visual, image)
         if normalize_map:
             fmap = fmap / fmap.norm(dim=1, keepdim=True)
-        pooled = [visual.attnpool(fmap * resize_masks(chunk, fmap.shape[-2:])[:, None])
+        pooled = [visual.attnpool(fmap * resize_masks(chunk, fmap.shape[-2:]).to(fmap.dtype)[:, None])
                   for chunk in masks.split(batch_size)]
         return torch.cat(pooled) if pooled else fmap.new_zeros(0, visual.attnpool.c_proj.out_features)
     blocks = list(visual.transformer.resblocks)
@@ -137,8 +139,8 @@ def global_features(
     if k == 0:
         return _vit_head(visual, trunk[:, 0]).expand(len(masks), -1).clone()
     outputs = []
-    for chunk in masks.split(batch_size):  # full-resolution masks become floats a batch at a time
-        w = resize_masks(chunk, visual.grid_size).flatten(1)[:, :, None]
+    for chunk in masks.split(batch_size):
+        w = resize_masks(chunk, visual.grid_size).flatten(1)[:, :, None].to(trunk.dtype)
         x = trunk.expand(len(w), -1, -1)
         for block in tail:
             x = torch.cat([x[:, :1], x[:, 1:] * w], dim=1)
@@ -157,21 +159,15 @@ def local_crops(
     """``[N, 3, size, size]``: each mask's box cropped from ``image`` with the outside filled.
 
     Filling after cropping equals filling the whole image and cropping it (the reference's
-    order), at a fraction of the cost.
+    order), at a fraction of the cost. On CUDA the crops resize together
+    (:func:`zsris.resample.crop_resize`).
     """
     image = _as_batch(image)[0]
     if boxes is None:
         boxes = torch.as_tensor(masks_boxes(masks.bool().cpu().numpy()))
-    fill_value = torch.as_tensor(fill, dtype=image.dtype, device=image.device)[:, None, None]
-    crops = []
-    for mask, box in zip(masks, boxes.tolist()):
-        x1, y1, x2, y2 = (int(v) for v in box)
-        if x2 <= x1 or y2 <= y1:
-            raise ValueError(f"empty box {box} for a local crop")
-        window = mask[y1:y2, x1:x2].to(device=image.device, dtype=image.dtype)
-        patch = image[:, y1:y2, x1:x2] * window + (1 - window) * fill_value
-        crops.append(TF.resize(patch, [size, size]))
-    return torch.stack(crops) if crops else image.new_zeros(0, 3, size, size)
+    fill_value = torch.as_tensor(fill, dtype=image.dtype, device=image.device)
+    return crop_resize(image, masks.to(image.device), torch.as_tensor(boxes), fill_value, size,
+                       batch_size=max(1, len(masks)))
 
 
 @torch.inference_mode()
@@ -179,7 +175,8 @@ def encode_images(model: nn.Module, images: Tensor, batch_size: int = 64) -> Ten
     """CLIP's plain image features ``[B, D]`` (projected, not normalised), in batches."""
     if len(images) == 0:
         return images.new_zeros(0, model.visual.output_dim)
-    return torch.cat([model.encode_image(chunk) for chunk in images.split(batch_size)])
+    dtype = weight_dtype(model)
+    return torch.cat([model.encode_image(chunk.to(dtype)) for chunk in images.split(batch_size)])
 
 
 @torch.inference_mode()
@@ -197,9 +194,13 @@ def local_features(
     ``image`` is the normalised image at its full resolution; ``boxes`` default to the masks'
     tight boxes.
     """
-    outputs = []
-    for start in range(0, len(masks), batch_size):
-        chunk = slice(start, start + batch_size)
-        crops = local_crops(image, masks[chunk], None if boxes is None else boxes[chunk], fill, size)
-        outputs.append(encode_images(model, crops, batch_size))
-    return torch.cat(outputs) if outputs else image.new_zeros(0, model.visual.output_dim)
+    if boxes is None:
+        boxes = torch.as_tensor(masks_boxes(masks.bool().cpu().numpy()))
+    boxes = torch.as_tensor(boxes).cpu()
+    out = image.new_empty(len(masks), model.visual.output_dim)
+    # Crops of similar size share a pass: the padded windows stay small.
+    order = torch.argsort((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), descending=True)
+    for chunk in order.split(batch_size):
+        crops = local_crops(image, masks[chunk.to(masks.device)], boxes[chunk], fill, size)
+        out[chunk.to(out.device)] = encode_images(model, crops, batch_size).to(out.dtype)
+    return out

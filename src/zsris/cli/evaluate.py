@@ -96,10 +96,16 @@ def run_settings(args: argparse.Namespace, evaluator) -> dict[str, Any]:
     }
 
 
-def _engine(args: argparse.Namespace, data: DataSpec, spec: Optional[ProposalSpec], max_pixels: int):
+def _engine(args: argparse.Namespace, data: DataSpec, config: SegmenterConfig, evaluator):
+    """Proposals in worker processes; from the ground truth, made by the model stage; from SAM,
+    made on the device by the model loaded here, in a thread one image ahead of CLIP."""
     from ..engine import Engine
 
-    return Engine(data.preparer(spec, max_pixels), proposal_workers(args))
+    if data.gt_proposals:
+        return Engine(data.preparer(None, config.max_pixels), proposal_workers(args))
+    if config.proposals.name == "sam":
+        return Engine(data.preparer(config.proposals, config.max_pixels), 0, generator=evaluator.segmenter.proposals)
+    return Engine(data.preparer(config.proposals, config.max_pixels), proposal_workers(args))
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -135,10 +141,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 run_ray(functools.partial(build_evaluator, config, data),
                         [(image_id, groups[image_id]) for image_id in pending], commit, args.workers)
             else:
-                # proposals from the ground truth, or from SAM (made on the device by the model stage),
-                # are not the workers' to make
-                in_workers = not data.gt_proposals and config.proposals.name != "sam"
-                engine = _engine(args, data, config.proposals if in_workers else None, config.max_pixels)
+                engine = _engine(args, data, config, evaluator)
                 timing = run_local(evaluator, groups, pending, store, progress, engine).summary()
         except KeyboardInterrupt:
             progress.close()

@@ -91,7 +91,7 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
                        help="English spaCy pipeline for the target noun phrase (default: $ZSRIS_SPACY_MODEL, else "
                             "the most accurate installed of en_core_web_trf, _lg (the paper's), _md, _sm)")
     model.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                       help="CUDA only: strict fp32 (default, for fidelity), tf32, or bf16/fp16 autocast (faster)")
+                       help="CUDA only: strict fp32 (default, for fidelity), tf32, or bf16/fp16 weights (faster)")
     model.add_argument("--spatial", choices=SPATIAL_MODES, default="off",
                        help="'on': the target's position, order and size words (left, second from the right, "
                             "biggest ...) choose among the noun phrase's candidates; beyond the paper, so off by "

@@ -1,0 +1,125 @@
+"""Antialiased bilinear resizing written as matrices, so that many crops resize in one pass.
+
+torchvision's tensor ``resize`` (the reference code's) is torch's antialiased bilinear
+interpolation: along each axis, output pixel ``i`` is a normalised triangle-filter average of
+the inputs around ``centre = scale * (i + 0.5)``, the triangle widened by ``scale`` when
+shrinking. That is a linear map per axis, ``out = Wy @ x @ Wx.T``. Building ``Wy`` and ``Wx``
+for every crop at once (each padded to the widest crop of its batch with zero weights) turns a
+hundred crop-and-resize calls, each a handful of small kernels and a Python iteration, into a
+few batched matrix products, with the same numbers up to float rounding. That is what a GPU
+wants; a CPU, where a kernel call costs nothing and the dense matrices waste work (100 crops of a
+640 x 480 image: 1.1 s against 0.07 s), resizes one crop at a time with torch's own kernel.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torchvision.transforms.functional as TF
+from torch import Tensor
+
+#: Pixels (crops x window height x width) one batched crop pass may gather: about 200 MB per
+#: float copy, whatever the image size or the batch size, and at least one crop.
+PIXEL_BUDGET = 1 << 24
+
+
+def aa_weights(lengths: Tensor, out_size: int, span: int) -> Tensor:
+    """``[n, out_size, span]`` weights that resize inputs of ``lengths`` (each at most ``span``)
+    to ``out_size``, as torch's antialiased bilinear kernel computes them (float32 arithmetic,
+    truncation of the window ends, weights normalised to sum to one)."""
+    lengths = lengths.to(torch.float32)
+    scale = (lengths / out_size)[:, None, None]
+    shrinking = scale >= 1.0
+    support = torch.where(shrinking, scale, torch.ones_like(scale))
+    invscale = torch.where(shrinking, 1.0 / scale, torch.ones_like(scale))
+    centre = scale * (torch.arange(out_size, device=lengths.device, dtype=torch.float32)[None, :, None] + 0.5)
+    first = (centre - support + 0.5).trunc().clamp(min=0)
+    stop = torch.minimum((centre + support + 0.5).trunc(), lengths[:, None, None])
+    position = torch.arange(span, device=lengths.device, dtype=torch.float32)[None, None, :]
+    weights = (1.0 - ((position - centre + 0.5) * invscale).abs()).clamp(min=0)
+    weights = weights * ((position >= first) & (position < stop))
+    total = weights.sum(-1, keepdim=True)
+    return torch.where(total != 0, weights / torch.where(total != 0, total, torch.ones_like(total)), weights)
+
+
+def resize_masks(masks: Tensor, size: Sequence[int], pixel_budget: int = PIXEL_BUDGET) -> Tensor:
+    """``[N, h, w]`` soft masks: each of the ``[N, H, W]`` masks (bool or float) resized to
+    ``size`` as ``torchvision.transforms.functional.resize`` would, converting only as many
+    masks to float at once as ``pixel_budget`` allows (a 40 MP image: one at a time)."""
+    count, height, width = masks.shape
+    out_h, out_w = (int(v) for v in size)
+    device = masks.device
+    rows = aa_weights(torch.tensor([height], device=device), out_h, height)[0]
+    cols = aa_weights(torch.tensor([width], device=device), out_w, width)[0]
+    step = max(1, pixel_budget // max(height * width, 1))
+    out = [rows @ (chunk.float() @ cols.T) for chunk in masks.split(step)]
+    return torch.cat(out) if out else torch.zeros(0, out_h, out_w, device=device)
+
+
+def _chunks(areas: list[int], limit: int, pixel_budget: int, spans: Tensor) -> list[list[int]]:
+    """Indices grouped largest window first, each group within ``limit`` crops and the budget
+    counted on the group's padded window (its tallest height times its widest width)."""
+    order = sorted(range(len(areas)), key=lambda i: -areas[i])
+    groups: list[list[int]] = []
+    tallest = widest = 0
+    for index in order:
+        height, width = int(spans[index, 0]), int(spans[index, 1])
+        if groups and len(groups[-1]) < limit:
+            grown_h, grown_w = max(tallest, height), max(widest, width)
+            if (len(groups[-1]) + 1) * grown_h * grown_w <= pixel_budget:
+                groups[-1].append(index)
+                tallest, widest = grown_h, grown_w
+                continue
+        groups.append([index])
+        tallest, widest = height, width
+    return groups
+
+
+def crop_resize(image: Tensor, masks: Tensor, boxes: Tensor, fill: Tensor, size: int,
+                batch_size: int = 64, pixel_budget: int = PIXEL_BUDGET, batched: Optional[bool] = None) -> Tensor:
+    """``[N, 3, size, size]``: each mask's box cut from ``image`` (``[3, H, W]``), the pixels
+    outside the mask set to ``fill`` (``[3]``), resized to ``size`` (antialiased bilinear).
+
+    ``batched`` (default: on CUDA) does the crops in groups of similar size (at most
+    ``batch_size`` and ``pixel_budget`` padded pixels each), every group one gather and two
+    batched matrix products; otherwise one crop at a time.
+    """
+    count = len(masks)
+    if count == 0:
+        return image.new_empty(0, 3, size, size)
+    host_boxes = boxes.cpu().to(torch.int64)
+    spans = torch.stack([host_boxes[:, 3] - host_boxes[:, 1], host_boxes[:, 2] - host_boxes[:, 0]], dim=1)
+    if bool((spans <= 0).any()):
+        bad = int((spans <= 0).any(1).nonzero()[0, 0])
+        raise ValueError(f"empty box {host_boxes[bad].tolist()} for a local crop")
+    fill = fill.to(device=image.device, dtype=image.dtype)[:, None, None]
+    if not (image.is_cuda if batched is None else batched):
+        return torch.stack([_crop_one(image, mask, box, fill, size) for mask, box in zip(masks, host_boxes.tolist())])
+    return _crop_batched(image, masks, host_boxes, spans, fill, size, batch_size, pixel_budget)
+
+
+def _crop_one(image: Tensor, mask: Tensor, box: list[int], fill: Tensor, size: int) -> Tensor:
+    x1, y1, x2, y2 = box
+    window = mask[y1:y2, x1:x2].to(device=image.device, dtype=image.dtype)
+    return TF.resize(image[:, y1:y2, x1:x2] * window + (1 - window) * fill, [size, size])
+
+
+def _crop_batched(image: Tensor, masks: Tensor, host_boxes: Tensor, spans: Tensor, fill: Tensor, size: int,
+                  batch_size: int, pixel_budget: int) -> Tensor:
+    height, width = image.shape[-2:]
+    device = image.device
+    out = image.new_empty(len(masks), 3, size, size)
+    masks = masks.to(device)
+    boxes, device_spans = host_boxes.to(device), spans.to(device)
+    for group in _chunks((spans[:, 0] * spans[:, 1]).tolist(), batch_size, pixel_budget, spans):
+        index = torch.tensor(group, device=device)
+        tall, wide = (int(v) for v in spans[group].max(0).values)
+        rows = (boxes[index, 1, None] + torch.arange(tall, device=device)).clamp(max=height - 1)
+        cols = (boxes[index, 0, None] + torch.arange(wide, device=device)).clamp(max=width - 1)
+        window = masks[index[:, None, None], rows[:, :, None], cols[:, None, :]].to(image.dtype)[:, None]
+        pixels = image[:, rows[:, :, None], cols[:, None, :]].transpose(0, 1)
+        patch = pixels * window + (1 - window) * fill[None]
+        across = aa_weights(device_spans[index, 1], size, wide)
+        down = aa_weights(device_spans[index, 0], size, tall)
+        out[index] = down[:, None] @ (patch @ across.transpose(1, 2)[:, None])
+    return out
