@@ -177,6 +177,53 @@ def per_object_loop(dataset: ReferDataset, images: int) -> None:
     print(f"   zsris, per image          {t_ours / count:7.3f} s/image   x{t_authors / t_ours:.2f} [{LABEL}]")
 
 
+def breakdown(image: np.ndarray, proposals: Proposals, precision: str = "fp32") -> None:
+    """Where the visual step's time goes, each part timed alone between device synchronisations."""
+    from zsris.precision import compute_precision
+    from zsris.resample import crop_resize
+
+    segmenter = _segmenter(precision=precision)
+    parts: dict[str, list[float]] = {}
+    for repeat in range(6):
+        clock = {}
+
+        def lap(name: str, began: list[float] = [0.0]) -> None:
+            _sync()
+            now = time.perf_counter()
+            if name:
+                clock[name] = now - began[0]
+            began[0] = now
+
+        lap("")
+        pixels = segmenter._load(image, None)[0]
+        tensor = segmenter.image_tensor(pixels)
+        lap("image to the device, normalised")
+        masks = torch.from_numpy(proposals.masks).to(DEVICE)
+        lap(f"{len(proposals)} masks to the device (bool)")
+        with compute_precision(precision, DEVICE), torch.inference_mode():
+            clip_input = segmenter.clip_input(tensor)
+            lap("whole image resized to the CLIP input")
+            g = segmenter.global_features(clip_input, masks)
+            lap("global features (trunk once, last k blocks per mask)")
+            crops = crop_resize(tensor[0], masks, torch.from_numpy(proposals.boxes),
+                                torch.tensor(segmenter.preprocess_config.fill), segmenter.backbone.input_size,
+                                batch_size=len(masks))
+            lap("local crops, filled and resized")
+            loc = visual.encode_images(segmenter.model, crops, segmenter.config.batch_size)
+            lap("local features (encode_image over the crops)")
+            segmenter.fuse_visual(g.float(), loc.float())
+            lap("fusion")
+        if repeat:
+            for name, seconds in clock.items():
+                parts.setdefault(name, []).append(seconds)
+    _, whole = _timed(lambda: segmenter.image_features(image, proposals=proposals), repeat=5)
+    print(f"\n3b. where the visual step's time goes, ViT-B/32 {precision}, median of 5 [{LABEL}]")
+    for name, seconds in parts.items():
+        print(f"   {name:55} {1000 * statistics.median(seconds):7.2f} ms")
+    print(f"   {'sum of the parts':55} {1000 * sum(statistics.median(s) for s in parts.values()):7.2f} ms;"
+          f" image_features as a whole {1000 * whole:7.2f} ms")
+
+
 def visual_step(image: np.ndarray, proposals: Proposals, backbones: list[str], precisions: list[str]) -> None:
     print(f"\n3. visual step (global + local features) for {len(proposals)} proposals, median of 5 [{LABEL}];"
           f" in brackets open_clip's encode_image alone over the same {len(proposals)} crops")
@@ -290,6 +337,8 @@ def main() -> None:
         per_object_loop(dataset, args.loop_images)
     if 3 in args.only:
         visual_step(image, proposals, args.backbones if CUDA else args.backbones[:1], precisions)
+        for precision in precisions[::2]:
+            breakdown(image, proposals, precision)
     if 4 in args.only:
         if CUDA:
             groups = dataset.refs_by_image("train", args.precision_images)
