@@ -86,6 +86,19 @@ def test_empty_expression_is_refused(parser, bad):
         parser(bad)
 
 
+def test_parsing_together_equals_one_at_a_time(refcoco_mini):
+    """spaCy's batched pipe gives each expression the parse a call of its own gives."""
+    from zsris.datasets import ReferDataset
+
+    expressions = [s.text for ref in ReferDataset(refcoco_mini, "refcoco").refs[:60] for s in ref.sentences]
+    expressions += expressions[:5]  # repeats are parsed once
+    together = ExpressionParser().parse_many(expressions)
+    alone = ExpressionParser()
+    assert together == [alone(e) for e in expressions]
+    with pytest.raises(ExpressionError):
+        ExpressionParser().parse_many(["the dog", "  "])
+
+
 def test_non_text_expression_is_refused(parser):
     with pytest.raises(ExpressionError, match="must be text"):
         parser(42)  # type: ignore[arg-type]

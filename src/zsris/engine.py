@@ -196,7 +196,8 @@ def _prepare_in_worker(task: ImageTask, spool: str) -> str:
     proposals = prepared.proposals
     packed = None
     if proposals is not None:
-        packed = (np.packbits(proposals.masks, axis=-1), proposals.image_size[1], proposals.scores, proposals.boxes)
+        packed = (np.packbits(proposals.masks, axis=-1), proposals.image_size[1], proposals.scores, proposals.boxes,
+                  proposals.areas)
         prepared.proposals = None
     handle, path = tempfile.mkstemp(dir=spool, suffix=".pickle")
     with os.fdopen(handle, "wb") as file:
@@ -210,8 +211,8 @@ def _receive(path: str) -> Prepared:
         prepared, packed = pickle.loads(file.read())
     os.unlink(path)
     if packed is not None:
-        bits, width, scores, boxes = packed
-        prepared.proposals = Proposals(np.unpackbits(bits, axis=-1, count=width).astype(bool), scores, boxes)
+        bits, width, scores, boxes, areas = packed
+        prepared.proposals = Proposals(np.unpackbits(bits, axis=-1, count=width).view(bool), scores, boxes, areas)
     return prepared
 
 

@@ -106,7 +106,7 @@ class ImageEvaluator:
         if proposals is None:
             proposals = self.proposals(image_id, pixels, instances)
         categories = [int(self.dataset.annotations[a]["category_id"]) for a in instance_ids]
-        overlap = iou_matrix(proposals.masks, instances)
+        overlap = iou_matrix(proposals.masks, instances, proposals.areas)
         proposal_category: list[Optional[int]] = []
         if len(proposals):
             proposal_category = [categories[j] if overlap[i, j] > 0 else None

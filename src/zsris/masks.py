@@ -67,8 +67,9 @@ def decode_rle(rle: dict[str, Any], expected_size: Optional[tuple[int, int]] = N
 FEW_MASKS = 32
 
 
-def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pairwise IoU ``[len(a), len(b)]`` of two stacks of boolean masks of one size.
+def iou_matrix(a: np.ndarray, b: np.ndarray, areas_a: Optional[np.ndarray] = None) -> np.ndarray:
+    """Pairwise IoU ``[len(a), len(b)]`` of two stacks of boolean masks of one size (``[N, H, W]``
+    or flattened ``[N, P]``); ``areas_a``, when known, saves counting ``a``'s pixels again.
 
     Many against many (proposals against proposals) is one float32 matrix product; many against
     a few (proposals against an image's annotated objects) counts each of the few's overlaps
@@ -77,8 +78,9 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     if len(a) == 0 or len(b) == 0:
         return np.zeros((len(a), len(b)))
     if min(len(a), len(b)) <= FEW_MASKS:
+        a, b = (m.reshape(len(m), 1, -1) if m.ndim == 2 else m for m in (a, b))
         inter = _box_intersections(a, b) if len(b) <= len(a) else _box_intersections(b, a).T
-        area_a = np.count_nonzero(a.reshape(len(a), -1), axis=1).astype(np.float32)
+        area_a = (np.count_nonzero(a.reshape(len(a), -1), axis=1) if areas_a is None else areas_a).astype(np.float32)
         area_b = np.count_nonzero(b.reshape(len(b), -1), axis=1).astype(np.float32)
     else:
         fa = a.reshape(len(a), -1).astype(np.float32)

@@ -199,10 +199,11 @@ class Segmenter:
     # -- text ---------------------------------------------------------------------------
     def text_features(self, expressions: Sequence[str]) -> tuple[Tensor, list[ParsedExpression]]:
         """Fused, L2-normalised text features ``[E, D]`` and the parses behind them."""
-        parsed = [self.parser(check_expression(e)) for e in expressions]
+        parsed = self.parser.parse_many(expressions)
         with compute_precision(self.config.precision, self.device):
-            sentences = self.text_encoder.encode(p.sentence for p in parsed).float()
-            phrases = self.text_encoder.encode(p.noun_phrase for p in parsed).float()
+            # one forward pass for the sentences and their noun phrases together
+            both = self.text_encoder.encode([*(p.sentence for p in parsed), *(p.noun_phrase for p in parsed)]).float()
+        sentences, phrases = both[:len(parsed)], both[len(parsed):]
         return fuse_text(sentences, phrases, self.config.beta, self.config.fusion, self.backbone.is_vit), parsed
 
     # -- scoring --------------------------------------------------------------------------
@@ -216,7 +217,7 @@ class Segmenter:
         local_scores = (text @ F.normalize(features.local_features, dim=-1).T).cpu()
         phrase_scores = self._phrase_scores(features, parsed) if self.config.spatial == "on" else None
         proposals = features.proposals
-        areas = proposals.masks.reshape(len(proposals), -1).sum(1)
+        areas = proposals.areas
         results = []
         for row, parse in enumerate(parsed):
             order = torch.argsort(fused[row], descending=True, stable=True).tolist()

@@ -96,16 +96,15 @@ def run_settings(args: argparse.Namespace, evaluator) -> dict[str, Any]:
     }
 
 
-def _engine(args: argparse.Namespace, data: DataSpec, config: SegmenterConfig, evaluator):
-    """Proposals in worker processes; from the ground truth, made by the model stage; from SAM,
-    made on the device by the model loaded here, in a thread one image ahead of CLIP."""
+def _engine(args: argparse.Namespace, data: DataSpec, spec: Optional[ProposalSpec], max_pixels: int,
+            generator=None):
+    """Decoding and the proposals of ``spec`` (None: decoding only) in worker processes; with a
+    ``generator`` loaded here (SAM, on the device), in this process, one image ahead of CLIP."""
     from ..engine import Engine
 
-    if data.gt_proposals:
-        return Engine(data.preparer(None, config.max_pixels), proposal_workers(args))
-    if config.proposals.name == "sam":
-        return Engine(data.preparer(config.proposals, config.max_pixels), 0, generator=evaluator.segmenter.proposals)
-    return Engine(data.preparer(config.proposals, config.max_pixels), proposal_workers(args))
+    if generator is not None:
+        return Engine(data.preparer(spec, max_pixels), 0, generator=generator)
+    return Engine(data.preparer(spec, max_pixels), proposal_workers(args))
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -141,7 +140,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 run_ray(functools.partial(build_evaluator, config, data),
                         [(image_id, groups[image_id]) for image_id in pending], commit, args.workers)
             else:
-                engine = _engine(args, data, config, evaluator)
+                # ground-truth proposals come from the annotations in the model stage; SAM is made
+                # by the model already loaded here
+                sam = config.proposals.name == "sam" and not data.gt_proposals
+                engine = _engine(args, data, None if data.gt_proposals else config.proposals, config.max_pixels,
+                                 evaluator.segmenter.proposals if sam else None)
                 timing = run_local(evaluator, groups, pending, store, progress, engine).summary()
         except KeyboardInterrupt:
             progress.close()
@@ -201,7 +204,6 @@ def cmd_proposals_eval(args: argparse.Namespace) -> int:
 
     from ..backbones import resolve_device
     from ..config import DEFAULT_MAX_PIXELS
-    from ..engine import Engine
     from ..evaluation import evaluate_proposals
     from ..proposals import create_proposals
     from ..report import table
@@ -211,10 +213,8 @@ def cmd_proposals_eval(args: argparse.Namespace) -> int:
     spec = proposal_spec_from_args(args)
     generator = create_proposals(spec, resolve_device(args.device))  # bad settings fail before any worker starts
     groups = dataset.refs_by_image(args.split, args.limit)
-    if spec.name == "sam":  # the SAM just loaded, on the device, in this process
-        engine = Engine(data.preparer(spec, DEFAULT_MAX_PIXELS), 0, generator=generator)
-    else:
-        engine = _engine(args, data, spec, DEFAULT_MAX_PIXELS)
+    # the SAM just loaded, on the device, in this process
+    engine = _engine(args, data, spec, DEFAULT_MAX_PIXELS, generator if spec.name == "sam" else None)
     summary = evaluate_proposals(dataset, groups, engine)
     print(table(summary, f"{args.proposals} proposals on {args.dataset} {args.split}"))
     if args.out:

@@ -16,12 +16,15 @@ class Proposals:
     """Class-agnostic mask proposals of one image.
 
     ``masks`` is ``[N, H, W]`` bool at the image's resolution, ``scores`` ``[N]`` (higher is
-    better, generator-specific), ``boxes`` ``[N, 4]`` tight ``x1, y1, x2, y2`` (exclusive ends).
+    better, generator-specific), ``boxes`` ``[N, 4]`` tight ``x1, y1, x2, y2`` (exclusive ends),
+    ``areas`` ``[N]`` pixels per mask: counted once, where the proposals are made (a worker
+    process), since scoring and evaluation both need them (100 masks: 10-30 ms a count).
     """
 
     masks: np.ndarray
     scores: np.ndarray
     boxes: np.ndarray = field(default=None)  # type: ignore[assignment]
+    areas: np.ndarray = field(default=None, repr=False)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         self.masks = np.asarray(self.masks, dtype=bool)
@@ -32,6 +35,8 @@ class Proposals:
             raise ProposalError(f"{len(self.masks)} masks but {len(self.scores)} scores")
         if self.boxes is None:
             self.boxes = masks_boxes(self.masks)
+        if self.areas is None:
+            self.areas = np.count_nonzero(self.masks, axis=(1, 2))
 
     def __len__(self) -> int:
         return len(self.masks)
@@ -41,10 +46,10 @@ class Proposals:
         return int(self.masks.shape[1]), int(self.masks.shape[2])
 
     def select(self, index: np.ndarray) -> "Proposals":
-        return Proposals(self.masks[index], self.scores[index], self.boxes[index])
+        return Proposals(self.masks[index], self.scores[index], self.boxes[index], self.areas[index])
 
     def non_empty(self) -> "Proposals":
-        return self.select(np.flatnonzero(self.masks.any(axis=(1, 2))))
+        return self.select(np.flatnonzero(self.areas))
 
     @classmethod
     def empty(cls, height: int, width: int) -> "Proposals":
