@@ -111,6 +111,9 @@ def _crop_batched(image: Tensor, masks: Tensor, host_boxes: Tensor, spans: Tenso
     out = image.new_empty(len(masks), 3, size, size)
     masks = masks.to(device)
     boxes, device_spans = host_boxes.to(device), spans.to(device)
+    # every crop's weights at once (padding a span only adds zero weights), each group slicing its own
+    tallest, widest = (int(v) for v in spans.max(0).values)
+    all_across, all_down = aa_weights(device_spans[:, 1], size, widest), aa_weights(device_spans[:, 0], size, tallest)
     for group in _chunks((spans[:, 0] * spans[:, 1]).tolist(), batch_size, pixel_budget, spans):
         index = torch.tensor(group, device=device)
         tall, wide = (int(v) for v in spans[group].max(0).values)
@@ -119,7 +122,6 @@ def _crop_batched(image: Tensor, masks: Tensor, host_boxes: Tensor, spans: Tenso
         window = masks[index[:, None, None], rows[:, :, None], cols[:, None, :]].to(image.dtype)[:, None]
         pixels = image[:, rows[:, :, None], cols[:, None, :]].transpose(0, 1)
         patch = pixels * window + (1 - window) * fill[None]
-        across = aa_weights(device_spans[index, 1], size, wide)
-        down = aa_weights(device_spans[index, 0], size, tall)
+        across, down = all_across[index, :, :wide], all_down[index, :, :tall]
         out[index] = down[:, None] @ (patch @ across.transpose(1, 2)[:, None])
     return out
