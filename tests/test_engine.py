@@ -201,3 +201,20 @@ def test_a_ctrl_c_lost_in_a_finaliser_still_stops_the_engine_at_the_next_image(i
     finally:
         INTERRUPTED.clear()
     assert seen == []
+
+
+def test_eval_gives_a_model_loaded_here_to_the_engine_and_the_rest_to_workers(tmp_path):
+    """SAM (loaded on the device by the model stage) runs in this process, one image ahead;
+    classical proposals go to the worker processes."""
+    import argparse
+
+    from zsris.cli.evaluate import DataSpec, _engine
+    from zsris.proposals import ClassicalProposals
+
+    data = DataSpec(str(tmp_path), "refcoco", None, None, None, None, True)
+    args = argparse.Namespace(proposal_workers=3)
+    loaded = ClassicalProposals(max_proposals=3)
+    here = _engine(args, data, ProposalSpec(name="sam"), 1000, loaded)
+    assert here.workers == 0 and here.generator is loaded and here.ahead >= 1
+    pooled = _engine(args, data, ProposalSpec(), 1000)
+    assert pooled.workers == 3 and pooled.generator is None and pooled.preparer.spec == ProposalSpec()

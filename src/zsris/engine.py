@@ -6,7 +6,9 @@ and writing the proposal cache) through a bounded window, so at most ``workers +
 prepared images wait in memory. A worker ignores Ctrl-C (the parent stops the pool) and dies
 with its parent, even one killed outright (Linux's parent-death signal). An error on one image
 (a corrupt file, a generator failure) comes back as that image's error and the run goes on;
-a worker process that dies takes only its current image with it.
+a worker process that dies takes only its current image with it. Prepared images come back
+through files in a private temporary folder (not the pool's pipe, which the model stage's hold
+on the GIL slows twentyfold), removed at the end, or by the workers when the run is killed.
 """
 from __future__ import annotations
 
