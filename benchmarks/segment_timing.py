@@ -12,7 +12,6 @@ import argparse
 import statistics
 import time
 import warnings
-from pathlib import Path
 
 import torch
 
