@@ -59,8 +59,7 @@ def test_batched_crops_equal_torch_resize_of_each_filled_patch(size):
 def test_groups_keep_to_the_budget_and_the_batch_size():
     _, _, boxes, _ = _scene()
     spans = torch.stack([boxes[:, 3] - boxes[:, 1], boxes[:, 2] - boxes[:, 0]], dim=1)
-    areas = (spans[:, 0] * spans[:, 1]).tolist()
-    groups = _chunks(areas, 3, 4000, spans)
+    groups = _chunks(spans, 3, 4000)
     assert sorted(i for group in groups for i in group) == list(range(len(boxes)))
     for group in groups:
         tall, wide = spans[group].max(0).values.tolist()

@@ -56,14 +56,16 @@ def resize_masks(masks: Tensor, size: Sequence[int], pixel_budget: int = PIXEL_B
     return torch.cat(out) if out else torch.zeros(0, out_h, out_w, device=device)
 
 
-def _chunks(areas: list[int], limit: int, pixel_budget: int, spans: Tensor) -> list[list[int]]:
-    """Indices grouped largest window first, each group within ``limit`` crops and the budget
-    counted on the group's padded window (its tallest height times its widest width)."""
-    order = sorted(range(len(areas)), key=lambda i: -areas[i])
+def _chunks(spans: Tensor, limit: int, pixel_budget: int) -> list[list[int]]:
+    """Indices of the crops of ``spans`` (``[N, 2]`` heights and widths) grouped largest window
+    first, each group within ``limit`` crops and the budget counted on the group's padded window
+    (its tallest height times its widest width)."""
+    sizes = spans.tolist()
+    order = sorted(range(len(sizes)), key=lambda i: -sizes[i][0] * sizes[i][1])
     groups: list[list[int]] = []
     tallest = widest = 0
     for index in order:
-        height, width = int(spans[index, 0]), int(spans[index, 1])
+        height, width = sizes[index]
         if groups and len(groups[-1]) < limit:
             grown_h, grown_w = max(tallest, height), max(widest, width)
             if (len(groups[-1]) + 1) * grown_h * grown_w <= pixel_budget:
@@ -114,7 +116,7 @@ def _crop_batched(image: Tensor, masks: Tensor, host_boxes: Tensor, spans: Tenso
     # every crop's weights at once (padding a span only adds zero weights), each group slicing its own
     tallest, widest = (int(v) for v in spans.max(0).values)
     all_across, all_down = aa_weights(device_spans[:, 1], size, widest), aa_weights(device_spans[:, 0], size, tallest)
-    for group in _chunks((spans[:, 0] * spans[:, 1]).tolist(), batch_size, pixel_budget, spans):
+    for group in _chunks(spans, batch_size, pixel_budget):
         index = torch.tensor(group, device=device)
         tall, wide = (int(v) for v in spans[group].max(0).values)
         rows = (boxes[index, 1, None] + torch.arange(tall, device=device)).clamp(max=height - 1)

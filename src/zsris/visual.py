@@ -65,10 +65,10 @@ def check_supported(model: nn.Module) -> None:
                          f"image towers, not {name}")
 
 
-def weight_dtype(model: nn.Module) -> torch.dtype:
+def _tower_dtype(tower: nn.Module) -> torch.dtype:
     """The dtype the image tower computes in (bf16/fp16 for a reduced-precision copy); inputs
     are cast to it, results come back in it."""
-    return model.visual.conv1.weight.dtype
+    return tower.conv1.weight.dtype
 
 
 def vit_num_blocks(model: nn.Module) -> int:
@@ -77,7 +77,7 @@ def vit_num_blocks(model: nn.Module) -> int:
 
 def _vit_embed(visual: nn.Module, image: Tensor) -> Tensor:
     """Patch embedding, class token, positions and ln_pre: tokens ``[B, 1 + g*g, D]``."""
-    x = visual.conv1(image.to(visual.conv1.weight.dtype))
+    x = visual.conv1(image.to(_tower_dtype(visual)))
     x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
     cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
     x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
@@ -99,7 +99,7 @@ def _vit_head(visual: nn.Module, cls_token: Tensor) -> Tensor:
 
 
 def _resnet_trunk(visual: nn.Module, image: Tensor) -> Tensor:
-    x = visual.stem(image.to(visual.conv1.weight.dtype))
+    x = visual.stem(image.to(_tower_dtype(visual)))
     for layer in (visual.layer1, visual.layer2, visual.layer3, visual.layer4):
         x = layer(x)
     return x
@@ -166,7 +166,7 @@ def local_crops(
     if boxes is None:
         boxes = torch.as_tensor(masks_boxes(masks.bool().cpu().numpy()))
     fill_value = torch.as_tensor(fill, dtype=image.dtype, device=image.device)
-    return crop_resize(image, masks.to(image.device), torch.as_tensor(boxes), fill_value, size,
+    return crop_resize(image, masks, torch.as_tensor(boxes), fill_value, size,
                        batch_size=max(1, len(masks)))
 
 
@@ -175,7 +175,7 @@ def encode_images(model: nn.Module, images: Tensor, batch_size: int = 64) -> Ten
     """CLIP's plain image features ``[B, D]`` (projected, not normalised), in batches."""
     if len(images) == 0:
         return images.new_zeros(0, model.visual.output_dim)
-    dtype = weight_dtype(model)
+    dtype = _tower_dtype(model.visual)
     return torch.cat([model.encode_image(chunk.to(dtype)) for chunk in images.split(batch_size)])
 
 
