@@ -25,10 +25,10 @@ def test_settings_are_asdict_less_the_runtime_fields():
     config = SegmenterConfig(device="cpu", batch_size=7, proposals=ProposalSpec("sam", sam_model="vit_b"))
     settings = config.settings()
     assert settings == {k: v for k, v in dataclasses.asdict(config).items()
-                        if k not in ("device", "batch_size", "max_pixels")}
+                        if k not in ("device", "batch_size", "max_pixels", "images_per_pass")}
     assert settings["proposals"] == {"name": "sam", "max_proposals": 100, "sam_checkpoint": None,
                                      "sam_model": "vit_b", "path": None}
-    assert SegmenterConfig(device="cuda", batch_size=3).settings() == SegmenterConfig().settings()
+    assert SegmenterConfig(device="cuda", batch_size=3, images_per_pass=8).settings() == SegmenterConfig().settings()
 
 
 def test_replace_takes_flat_proposal_fields_and_refuses_unknown_ones():
@@ -42,7 +42,8 @@ def test_replace_takes_flat_proposal_fields_and_refuses_unknown_ones():
     ({"alpha": 1.5}, "alpha and beta must lie in"), ({"beta": -0.1}, "alpha and beta must lie in"),
     ({"batch_size": 0}, "batch_size must be a positive count"), ({"max_pixels": True}, "max_pixels must be"),
     ({"fusion": "mean"}, "unknown fusion"), ({"preprocess": "imagenet"}, "unknown preprocessing"),
-    ({"precision": "int8"}, "unknown precision"),
+    ({"precision": "int8"}, "unknown precision"), ({"images_per_pass": 0}, "images_per_pass must be a positive"),
+    ({"images_per_pass": True}, "images_per_pass must be"), ({"images_per_pass": 2.0}, "images_per_pass must be"),
 ])
 def test_bad_values_are_refused_when_the_config_is_made(changes, message):
     with pytest.raises(ZsrisError, match=message):
@@ -51,6 +52,9 @@ def test_bad_values_are_refused_when_the_config_is_made(changes, message):
 
 def test_flags_become_exactly_one_config():
     parser = make_parser()
+    flags = ["--data", "d", "--out", "o", "--images-per-pass", "3", "--batch-size", "16"]
+    assert config_from_args(parser.parse_args(["eval", *flags])).images_per_pass == 3
+    assert config_from_args(parser.parse_args(["eval", *flags[:4]])).images_per_pass is None
     args = parser.parse_args(["segment", "x.jpg", "a cat", "--backbone", "RN50", "--alpha", "0.7", "--beta", "0.2",
                               "-k", "2", "--fusion", "normalized", "--preprocess", "clip", "--max-proposals", "all",
                               "--proposals", "sam", "--sam-model", "vit_b", "--sam-checkpoint", "s.pth",

@@ -19,6 +19,7 @@ from conftest import count_rows
 from zsris import EXAMPLE_IMAGE
 from zsris.config import ProposalSpec
 from zsris.engine import Engine, Preparer, image_task
+from zsris.errors import ZsrisError
 
 FAST = ["--weights", "random", "--max-proposals", "8"]
 
@@ -186,6 +187,28 @@ def test_a_generator_loaded_here_prepares_ahead_in_a_thread_in_order(images):
         if a.error is None:
             np.testing.assert_array_equal(a.proposals.masks, b.proposals.masks)
     assert times.images == 4 and len(times.failed) == 1
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_groups_are_consecutive_images_in_order_whatever_the_timing(images, workers):
+    """Groups of 3 over 5 tasks: [0, 1, 2] then [3, 4], failures kept in their place, each image
+    counted once; the order alone decides the groups, so results do not depend on timing."""
+    tasks = [image_task(number, path) for number, path in enumerate([*images, images[0]])]
+    engine = Engine(Preparer(None), workers, ahead=1)
+    seen = [[p.key for p in group] for group in engine.groups(tasks, 3)]
+    assert seen == [[0, 1, 2], [3, 4]]
+    assert engine.times.images == 5 and [key for key, _ in engine.times.failed] == [2]
+    assert engine.times.first_seconds is not None and engine.times.wall_seconds >= engine.times.first_seconds
+    with pytest.raises(ZsrisError, match="1 or more"):
+        next(Engine(Preparer(None), 0).groups(tasks, 0))
+
+
+def test_leaving_the_groups_early_stops_the_workers_at_once(images, tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    groups = Engine(Preparer(None), 2).groups([image_task(n, p) for n, p in enumerate(images)], 2)
+    assert len(next(groups)) == 2
+    groups.close()
+    assert list(tmp_path.glob("zsris-engine-*")) == []  # the pool shut down and its spool removed
 
 
 def test_a_ctrl_c_lost_in_a_finaliser_still_stops_the_engine_at_the_next_image(images):

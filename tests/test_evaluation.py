@@ -5,6 +5,7 @@ import json
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -95,6 +96,24 @@ def test_cached_proposals_are_reused(refcoco_mini, uninterrupted, tmp_path, monk
     assert calls == []
     assert main(_eval_args(refcoco_mini, tmp_path / "fresh", tmp_path / "empty-cache", "--proposal-workers", "0")) == 0
     assert len(calls) == 6  # the patch does see the generator where nothing is cached
+
+
+def test_images_through_clip_together_give_the_same_answers(refcoco_mini, uninterrupted, tmp_path):
+    """Groups of 4 of the 6 images (then 2) share CLIP's passes: the same proposal for every
+    sentence, the same metrics, scores equal up to float rounding."""
+    out = tmp_path / "grouped"
+    assert main(_eval_args(refcoco_mini, out, uninterrupted / "cache", "--images-per-pass", "4")) == 0
+    assert _metrics(out) == _metrics(uninterrupted / "run")
+    query = "SELECT sent_id, record FROM predictions ORDER BY sent_id"
+    rows = {}
+    for run in (uninterrupted / "run", out):
+        with sqlite3.connect(run / "predictions.sqlite") as db:
+            rows[run] = [(sent_id, json.loads(record)) for sent_id, record in db.execute(query)]
+    single, grouped = rows.values()
+    assert [s for s, _ in single] == [s for s, _ in grouped] and len(single) > 6
+    for (_, a), (_, b) in zip(single, grouped):
+        assert a["proposal_index"] == b["proposal_index"] and a["iou"] == b["iou"]
+        assert a["score"] == pytest.approx(b["score"], abs=1e-5)
 
 
 def test_ray_engine_equals_in_process(refcoco_mini, uninterrupted, tmp_path):

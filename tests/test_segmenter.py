@@ -110,6 +110,35 @@ def test_api_features_from_preprocessed_tensors(tiny_vit, small_image, proposals
     torch.testing.assert_close(features.global_features, direct)
 
 
+def test_several_images_share_passes_and_each_gets_its_own_features(tiny_vit, small_image, proposals):
+    """An image with no proposals, one whose proposals have another size and one without pixels
+    are left to image_features (None), which says what is wrong; the others equal their own run."""
+    segmenter = _segmenter(tiny_vit, batch_size=5)
+    flipped = np.ascontiguousarray(small_image[::-1])
+    flipped_proposals = ClassicalProposals(max_proposals=7)(flipped)
+    empty = Proposals(np.zeros((0, *small_image.shape[:2]), dtype=bool), np.zeros(0))
+    images = [(small_image, proposals), (small_image, empty), (flipped, flipped_proposals),
+              (small_image[:50], proposals), (None, proposals), (flipped, None)]
+    shared = segmenter.image_features_many(images)
+    assert [f is None for f in shared] == [False, True, False, True, True, True]
+    for (pixels, image_proposals), features in zip(images, shared):
+        if features is not None:
+            alone = segmenter.image_features(pixels, proposals=image_proposals)
+            assert features.proposals is image_proposals
+            for name in ("global_features", "local_features", "visual_features"):
+                torch.testing.assert_close(getattr(features, name), getattr(alone, name), rtol=1e-5, atol=1e-5)
+    with pytest.raises(NoProposalsError):
+        segmenter.image_features(small_image, proposals=empty)
+    with pytest.raises(ZsrisError, match="proposals are"):
+        segmenter.image_features(small_image[:50], proposals=proposals)
+    assert segmenter.image_features_many([]) == []
+
+
+def test_images_per_pass_is_the_setting_else_one_on_the_cpu(tiny_vit):
+    assert _segmenter(tiny_vit).images_per_pass == 1
+    assert _segmenter(tiny_vit, images_per_pass=6).images_per_pass == 6
+
+
 def test_reference_preprocessing_uses_imagenet_statistics(tiny_vit):
     segmenter = _segmenter(tiny_vit)
     pixels = np.full((2, 2, 3), 255, dtype=np.uint8)
@@ -154,7 +183,7 @@ def test_out_of_gpu_memory_retries_with_smaller_batches(tiny_vit, small_image, p
 
     segmenter = _segmenter(tiny_vit, batch_size=16)
     expected = _segmenter(tiny_vit, batch_size=4).image_features(small_image, proposals=proposals)
-    original = visual.local_features
+    original = visual.local_features_many
     tried = []
 
     def tight(*args, batch_size=64, **kwargs):
@@ -163,12 +192,12 @@ def test_out_of_gpu_memory_retries_with_smaller_batches(tiny_vit, small_image, p
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
         return original(*args, batch_size=batch_size, **kwargs)
 
-    monkeypatch.setattr(visual, "local_features", tight)
+    monkeypatch.setattr(visual, "local_features_many", tight)
     with pytest.warns(ZsrisWarning) as caught:
         features = segmenter.image_features(small_image, proposals=proposals)
     assert [str(w.message)[-2:].strip() for w in caught] == ["8", "4"] and tried == [16, 8, 4]
     torch.testing.assert_close(features.visual_features, expected.visual_features)
-    monkeypatch.setattr(visual, "local_features", lambda *a, **k: (_ for _ in ()).throw(
+    monkeypatch.setattr(visual, "local_features_many", lambda *a, **k: (_ for _ in ()).throw(
         torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")))
     with pytest.raises(ZsrisError, match="even with one proposal per forward pass"), pytest.warns(ZsrisWarning):
         segmenter.image_features(small_image, proposals=proposals)

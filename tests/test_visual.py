@@ -116,6 +116,38 @@ def test_batched_local_equals_one_by_one(tiny_vit):
 
 
 @pytest.mark.parametrize("backbone_name", ["tiny_vit", "tiny_resnet"])
+def test_several_images_in_shared_passes_equal_each_alone(backbone_name, request, monkeypatch):
+    """Images of different sizes and mask counts (none, for one) share forward passes of 4
+    that cross image boundaries; each image's features equal its own run, and no pass holds
+    more than ``batch_size`` crops."""
+    backbone = request.getfixturevalue(backbone_name)
+    model, size, fill = backbone.model, backbone.input_size, (0.485, 0.456, 0.406)
+    shapes, counts = [(80, 100), (64, 64), (120, 90)], [5, 0, 6]
+    images = [torch.randn(1, 3, *shape, generator=torch.Generator().manual_seed(i)) for i, shape in enumerate(shapes)]
+    masks = [_random_masks(n, *shape, seed=i) for i, (n, shape) in enumerate(zip(counts, shapes))]
+    clip_inputs = torch.cat([TF.resize(image, [size, size]) for image in images])
+    passes = []
+    encode = visual.encode_images
+    monkeypatch.setattr(visual, "encode_images", lambda m, crops, b: passes.append(len(crops)) or encode(m, crops, b))
+    shared_global = visual.global_features_many(model, clip_inputs, masks, batch_size=4)
+    shared_local = visual.local_features_many(model, images, masks, fill, size, batch_size=4)
+    assert passes == [4, 4, 3]  # 11 crops of two images; the image without masks adds none
+    for i in range(3):
+        alone_global = visual.global_features(model, clip_inputs[i:i + 1], masks[i], batch_size=4)
+        alone_local = visual.local_features(model, images[i], masks[i], fill, size, batch_size=4)
+        assert shared_global[i].shape == alone_global.shape == (counts[i], model.visual.output_dim)
+        torch.testing.assert_close(shared_global[i], alone_global, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(shared_local[i], alone_local, rtol=1e-5, atol=1e-5)
+
+
+def test_several_images_need_matching_masks(tiny_vit):
+    with pytest.raises(ValueError, match="B mask stacks"):
+        visual.global_features_many(tiny_vit.model, _image(tiny_vit.input_size), [])
+    with pytest.raises(ValueError, match="as many mask stacks"):
+        visual.local_features_many(tiny_vit.model, [_image(32)], [], (0, 0, 0), tiny_vit.input_size)
+
+
+@pytest.mark.parametrize("backbone_name", ["tiny_vit", "tiny_resnet"])
 def test_full_image_local_crop_equals_plain_resize(backbone_name, request):
     backbone = request.getfixturevalue(backbone_name)
     image = torch.randn(1, 3, 150, 210)

@@ -25,7 +25,7 @@ import numpy as np
 
 from .engine import Engine, ImageTask, Prepared, Preparer
 from .errors import ZsrisError
-from .segmenter import SegmentResult, Segmenter
+from .segmenter import ImageFeatures, SegmentResult, Segmenter
 from .text import check_expression
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
@@ -183,9 +183,10 @@ def output_name(pair: Pair) -> str:
 
 # -- work ---------------------------------------------------------------------------------
 def image_results(segmenter: Segmenter, pairs: Sequence[Pair], pixels: np.ndarray, name: str,
-                  proposals=None, top_k: int = 5) -> list[PairResult]:
-    """Every pair about one decoded image, its visual work done once. An empty expression fails
-    its pair only; an image that cannot be segmented (no proposals ...) fails all of its pairs."""
+                  proposals=None, top_k: int = 5, features: Optional[ImageFeatures] = None) -> list[PairResult]:
+    """Every pair about one decoded image, its visual work done once (or already, ``features``).
+    An empty expression fails its pair only; an image that cannot be segmented (no proposals ...)
+    fails all of its pairs."""
     answers: dict[str, PairResult] = {}
     good = []
     for pair in pairs:
@@ -196,7 +197,8 @@ def image_results(segmenter: Segmenter, pairs: Sequence[Pair], pixels: np.ndarra
             answers[pair.id] = PairResult(pair, error=str(error))
     if good:
         try:
-            features = segmenter.image_features(pixels, name, proposals)
+            if features is None:
+                features = segmenter.image_features(pixels, name, proposals)
             results = segmenter.score(features, [p.expression for p in good], top_k)
             answers.update((p.id, PairResult(p, r)) for p, r in zip(good, results))
         except ZsrisError as error:
@@ -206,12 +208,13 @@ def image_results(segmenter: Segmenter, pairs: Sequence[Pair], pixels: np.ndarra
     return [answers[p.id] for p in pairs]
 
 
-def prepared_results(segmenter: Segmenter, pairs: Sequence[Pair], prepared: Prepared,
-                     top_k: int = 5) -> list[PairResult]:
+def prepared_results(segmenter: Segmenter, pairs: Sequence[Pair], prepared: Prepared, top_k: int = 5,
+                     features: Optional[ImageFeatures] = None) -> list[PairResult]:
     """The results of an image the engine prepared (its pairs fail, with the reason, if it failed)."""
     if prepared.error is not None:
         return [PairResult(p, error=prepared.error) for p in pairs]
-    return image_results(segmenter, pairs, prepared.pixels, Path(prepared.key).name, prepared.proposals, top_k)
+    return image_results(segmenter, pairs, prepared.pixels, Path(prepared.key).name, prepared.proposals, top_k,
+                         features)
 
 
 def refused_results(pairs: Sequence[Pair]) -> list[PairResult]:
@@ -223,14 +226,17 @@ def run_pairs(segmenter: Segmenter, pairs: Sequence[Pair], engine: Engine,
               top_k: int = 5) -> Iterator[tuple[list[PairResult], Optional[np.ndarray]]]:
     """The results of ``pairs`` with the decoded image they are about (None where none was),
     image by image in the order of their first pair: first the rows refused before any work,
-    then each image as the engine prepares it."""
+    then each image as the engine prepares it, the segmenter's ``images_per_pass`` through CLIP
+    together."""
     refused = refused_results(pairs)
     if refused:
         yield refused, None
     groups = group_by_image(p for p in pairs if p.error is None)
     tasks = [ImageTask(path, path, Path(path).name) for path in groups]
-    for prepared in engine.iterate(tasks):
-        yield prepared_results(segmenter, groups[prepared.key], prepared, top_k), prepared.pixels
+    for batch in engine.groups(tasks, segmenter.images_per_pass):
+        features = segmenter.image_features_many([(p.pixels, p.proposals) for p in batch])
+        for prepared, shared in zip(batch, features):
+            yield prepared_results(segmenter, groups[prepared.key], prepared, top_k, shared), prepared.pixels
 
 
 class ImageJob:

@@ -89,7 +89,9 @@ class SegmenterConfig:
     best fused score below it answers "no such object" (an empty mask, ``found`` false);
     ``multi_target`` answers with the union of the proposals within ``multi_target_margin`` of
     the best ("all the zebras"). Both are off by default (the paper always returns one mask);
-    ``zsris calibrate`` picks them on a gRefCOCO split.
+    ``zsris calibrate`` picks them on a gRefCOCO split. Runtime fields change how fast, not
+    what: ``batch_size`` proposals per forward pass, ``images_per_pass`` images whose proposals
+    eval and batch jobs put through CLIP together (None: 4 on CUDA, 1 elsewhere).
     """
 
     backbone: str = DEFAULT_BACKBONE
@@ -110,6 +112,7 @@ class SegmenterConfig:
     device: str = _runtime("auto")
     batch_size: int = _runtime(64)
     max_pixels: int = _runtime(DEFAULT_MAX_PIXELS)
+    images_per_pass: Optional[int] = _runtime(None)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.alpha <= 1.0 or not 0.0 <= self.beta <= 1.0:
@@ -118,6 +121,11 @@ class SegmenterConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ZsrisError(f"{name} must be a positive count, not {value!r}")
+        if self.images_per_pass is not None and (isinstance(self.images_per_pass, bool)
+                                                 or not isinstance(self.images_per_pass, int)
+                                                 or self.images_per_pass < 1):
+            raise ZsrisError(f"images_per_pass must be a positive count or None (automatic), "
+                             f"not {self.images_per_pass!r}")
         if self.fusion not in FUSIONS:
             raise ZsrisError(f"unknown fusion {self.fusion!r}; choose one of {', '.join(FUSIONS)}")
         if self.preprocess not in PREPROCESSING:

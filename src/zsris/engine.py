@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import itertools
 import multiprocessing
 import os
 import pickle
@@ -226,7 +227,7 @@ class StageTimes:
     prepare_seconds: float = 0.0
     model_seconds: float = 0.0
     waiting_seconds: float = 0.0  # the model stage waiting for a prepared image
-    first_seconds: Optional[float] = None  # until the first image was ready: start-up and one image's latency
+    first_seconds: Optional[float] = None  # until the first image (group) was ready: start-up and its latency
     wall_seconds: float = 0.0
     images: int = 0
     failed: list[tuple[Any, str]] = field(default_factory=list)
@@ -279,21 +280,43 @@ class Engine:
     def iterate(self, tasks: Iterable[ImageTask]) -> Iterator[Prepared]:
         """The tasks' prepared images, in the tasks' order; the time the caller spends between
         two of them counts as the model stage's."""
+        for group in self.groups(tasks, 1):
+            yield group[0]
+
+    def groups(self, tasks: Iterable[ImageTask], size: int) -> Iterator[list[Prepared]]:
+        """The tasks' prepared images in consecutive groups of ``size`` (the last may be smaller),
+        in the tasks' order, for a model stage that puts a group through CLIP together. The
+        groups follow from the order alone, never from which images happen to be ready, so a
+        run's numbers do not depend on the workers' timing. The time the caller spends on a
+        group counts as the model stage's."""
+        if size < 1:
+            raise ZsrisError(f"images per group must be 1 or more, not {size}")
         start = time.perf_counter()
+        group: list[Prepared] = []
+        source = self._prepared(list(tasks))
         try:
-            for prepared in self._prepared(list(tasks)):
+            for prepared in itertools.chain(source, [None]):
                 if INTERRUPTED.is_set():  # a Ctrl-C whose KeyboardInterrupt a finaliser swallowed
                     raise KeyboardInterrupt
+                if prepared is not None:
+                    group.append(prepared)
+                    if len(group) < size:
+                        continue
+                if not group:
+                    break
                 if self.times.first_seconds is None:
                     self.times.first_seconds = time.perf_counter() - start
                 began = time.perf_counter()
-                yield prepared
+                yield group
                 self.times.model_seconds += time.perf_counter() - began
-                self.times.images += 1
-                self.times.prepare_seconds += prepared.seconds
-                if prepared.error is not None:
-                    self.times.failed.append((prepared.key, prepared.error))
+                self.times.images += len(group)
+                for done in group:
+                    self.times.prepare_seconds += done.seconds
+                    if done.error is not None:
+                        self.times.failed.append((done.key, done.error))
+                group = []
         finally:
+            source.close()  # stops the workers now, not whenever the collector gets to it
             self.times.wall_seconds += time.perf_counter() - start
 
     def _prepared(self, tasks: list[ImageTask]) -> Iterator[Prepared]:

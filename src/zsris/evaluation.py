@@ -19,7 +19,7 @@ from .errors import NoProposalsError
 from .masks import iou_matrix
 from .metrics import intersection_union, iou, proposal_quality
 from .proposals import Proposals
-from .segmenter import Segmenter
+from .segmenter import ImageFeatures, Segmenter
 from .store import PredictionStore
 
 
@@ -61,11 +61,13 @@ class ImageEvaluator:
         pixels = load_dataset_image(self.dataset, image_id, self.segmenter.config.max_pixels)
         return self.evaluate(image_id, refs, pixels)
 
-    def evaluate_prepared(self, prepared: Prepared, refs: list[Ref]) -> list[dict[str, Any]]:
-        """The records of an image the engine prepared; its sentences fail, with the reason, if it failed."""
+    def evaluate_prepared(self, prepared: Prepared, refs: list[Ref],
+                          features: Optional[ImageFeatures] = None) -> list[dict[str, Any]]:
+        """The records of an image the engine prepared (``features``: its visual features, if
+        already computed); its sentences fail, with the reason, if it failed."""
         if prepared.error is not None:
             return self.failed(prepared.key, refs, prepared.error)
-        return self.evaluate(prepared.key, refs, prepared.pixels, prepared.proposals)
+        return self.evaluate(prepared.key, refs, prepared.pixels, prepared.proposals, features)
 
     def failed(self, image_id: int, refs: list[Ref], reason: str) -> list[dict[str, Any]]:
         """Records that count an image's sentences as failures (IoU 0, no answer), saying why."""
@@ -98,9 +100,10 @@ class ImageEvaluator:
                 fields["margin_iu"][str(margin)] = list(intersection_union(proposals.masks[members].any(0), target))
         return fields
 
-    def evaluate(self, image_id: int, refs: list[Ref], pixels: np.ndarray,
-                 proposals: Optional[Proposals] = None) -> list[dict[str, Any]]:
-        """Score every sentence about the image; proposals are made here unless given."""
+    def evaluate(self, image_id: int, refs: list[Ref], pixels: np.ndarray, proposals: Optional[Proposals] = None,
+                 features: Optional[ImageFeatures] = None) -> list[dict[str, Any]]:
+        """Score every sentence about the image; proposals and their features are computed here
+        unless given."""
         instance_ids = self.dataset.annotation_ids(image_id)
         instances = np.stack([self.dataset.annotation_mask(a) for a in instance_ids])
         if proposals is None:
@@ -116,8 +119,9 @@ class ImageEvaluator:
         # gRefCOCO: every proposal ranked, for the margins that calibration tries
         top_k = max(len(proposals), 1) if generalized else 1
         try:
-            results = self.segmenter.score(self.segmenter.image_features(pixels, proposals=proposals), expressions,
-                                           top_k)
+            if features is None:
+                features = self.segmenter.image_features(pixels, proposals=proposals)
+            results = self.segmenter.score(features, expressions, top_k)
         except NoProposalsError:
             results = None
         records, position = [], 0
@@ -177,13 +181,17 @@ def sentence_ids(groups: dict[int, list[Ref]]) -> set[int]:
 
 def run_local(evaluator: ImageEvaluator, groups: dict[int, list[Ref]], pending: Iterable[int],
               store: PredictionStore, progress: tqdm, engine: Engine) -> StageTimes:
-    """The pending images through ``engine``: decoding and proposals in its workers, CLIP here,
-    each image's records committed to the store as soon as they exist."""
-    def consume(prepared: Prepared) -> None:
-        store.add(evaluator.evaluate_prepared(prepared, groups[prepared.key]))
-        progress.update(1)
-
-    return engine.run([dataset_task(evaluator.dataset, image_id) for image_id in pending], consume)
+    """The pending images through ``engine``: decoding and proposals in its workers, CLIP here
+    (the segmenter's ``images_per_pass`` at a time), each image's records committed to the store
+    as soon as they exist."""
+    segmenter = evaluator.segmenter
+    tasks = [dataset_task(evaluator.dataset, image_id) for image_id in pending]
+    for batch in engine.groups(tasks, segmenter.images_per_pass):
+        features = segmenter.image_features_many([(p.pixels, p.proposals) for p in batch])
+        for prepared, shared in zip(batch, features):
+            store.add(evaluator.evaluate_prepared(prepared, groups[prepared.key], shared))
+            progress.update(1)
+    return engine.times
 
 
 class RayWorker:

@@ -148,17 +148,22 @@ class Segmenter:
                                      self.preprocess_config.fill, self.backbone.input_size, boxes,
                                      batch_size=batch_size or self.config.batch_size)
 
-    def _visual_features(self, image_tensor: Tensor, masks: Tensor, boxes: Tensor) -> tuple[Tensor, Tensor]:
-        """Global and local features at the configured precision. Out of GPU memory (a huge image,
-        a large backbone), the same work is done again with half the batch, down to one proposal
-        at a time, rather than failing the run."""
+    def _visual_features(self, image_tensors: Sequence[Tensor], masks: Sequence[Tensor],
+                         boxes: Sequence[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        """Global and local features of each image at the configured precision, the images'
+        proposals sharing forward passes. Out of GPU memory (a huge image, a large backbone), the
+        same work is done again with half the batch, down to one proposal at a time, rather than
+        failing the run."""
         batch_size = self.config.batch_size
         while True:
             try:
                 with compute_precision(self.config.precision, self.device):
-                    g = self.global_features(self.clip_input(image_tensor), masks, batch_size).float()
-                    loc = self.local_features(image_tensor, masks, boxes, batch_size).float()
-                return g, loc
+                    clip_inputs = torch.cat([self.clip_input(t) for t in image_tensors])
+                    g = visual.global_features_many(self.model, clip_inputs, masks, self.config.k,
+                                                    batch_size=batch_size)
+                    loc = visual.local_features_many(self.model, image_tensors, masks, self.preprocess_config.fill,
+                                                     self.backbone.input_size, boxes, batch_size=batch_size)
+                return [f.float() for f in g], [f.float() for f in loc]
             except torch.cuda.OutOfMemoryError:
                 if batch_size == 1:
                     raise ZsrisError("out of GPU memory even with one proposal per forward pass; "
@@ -179,6 +184,41 @@ class Segmenter:
         pixels, image_id = self._load(image, image_id)
         if proposals is None:
             proposals = self.proposals(pixels, image_id)
+        self._check_proposals(pixels, proposals, image_id)
+        return self._features([(pixels, proposals)])[0]
+
+    def image_features_many(
+        self, images: Sequence[tuple[Optional[np.ndarray], Optional[Proposals]]]
+    ) -> list[Optional[ImageFeatures]]:
+        """:meth:`image_features` of several decoded images with their proposals, whose proposals
+        share forward passes (``batch_size`` at a time): fewer, fuller passes on a GPU. None
+        stands for an image left to :meth:`image_features`: one without pixels or proposals, or
+        one it refuses (no proposals, sizes that disagree), so that it says why. Results equal
+        one image at a time up to float rounding."""
+        usable = []
+        for position, (pixels, proposals) in enumerate(images):
+            if pixels is None or proposals is None:
+                continue
+            try:
+                self._check_proposals(pixels, proposals, None)
+            except ZsrisError:
+                continue
+            usable.append(position)
+        answers: list[Optional[ImageFeatures]] = [None] * len(images)
+        for position, features in zip(usable, self._features([images[i] for i in usable])):
+            answers[position] = features
+        return answers
+
+    @property
+    def images_per_pass(self) -> int:
+        """How many images' proposals the batch jobs and eval put through CLIP together: the
+        setting, else 4 on CUDA (small passes leave a GPU waiting on kernel launches) and 1
+        elsewhere (a CPU gains nothing from it)."""
+        if self.config.images_per_pass is not None:
+            return self.config.images_per_pass
+        return 4 if self.device.type == "cuda" else 1
+
+    def _check_proposals(self, pixels: np.ndarray, proposals: Proposals, image_id: Optional[str]) -> None:
         if len(proposals) == 0:
             raise NoProposalsError(
                 f"no mask proposals in {image_id or 'the image'}: the {getattr(self.proposals, 'name', '')} "
@@ -186,10 +226,16 @@ class Segmenter:
             )
         if proposals.image_size != pixels.shape[:2]:
             raise ZsrisError(f"proposals are {proposals.image_size}, the image is {pixels.shape[:2]}")
-        image_tensor = self.image_tensor(pixels)
-        masks = torch.from_numpy(proposals.masks).to(self.device)  # once, as bool
-        g, loc = self._visual_features(image_tensor, masks, torch.from_numpy(proposals.boxes))
-        return ImageFeatures(proposals, g, loc, self.fuse_visual(g, loc))
+
+    def _features(self, images: Sequence[tuple[np.ndarray, Proposals]]) -> list[ImageFeatures]:
+        if not images:
+            return []
+        tensors = [self.image_tensor(pixels) for pixels, _ in images]
+        masks = [torch.from_numpy(proposals.masks).to(self.device) for _, proposals in images]  # once, as bool
+        boxes = [torch.from_numpy(proposals.boxes) for _, proposals in images]
+        g, loc = self._visual_features(tensors, masks, boxes)
+        return [ImageFeatures(proposals, gi, li, self.fuse_visual(gi, li))
+                for (_, proposals), gi, li in zip(images, g, loc)]
 
     def _load(self, image: ImageInput, image_id: Optional[str]) -> tuple[np.ndarray, Optional[str]]:
         if image_id is None and isinstance(image, (str, Path)):

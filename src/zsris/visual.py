@@ -120,33 +120,66 @@ def global_features(
     plain image feature. ``normalize_map`` (ResNet only) L2-normalises each position of the
     feature map before masking, as the reference code does.
     """
-    image = _as_batch(image)
-    masks = masks.to(image.device)
+    return global_features_many(model, _as_batch(image), [masks], k, normalize_map, batch_size)[0]
+
+
+@torch.inference_mode()
+def global_features_many(
+    model: nn.Module,
+    images: Tensor,
+    masks: Sequence[Tensor],
+    k: int = 3,
+    normalize_map: bool = True,
+    batch_size: int = 64,
+) -> list[Tensor]:
+    """:func:`global_features` of several images (``[B, 3, S, S]``) and their masks at once:
+    one trunk pass for all the images, then ``batch_size`` masks per pass through the rest,
+    whichever images they belong to (several images' worth of small passes become a few large
+    ones on a GPU). Each image's features come back as they would alone, up to float rounding."""
+    if images.dim() != 4 or images.shape[1] != 3 or len(images) != len(masks):
+        raise ValueError(f"expected images [B, 3, S, S] and B mask stacks, got {tuple(images.shape)} "
+                         f"and {len(masks)} stacks")
     check_supported(model)
     visual = model.visual
+    counts = [len(m) for m in masks]
+    owner = torch.repeat_interleave(torch.arange(len(images), device=images.device),
+                                    torch.tensor(counts, device=images.device))
     if not is_vit(model):
-        fmap = _resnet_trunk(visual, image)
+        fmap = _resnet_trunk(visual, images)
         if normalize_map:
             fmap = fmap / fmap.norm(dim=1, keepdim=True)
-        pooled = [visual.attnpool(fmap * resize_masks(chunk, fmap.shape[-2:]).to(fmap.dtype)[:, None])
-                  for chunk in masks.split(batch_size)]
-        return torch.cat(pooled) if pooled else fmap.new_zeros(0, visual.attnpool.c_proj.out_features)
+        weights = _grid_weights(masks, fmap.shape[-2:], images.device)
+        pooled = [visual.attnpool(fmap[who] * w.to(fmap.dtype)[:, None])
+                  for w, who in zip(weights.split(batch_size), owner.split(batch_size))]
+        return _per_image(pooled, counts, fmap.new_zeros(0, visual.attnpool.c_proj.out_features))
     blocks = list(visual.transformer.resblocks)
     if not 0 <= k <= len(blocks):
         raise ValueError(f"k must be between 0 and {len(blocks)} for this model, not {k}")
-    trunk = _run_blocks(visual, blocks[: len(blocks) - k], _vit_embed(visual, image))
+    trunk = _run_blocks(visual, blocks[: len(blocks) - k], _vit_embed(visual, images))
     tail = blocks[len(blocks) - k:]
     if k == 0:
-        return _vit_head(visual, trunk[:, 0]).expand(len(masks), -1).clone()
+        return _per_image([_vit_head(visual, trunk[:, 0])[owner]], counts, trunk.new_zeros(0, visual.output_dim))
+    weights = _grid_weights(masks, visual.grid_size, images.device).flatten(1)[:, :, None].to(trunk.dtype)
     outputs = []
-    for chunk in masks.split(batch_size):
-        w = resize_masks(chunk, visual.grid_size).flatten(1)[:, :, None].to(trunk.dtype)
-        x = trunk.expand(len(w), -1, -1)
+    for w, who in zip(weights.split(batch_size), owner.split(batch_size)):
+        x = trunk[who]
         for block in tail:
             x = torch.cat([x[:, :1], x[:, 1:] * w], dim=1)
             x = _run_blocks(visual, [block], x)
         outputs.append(_vit_head(visual, x[:, 0]))
-    return torch.cat(outputs) if outputs else trunk.new_zeros(0, visual.output_dim)
+    return _per_image(outputs, counts, trunk.new_zeros(0, visual.output_dim))
+
+
+def _grid_weights(masks: Sequence[Tensor], grid: Sequence[int], device: torch.device) -> Tensor:
+    """Every image's masks resized to the feature grid, stacked ``[N, h, w]`` (float32): small,
+    however large the images (:func:`resize_masks` converts within its pixel budget)."""
+    return torch.cat([resize_masks(m.to(device), grid) for m in masks])
+
+
+def _per_image(parts: list[Tensor], counts: Sequence[int], empty: Tensor) -> list[Tensor]:
+    """Features computed in passes over all the images' masks, split back per image."""
+    stacked = torch.cat(parts) if parts else empty
+    return list(stacked.split(list(counts)))
 
 
 def local_crops(
@@ -194,13 +227,38 @@ def local_features(
     ``image`` is the normalised image at its full resolution; ``boxes`` default to the masks'
     tight boxes.
     """
-    if boxes is None:
-        boxes = torch.as_tensor(masks_boxes(masks.bool().cpu().numpy()))
-    boxes = torch.as_tensor(boxes).cpu()
-    out = image.new_empty(len(masks), model.visual.output_dim)
-    # Crops of similar size share a pass: the padded windows stay small.
-    order = torch.argsort((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), descending=True)
-    for chunk in order.split(batch_size):
-        crops = local_crops(image, masks[chunk.to(masks.device)], boxes[chunk], fill, size)
-        out[chunk.to(out.device)] = encode_images(model, crops, batch_size).to(out.dtype)
-    return out
+    return local_features_many(model, [image], [masks], fill, size, [boxes], batch_size)[0]
+
+
+@torch.inference_mode()
+def local_features_many(
+    model: nn.Module,
+    images: Sequence[Tensor],
+    masks: Sequence[Tensor],
+    fill: Sequence[float],
+    size: int,
+    boxes: Optional[Sequence[Optional[Tensor]]] = None,
+    batch_size: int = 64,
+) -> list[Tensor]:
+    """:func:`local_features` of several images at once: their crops share forward passes of
+    ``batch_size``, so no more than ``batch_size`` crops exist at a time, whatever the number
+    of images. Within an image, crops of similar size go together (small padded windows)."""
+    if len(images) != len(masks) or (boxes is not None and len(boxes) != len(images)):
+        raise ValueError(f"expected as many mask stacks and box sets as images, got {len(images)} images, "
+                         f"{len(masks)} mask stacks and {len(boxes) if boxes is not None else 0} box sets")
+    boxes = [torch.as_tensor(masks_boxes(m.bool().cpu().numpy()) if b is None else b).cpu()
+             for m, b in zip(masks, boxes or [None] * len(images))]
+    owner = torch.cat([torch.full((len(b),), i) for i, b in enumerate(boxes)])
+    index = torch.cat([torch.argsort((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]), descending=True) for b in boxes])
+    outputs = [image.new_empty(len(m), model.visual.output_dim) for image, m in zip(images, masks)]
+    for who, chunk in zip(owner.split(batch_size), index.split(batch_size)):
+        if not len(chunk):  # no masks at all
+            break
+        runs = torch.unique_consecutive(who, return_counts=True)
+        parts = list(zip(runs[0].tolist(), chunk.split(runs[1].tolist())))
+        crops = torch.cat([local_crops(images[i], masks[i][rows.to(masks[i].device)], boxes[i][rows], fill, size)
+                           for i, rows in parts])
+        features = encode_images(model, crops, batch_size)
+        for (i, rows), part in zip(parts, features.split([len(rows) for _, rows in parts])):
+            outputs[i][rows.to(outputs[i].device)] = part.to(outputs[i].dtype)
+    return outputs

@@ -262,6 +262,6 @@ def register(commands) -> None:
     )
     _add_data_flags(proposals)
     proposals.add_argument("--out", default=None, metavar="FILE", help="also write the metrics as JSON")
-    add_engine_flags(proposals, ray=False)
+    add_engine_flags(proposals, model_stage=False)
     add_proposal_flags(proposals)
     proposals.set_defaults(run=cmd_proposals_eval)

@@ -115,14 +115,18 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
                         help="refuse larger images (default: %(default)s)")
 
 
-def add_engine_flags(parser: argparse.ArgumentParser, ray: bool = True) -> None:
-    """How the work is spread: proposal worker processes ahead of the model stage and, with
-    ``ray``, the choice of Ray and its workers (eval, calibrate and batch; proposals-eval has no model)."""
+def add_engine_flags(parser: argparse.ArgumentParser, model_stage: bool = True) -> None:
+    """How the work is spread: proposal worker processes ahead of the model stage and, where
+    there is a ``model_stage`` (eval, calibrate and batch; not proposals-eval), the images per
+    CLIP pass and the choice of Ray and its workers."""
     engine = parser.add_argument_group("engine")
     engine.add_argument("--proposal-workers", type=non_negative_int, default=None, metavar="N",
                         help="processes that decode images and make proposals ahead of the model stage "
                              "(default: cores minus one; 0: all in one process)")
-    if ray:
+    if model_stage:
+        engine.add_argument("--images-per-pass", type=positive_int, default=None, metavar="N",
+                            help="images whose proposals go through CLIP together, in consecutive groups "
+                                 "(default: 4 on CUDA, 1 on the CPU; results equal up to float rounding)")
         engine.add_argument("--engine", choices=("local", "ray"), default="local",
                             help="'ray' spreads images over Ray workers (needs the 'ray' extra)")
         engine.add_argument("--workers", type=positive_int, default=2, help="Ray workers (default: %(default)s)")
@@ -158,6 +162,7 @@ def config_from_args(args: argparse.Namespace) -> SegmenterConfig:
         k=args.k, fusion=args.fusion, preprocess=args.preprocess, proposals=proposal_spec_from_args(args),
         spacy_model=args.spacy_model, precision=args.precision, spatial=args.spatial, no_target_threshold=threshold,
         multi_target=args.multi_target, multi_target_margin=margin, device=args.device, batch_size=args.batch_size, max_pixels=args.max_pixels,
+        images_per_pass=getattr(args, "images_per_pass", None),
     )
 
 
