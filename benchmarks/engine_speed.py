@@ -9,10 +9,12 @@ Prints, each labelled with the device it was measured on (GPU rows only where CU
    against the pipelined engine (proposals in worker processes ahead of CLIP): seconds per
    image per stage and end to end.
 2. The authors' per-object loop (proposals and visual features recomputed for each referred
-   object, text encoded one sentence at a time) against zsris, on a RefCOCO-val-shaped
-   workload: 2.5 referred objects and about 7.5 sentences per image.
+   object with their per-proposal crops, each sentence parsed and encoded alone), the same loop
+   on zsris's steps, and zsris, on a RefCOCO-val-shaped workload: 2.5 referred objects and
+   about 7.5 sentences per image.
 3. The visual step for 100 proposals per backbone and precision (random weights: the real
-   FLOPs), beside open_clip's plain encode_image over the same 100 crops (its floor).
+   FLOPs), beside open_clip's plain encode_image over the same 100 crops (its floor); 3b where
+   its time goes; 3c several images' proposals sharing forward passes (--images-per-pass).
 4. Reduced precision against fp32 on refcoco-mini sentences: the largest feature deviation and
    the share of sentences whose chosen proposal changes.
 5. (CUDA) SAM's automatic generator on the device, one image ahead of CLIP in a thread against
@@ -70,14 +72,14 @@ _BACKBONES: dict = {}
 
 
 def _segmenter(backbone: str = "ViT-B/32", precision: str = "fp32", device: torch.device = DEVICE,
-               proposals=None) -> Segmenter:
+               proposals=None, **settings) -> Segmenter:
     """A segmenter over a random-weight backbone, each backbone built once per device."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if (backbone, device) not in _BACKBONES:
             _BACKBONES[backbone, device] = load_backbone(backbone, weights="random", device=device)
         return Segmenter(_BACKBONES[backbone, device], proposals or ClassicalProposals(max_proposals=100),
-                         SegmenterConfig(precision=precision))
+                         SegmenterConfig(precision=precision, **settings))
 
 
 def _prepared(dataset: ReferDataset, count: int, workers: int) -> list[tuple[int, np.ndarray, Proposals]]:
@@ -140,9 +142,49 @@ def engines(dataset: ReferDataset, images: int, serial_images: int, workers: int
     print(f"   end to end: pipelined x{serial / pipelined:.2f} faster than serial [{LABEL}]")
 
 
+def _authors_visual(segmenter: Segmenter, pixels: np.ndarray, proposals: Proposals) -> torch.Tensor:
+    """The authors' visual step for one referred object (their evaluation script): every mask
+    through the global pass at once, then the local crops one proposal at a time, each filling
+    the whole full-resolution image before ``TF.resized_crop``, and one encode of all the crops."""
+    import torchvision.transforms.functional as TF
+
+    image = segmenter.image_tensor(pixels)
+    masks = torch.from_numpy(proposals.masks).to(DEVICE)
+    with torch.inference_mode():
+        g = visual.global_features(segmenter.model, segmenter.clip_input(image), masks, segmenter.config.k,
+                                   batch_size=len(masks))
+        fill = torch.tensor(segmenter.preprocess_config.fill, device=DEVICE)[None, :, None, None]
+        size = segmenter.backbone.input_size
+        crops = []
+        for mask, (x1, y1, x2, y2) in zip(masks, proposals.boxes.tolist()):
+            weight = mask[None, None].float()
+            filled = image * weight + (1 - weight) * fill
+            crops.append(TF.resized_crop(filled[0], y1, x1, y2 - y1, x2 - x1, [size, size]))
+        loc = visual.encode_images(segmenter.model, torch.stack(crops), len(crops))
+    return segmenter.fuse_visual(g.float(), loc.float())
+
+
+def _authors_sentence(segmenter: Segmenter, sentence: str, fused: torch.Tensor) -> int:
+    """The authors' text step: the sentence parsed alone, sentence and noun phrase encoded in a
+    pass each; the proposal it picks."""
+    from zsris.fusion import fuse_text
+
+    segmenter.parser._cache.clear()
+    segmenter.text_encoder._cache.clear()
+    parsed = segmenter.parser.parse(sentence)
+    with torch.inference_mode():
+        sentence_feature = segmenter.text_encoder.encode([parsed.sentence])
+        phrase_feature = segmenter.text_encoder.encode([parsed.noun_phrase])
+    text = fuse_text(sentence_feature.float(), phrase_feature.float(), segmenter.config.beta,
+                     segmenter.config.fusion, segmenter.backbone.is_vit)
+    return int((text @ fused.T).argmax())
+
+
 def per_object_loop(dataset: ReferDataset, images: int) -> None:
     """RefCOCO val has 2.54 referred objects and 7.22 sentences per image: objects alternate 3, 2
-    (2.5 per image), each with the next 3 sentences of the dataset (7.5 per image)."""
+    (2.5 per image), each with the next 3 sentences of the dataset (7.5 per image). Three ways:
+    the authors' loop (proposals and visual features for each referred object, their per-proposal
+    crops, each sentence parsed and encoded alone), the same loop on zsris's steps, and zsris."""
     segmenter = _segmenter()
     sentences = [s.text for ref in dataset.refs for s in ref.sentences]
     ids = list(dataset.refs_by_image("train", images))
@@ -157,24 +199,37 @@ def per_object_loop(dataset: ReferDataset, images: int) -> None:
     def authors() -> None:
         for pixels, objects in workload:
             for object_sentences in objects:
+                fused = _authors_visual(segmenter, pixels, segmenter.proposals(pixels))
+                for sentence in object_sentences:
+                    _authors_sentence(segmenter, sentence, fused)
+
+    def loop_on_zsris_steps() -> None:
+        for pixels, objects in workload:
+            for object_sentences in objects:
                 features = segmenter.image_features(pixels)  # proposals and visual features again
                 for sentence in object_sentences:
+                    segmenter.parser._cache.clear()
                     segmenter.text_encoder._cache.clear()  # encoded anew, one at a time
                     segmenter.score(features, [sentence])
 
     def ours() -> None:
+        segmenter.parser._cache.clear()
         segmenter.text_encoder._cache.clear()
         for pixels, objects in workload:
             segmenter.score(segmenter.image_features(pixels), [s for group in objects for s in group])
 
     _, t_authors = _timed(authors)
+    _, t_loop = _timed(loop_on_zsris_steps)
     _, t_ours = _timed(ours)
     count = len(workload)
     print(f"\n2. RefCOCO-val-shaped workload: {count} images, "
           f"{sum(len(o) for _, o in workload) / count:.2f} objects and "
           f"{sum(len(s) for _, o in workload for s in o) / count:.2f} sentences per image, 100 proposals [{LABEL}]")
-    print(f"   authors' per-object loop  {t_authors / count:7.3f} s/image")
-    print(f"   zsris, per image          {t_ours / count:7.3f} s/image   x{t_authors / t_ours:.2f} [{LABEL}]")
+    print(f"   authors' per-object loop (their per-proposal steps)  {t_authors / count:7.3f} s/image")
+    print(f"   the same loop on zsris's steps                       {t_loop / count:7.3f} s/image"
+          f"   x{t_authors / t_loop:.2f} [{LABEL}]")
+    print(f"   zsris, per image                                     {t_ours / count:7.3f} s/image"
+          f"   x{t_authors / t_ours:.2f} [{LABEL}]")
 
 
 def breakdown(image: np.ndarray, proposals: Proposals, precision: str = "fp32") -> None:
@@ -248,6 +303,32 @@ def visual_step(image: np.ndarray, proposals: Proposals, backbones: list[str], p
         print(f"   {name:12}" + "".join(f"{c:>22}" for c in cells))
 
 
+def images_per_pass(prepared: list, precisions: list[str]) -> None:
+    """The visual step of several images, one image per set of passes against several images'
+    proposals sharing passes (what eval and batch do with --images-per-pass)."""
+    items = [(pixels, proposals) for _, pixels, proposals in prepared]
+    print(f"\n3c. visual step of {len(items)} images ({sum(len(q) for _, q in items) / len(items):.0f} proposals each), "
+          f"ViT-B/32, seconds per image, median of 3 [{LABEL}]")
+    print(f"   {'':34}" + "".join(f"{p:>12}" for p in precisions))
+    rows: dict[str, list[float]] = {}
+    for per_pass, batch_size in ((1, 64), (4, 64), (4, 128), (8, 256)):
+        label = f"{per_pass} image{'s' if per_pass > 1 else ''} per pass, --batch-size {batch_size}"
+        for precision in precisions:
+            segmenter = _segmenter(precision=precision, batch_size=batch_size)
+
+            def run() -> None:
+                for start in range(0, len(items), per_pass):
+                    segmenter.image_features_many(items[start:start + per_pass])
+
+            rows.setdefault(label, []).append(_timed(run, repeat=3)[1] / len(items))
+    for label, seconds in rows.items():
+        print(f"   {label:34}" + "".join(f"{1000 * t:10.1f}ms" for t in seconds))
+    first, *others = rows.values()
+    for label, seconds in zip(list(rows)[1:], others):
+        print(f"   {label}: " + ", ".join(f"{p} x{a / b:.2f}" for p, a, b in zip(precisions, first, seconds))
+              + f" against 1 per pass [{LABEL}]")
+
+
 def precision_effect(work: list, precisions: list[str]) -> None:
     reference = _segmenter()
     base = []
@@ -315,6 +396,7 @@ def main() -> None:
     parser.add_argument("--serial-images", type=int, default=16, help="images for the serial engine")
     parser.add_argument("--loop-images", type=int, default=8, help="images for the per-object loop")
     parser.add_argument("--precision-images", type=int, default=20)
+    parser.add_argument("--pass-images", type=int, default=8, help="images for the images-per-pass rows (3c)")
     parser.add_argument("--sam-images", type=int, default=8)
     parser.add_argument("--sam-model", default="vit_h")
     parser.add_argument("--workers", type=int, default=default_workers())
@@ -326,7 +408,8 @@ def main() -> None:
     precisions = ["fp32", "tf32", "bf16", "fp16"] if CUDA else ["fp32"]
     print(f"device: {LABEL}; torch {torch.__version__}; {os.cpu_count()} CPUs"
           + ("" if CUDA else "; no GPU here: CUDA rows not run"))
-    needed = max(args.precision_images if 4 in args.only else 1, args.sam_images if 5 in args.only else 1)
+    needed = max(args.precision_images if 4 in args.only else 1, args.sam_images if 5 in args.only else 1,
+                 args.pass_images if 3 in args.only else 1)
     prepared = _prepared(dataset, needed, args.workers)
     _, image, proposals = prepared[0]
     if CUDA and 0 in args.only:
@@ -339,6 +422,7 @@ def main() -> None:
         visual_step(image, proposals, args.backbones if CUDA else args.backbones[:1], precisions)
         for precision in precisions[::2]:
             breakdown(image, proposals, precision)
+        images_per_pass(prepared[:args.pass_images], precisions[::2])
     if 4 in args.only:
         if CUDA:
             groups = dataset.refs_by_image("train", args.precision_images)

@@ -122,3 +122,40 @@ def test_overlong_expression_warns_and_truncates(tiny_vit):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         encoder.encode(["a short one"])
+
+
+@pytest.mark.parametrize("backbone_name", ["tiny_vit", "tiny_resnet", "vit_b32"])
+def test_text_without_the_padding_equals_clips_encode_text(backbone_name, request, refcoco_mini):
+    """The causal tower's end-of-text feature does not depend on the padding after it: real
+    refcoco-mini sentences of every length, a one-word phrase and an over-long (truncated)
+    sentence give open_clip's own features, in one batch or alone."""
+    from zsris.datasets import ReferDataset
+    from zsris.text import _trimmable, encode_text
+
+    backbone = request.getfixturevalue(backbone_name)
+    model = backbone.model
+    sentences = sorted({s.text for r in ReferDataset(refcoco_mini, "refcoco").refs[:40] for s in r.sentences}, key=len)
+    texts = [sentences[0], sentences[-1], "cat", *sentences[1:20], " ".join(["the big red car"] * 30)]
+    tokens = backbone.tokenizer(texts)
+    assert _trimmable(model) and int(tokens.argmax(-1).max()) == tokens.shape[1] - 1  # the long one fills it
+    with torch.inference_mode():
+        expected = model.encode_text(tokens)
+        torch.testing.assert_close(encode_text(model, tokens), expected, rtol=1e-5, atol=1e-5)
+        short = tokens[:3]  # up to the longest sentence of the three only
+        assert int(short.argmax(-1).max()) + 1 < tokens.shape[1]
+        torch.testing.assert_close(encode_text(model, short), expected[:3], rtol=1e-5, atol=1e-5)
+
+
+def test_a_tower_that_is_not_causal_is_encoded_whole(tiny_vit, monkeypatch):
+    from zsris.text import _trimmable, encode_text
+
+    model = tiny_vit.model
+    tokens = tiny_vit.tokenizer(["a red car", "the man"])
+    monkeypatch.setattr(model, "attn_mask", torch.zeros_like(model.attn_mask))  # every position sees every other
+    assert not _trimmable(model)
+    calls = []
+    original = model.encode_text
+    monkeypatch.setattr(model, "encode_text", lambda t: calls.append(t.shape) or original(t))
+    with torch.inference_mode():
+        encode_text(model, tokens)
+    assert calls == [tokens.shape]

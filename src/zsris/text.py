@@ -167,6 +167,40 @@ class ExpressionParser:
         return [self._cache[e] for e in expressions]
 
 
+def encode_text(model: nn.Module, tokens: Tensor) -> Tensor:
+    """open_clip's ``encode_text`` run on the tokens up to the batch's last end-of-text token.
+
+    CLIP's text tower is causal: no position sees those after it, and only the end-of-text
+    token's output is kept. The padding after it cannot change that output, so it is left out:
+    a ten-token sentence costs ten positions instead of 77, a fifth of the work (the same
+    numbers up to float rounding). Towers of another kind (not causal, not pooled at the
+    end-of-text token) go through their own ``encode_text`` whole.
+    """
+    if not _trimmable(model):
+        return model.encode_text(tokens)
+    length = int(tokens.argmax(dim=-1).max()) + 1  # the end-of-text token has the largest id
+    tokens = tokens[:, :length]
+    dtype = model.transformer.get_cast_dtype()
+    x = model.token_embedding(tokens).to(dtype) + model.positional_embedding[:length].to(dtype)
+    x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask[:length, :length]))
+    x = x[torch.arange(len(x), device=x.device), tokens.argmax(dim=-1)]
+    projection = model.text_projection
+    if projection is None:
+        return x
+    return projection(x) if isinstance(projection, nn.Module) else x @ projection
+
+
+def _trimmable(model: nn.Module) -> bool:
+    """An open_clip CLIP text tower with a causal mask, pooled at the end-of-text token."""
+    mask = getattr(model, "attn_mask", None)
+    if getattr(model, "text_pool_type", None) != "argmax" or not isinstance(mask, Tensor) or mask.dim() != 2:
+        return False
+    if not all(hasattr(model, part) for part in ("token_embedding", "positional_embedding", "transformer", "ln_final")):
+        return False
+    above = torch.ones_like(mask, dtype=torch.bool).triu(1)
+    return bool(torch.isneginf(mask[above]).all() and (mask[~above] == 0).all())
+
+
 class TextEncoder:
     """CLIP text features (projected, not normalised), cached per string.
 
@@ -203,7 +237,7 @@ class TextEncoder:
             for text in chunk:
                 self._warn_if_truncated(text)
             tokens = self.tokenizer(chunk).to(device)
-            for text, feature in zip(chunk, self.model.encode_text(tokens)):
+            for text, feature in zip(chunk, encode_text(self.model, tokens)):
                 self._cache[text] = feature
         if not texts:
             return torch.zeros(0, self.model.text_projection.shape[-1], device=device)
