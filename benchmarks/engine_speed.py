@@ -171,7 +171,7 @@ def _authors_sentence(segmenter: Segmenter, sentence: str, fused: torch.Tensor) 
 
     segmenter.parser._cache.clear()
     segmenter.text_encoder._cache.clear()
-    parsed = segmenter.parser.parse(sentence)
+    parsed = segmenter.parser(sentence)
     with torch.inference_mode():
         sentence_feature = segmenter.text_encoder.encode([parsed.sentence])
         phrase_feature = segmenter.text_encoder.encode([parsed.noun_phrase])

@@ -134,6 +134,21 @@ def test_several_images_share_passes_and_each_gets_its_own_features(tiny_vit, sm
     assert segmenter.image_features_many([]) == []
 
 
+def test_images_share_passes_only_within_the_mask_budget(tiny_vit, small_image, proposals, monkeypatch):
+    from zsris import segmenter as module
+
+    assert module._within_budget("abcd", [5, 5, 20, 1], 10) == [["a", "b"], ["c"], ["d"]]
+    assert module._within_budget([], [], 10) == []
+    segmenter = _segmenter(tiny_vit)
+    passes = []
+    features = segmenter._features
+    monkeypatch.setattr(segmenter, "_features", lambda images: passes.append(len(images)) or features(images))
+    segmenter.image_features_many([(small_image, proposals)] * 3)
+    monkeypatch.setattr(module, "MASK_PIXELS_PER_PASS", 2 * proposals.masks.size)
+    segmenter.image_features_many([(small_image, proposals)] * 3)
+    assert passes == [3, 2, 1]
+
+
 def test_images_per_pass_is_the_setting_else_one_on_the_cpu(tiny_vit):
     assert _segmenter(tiny_vit).images_per_pass == 1
     assert _segmenter(tiny_vit, images_per_pass=6).images_per_pass == 6

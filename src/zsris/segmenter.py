@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 
 RANDOM_WEIGHTS_WARNING = "zsris: CLIP has RANDOM weights (--weights random): its masks mean nothing"
 DEFAULT_TOP_K = 5
+#: Mask pixels (bytes, as bool) of the images whose proposals share CLIP passes: 100 masks of
+#: eight 640 x 480 images; larger images go alone, so grouping never raises the peak memory.
+MASK_PIXELS_PER_PASS = 2 ** 28
 
 
 @dataclass
@@ -170,7 +173,8 @@ class Segmenter:
                                      "lower --max-pixels or use a smaller backbone") from None
                 batch_size = max(1, batch_size // 2)
                 torch.cuda.empty_cache()
-                warnings.warn(f"zsris: out of GPU memory; this image goes again with --batch-size {batch_size}",
+                which = "this image goes" if len(image_tensors) == 1 else f"these {len(image_tensors)} images go"
+                warnings.warn(f"zsris: out of GPU memory; {which} again with --batch-size {batch_size}",
                               ZsrisWarning, stacklevel=2)
 
     def fuse_visual(self, global_features: Tensor, local_features: Tensor) -> Tensor:
@@ -194,7 +198,9 @@ class Segmenter:
         share forward passes (``batch_size`` at a time): fewer, fuller passes on a GPU. None
         stands for an image left to :meth:`image_features`: one without pixels or proposals, or
         one it refuses (no proposals, sizes that disagree), so that it says why. Results equal
-        one image at a time up to float rounding."""
+        one image at a time up to float rounding. Images go together only while their masks
+        hold at most :data:`MASK_PIXELS_PER_PASS` pixels (on the device at once, as bool); a
+        larger image goes alone, as it would with one image per pass."""
         usable = []
         for position, (pixels, proposals) in enumerate(images):
             if pixels is None or proposals is None:
@@ -205,8 +211,9 @@ class Segmenter:
                 continue
             usable.append(position)
         answers: list[Optional[ImageFeatures]] = [None] * len(images)
-        for position, features in zip(usable, self._features([images[i] for i in usable])):
-            answers[position] = features
+        for part in _within_budget(usable, [images[i][1].masks.size for i in usable], MASK_PIXELS_PER_PASS):
+            for position, features in zip(part, self._features([images[i] for i in part])):
+                answers[position] = features
         return answers
 
     @property
@@ -334,6 +341,20 @@ class Segmenter:
 
         pairs = as_pairs(pairs)
         return in_input_order(pairs, run_pairs(self, pairs, batch_engine(self, workers), top_k))
+
+
+def _within_budget(items: Sequence[Any], sizes: Sequence[int], budget: int) -> list[list[Any]]:
+    """``items`` in consecutive runs whose ``sizes`` add up to at most ``budget`` (an item larger
+    than the budget alone), in their order."""
+    runs: list[list[Any]] = []
+    total = 0
+    for item, size in zip(items, sizes):
+        if not runs or total + size > budget:
+            runs.append([])
+            total = 0
+        runs[-1].append(item)
+        total += size
+    return runs
 
 
 def create_segmenter(

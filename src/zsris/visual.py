@@ -142,8 +142,8 @@ def global_features_many(
     check_supported(model)
     visual = model.visual
     counts = [len(m) for m in masks]
-    owner = torch.repeat_interleave(torch.arange(len(images), device=images.device),
-                                    torch.tensor(counts, device=images.device))
+    owner = torch.repeat_interleave(torch.arange(len(images), device=images.device),  # which image each mask is of
+                                    torch.tensor(counts, device=images.device), output_size=sum(counts))
     if not is_vit(model):
         fmap = _resnet_trunk(visual, images)
         if normalize_map:
