@@ -111,6 +111,7 @@ def test_text_features_are_cached_and_match_clip(tiny_vit):
     torch.testing.assert_close(features[[0, 1]], expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(features[2], features[0])
     assert set(encoder._cache) == {"a red car", "the man"}
+    assert encoder.causal  # open_clip's causal tower: the padding is left out
 
 
 def test_overlong_expression_warns_and_truncates(tiny_vit):

@@ -167,23 +167,27 @@ class ExpressionParser:
         return [self._cache[e] for e in expressions]
 
 
-def encode_text(model: nn.Module, tokens: Tensor) -> Tensor:
+def encode_text(model: nn.Module, tokens: Tensor, causal: Optional[bool] = None) -> Tensor:
     """open_clip's ``encode_text`` run on the tokens up to the batch's last end-of-text token.
 
     CLIP's text tower is causal: no position sees those after it, and only the end-of-text
     token's output is kept. The padding after it cannot change that output, so it is left out:
     a ten-token sentence costs ten positions instead of 77, a fifth of the work (the same
     numbers up to float rounding). Towers of another kind (not causal, not pooled at the
-    end-of-text token) go through their own ``encode_text`` whole.
+    end-of-text token) go through their own ``encode_text`` whole; ``causal`` says which kind
+    ``model`` is, if already known. ``tokens`` may be on the CPU (then nothing waits for the
+    device to find their length); the features are on the model's device.
     """
-    if not _trimmable(model):
-        return model.encode_text(tokens)
-    length = int(tokens.argmax(dim=-1).max()) + 1  # the end-of-text token has the largest id
-    tokens = tokens[:, :length]
+    device = next(model.parameters()).device
+    if not (_trimmable(model) if causal is None else causal):
+        return model.encode_text(tokens.to(device))
+    ends = tokens.argmax(dim=-1)  # the end-of-text token has the largest id
+    length = int(ends.max()) + 1
+    tokens, ends = tokens[:, :length].to(device), ends.to(device)
     dtype = model.transformer.get_cast_dtype()
     x = model.token_embedding(tokens).to(dtype) + model.positional_embedding[:length].to(dtype)
     x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask[:length, :length]))
-    x = x[torch.arange(len(x), device=x.device), tokens.argmax(dim=-1)]
+    x = x[torch.arange(len(x), device=device), ends]
     projection = model.text_projection
     if projection is None:
         return x
@@ -212,6 +216,7 @@ class TextEncoder:
         self.tokenizer = tokenizer
         self.context_length = context_length
         self.batch_size = batch_size
+        self.causal = _trimmable(model)  # checked once: encode_text leaves the padding out
         self._cache: dict[str, Tensor] = {}
 
     def _warn_if_truncated(self, text: str) -> None:
@@ -236,8 +241,7 @@ class TextEncoder:
             chunk = missing[start:start + self.batch_size]
             for text in chunk:
                 self._warn_if_truncated(text)
-            tokens = self.tokenizer(chunk).to(device)
-            for text, feature in zip(chunk, encode_text(self.model, tokens)):
+            for text, feature in zip(chunk, encode_text(self.model, self.tokenizer(chunk), self.causal)):
                 self._cache[text] = feature
         if not texts:
             return torch.zeros(0, self.model.text_projection.shape[-1], device=device)
