@@ -126,16 +126,15 @@ def test_overlong_expression_warns_and_truncates(tiny_vit):
 
 
 @pytest.mark.parametrize("backbone_name", ["tiny_vit", "tiny_resnet", "vit_b32"])
-def test_text_without_the_padding_equals_clips_encode_text(backbone_name, request, refcoco_mini):
-    """The causal tower's end-of-text feature does not depend on the padding after it: real
-    refcoco-mini sentences of every length, a one-word phrase and an over-long (truncated)
+def test_text_without_the_padding_equals_clips_encode_text(backbone_name, request):
+    """The causal tower's end-of-text feature does not depend on the padding after it: the
+    table's refcoco sentences of every length, a one-word phrase and an over-long (truncated)
     sentence give open_clip's own features, in one batch or alone."""
-    from zsris.datasets import ReferDataset
     from zsris.text import _trimmable, encode_text
 
     backbone = request.getfixturevalue(backbone_name)
     model = backbone.model
-    sentences = sorted({s.text for r in ReferDataset(refcoco_mini, "refcoco").refs[:40] for s in r.sentences}, key=len)
+    sentences = sorted({expression for expression, _ in NOUN_PHRASES}, key=len)
     texts = [sentences[0], sentences[-1], "cat", *sentences[1:20], " ".join(["the big red car"] * 30)]
     tokens = backbone.tokenizer(texts)
     assert _trimmable(model) and int(tokens.argmax(-1).max()) == tokens.shape[1] - 1  # the long one fills it
