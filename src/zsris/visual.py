@@ -196,11 +196,13 @@ def local_crops(
     (:func:`zsris.resample.crop_resize`).
     """
     image = _as_batch(image)[0]
-    if boxes is None:
-        boxes = torch.as_tensor(masks_boxes(masks.bool().cpu().numpy()))
     fill_value = torch.as_tensor(fill, dtype=image.dtype, device=image.device)
-    return crop_resize(image, masks, torch.as_tensor(boxes), fill_value, size,
-                       batch_size=max(1, len(masks)))
+    return crop_resize(image, masks, _boxes_of(masks, boxes), fill_value, size, batch_size=max(1, len(masks)))
+
+
+def _boxes_of(masks: Tensor, boxes: Optional[Tensor]) -> Tensor:
+    """``boxes`` as a tensor, or the masks' tight boxes where none are given."""
+    return torch.as_tensor(masks_boxes(masks.bool().cpu().numpy()) if boxes is None else boxes)
 
 
 @torch.inference_mode()
@@ -246,8 +248,7 @@ def local_features_many(
     if len(images) != len(masks) or (boxes is not None and len(boxes) != len(images)):
         raise ValueError(f"expected as many mask stacks and box sets as images, got {len(images)} images, "
                          f"{len(masks)} mask stacks and {len(boxes) if boxes is not None else 0} box sets")
-    boxes = [torch.as_tensor(masks_boxes(m.bool().cpu().numpy()) if b is None else b).cpu()
-             for m, b in zip(masks, boxes or [None] * len(images))]
+    boxes = [_boxes_of(m, b).cpu() for m, b in zip(masks, boxes or [None] * len(images))]
     owner = torch.cat([torch.full((len(b),), i) for i, b in enumerate(boxes)])
     index = torch.cat([torch.argsort((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]), descending=True) for b in boxes])
     outputs = [image.new_empty(len(m), model.visual.output_dim) for image, m in zip(images, masks)]
