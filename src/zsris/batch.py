@@ -233,10 +233,8 @@ def run_pairs(segmenter: Segmenter, pairs: Sequence[Pair], engine: Engine,
         yield refused, None
     groups = group_by_image(p for p in pairs if p.error is None)
     tasks = [ImageTask(path, path, Path(path).name) for path in groups]
-    for batch in engine.groups(tasks, segmenter.images_per_pass):
-        features = segmenter.image_features_many([(p.pixels, p.proposals) for p in batch])
-        for prepared, shared in zip(batch, features):
-            yield prepared_results(segmenter, groups[prepared.key], prepared, top_k, shared), prepared.pixels
+    for prepared, features in segmenter.prepared_features(engine, tasks):
+        yield prepared_results(segmenter, groups[prepared.key], prepared, top_k, features), prepared.pixels
 
 
 class ImageJob:

@@ -184,13 +184,10 @@ def run_local(evaluator: ImageEvaluator, groups: dict[int, list[Ref]], pending: 
     """The pending images through ``engine``: decoding and proposals in its workers, CLIP here
     (the segmenter's ``images_per_pass`` at a time), each image's records committed to the store
     as soon as they exist."""
-    segmenter = evaluator.segmenter
     tasks = [dataset_task(evaluator.dataset, image_id) for image_id in pending]
-    for batch in engine.groups(tasks, segmenter.images_per_pass):
-        features = segmenter.image_features_many([(p.pixels, p.proposals) for p in batch])
-        for prepared, shared in zip(batch, features):
-            store.add(evaluator.evaluate_prepared(prepared, groups[prepared.key], shared))
-            progress.update(1)
+    for prepared, features in evaluator.segmenter.prepared_features(engine, tasks):
+        store.add(evaluator.evaluate_prepared(prepared, groups[prepared.key], features))
+        progress.update(1)
     return engine.times
 
 

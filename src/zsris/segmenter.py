@@ -30,6 +30,7 @@ from .text import ExpressionParser, ParsedExpression, TextEncoder, check_express
 
 if TYPE_CHECKING:
     from .batch import PairResult
+    from .engine import Engine, ImageTask, Prepared
 
 RANDOM_WEIGHTS_WARNING = "zsris: CLIP has RANDOM weights (--weights random): its masks mean nothing"
 DEFAULT_TOP_K = 5
@@ -215,6 +216,14 @@ class Segmenter:
             for position, features in zip(part, self._features([images[i] for i in part])):
                 answers[position] = features
         return answers
+
+    def prepared_features(self, engine: "Engine", tasks: Sequence["ImageTask"]
+                          ) -> Iterator[tuple["Prepared", Optional[ImageFeatures]]]:
+        """Each task's image as ``engine`` prepares it, in order, with its visual features,
+        computed :attr:`images_per_pass` images at a time (None where there are none to share:
+        a failed image, one without proposals given ...; :meth:`image_features` then says why)."""
+        for group in engine.groups(tasks, self.images_per_pass):
+            yield from zip(group, self.image_features_many([(p.pixels, p.proposals) for p in group]))
 
     @property
     def images_per_pass(self) -> int:
