@@ -24,9 +24,8 @@ from pathlib import Path
 from common import add_data_flag, require_data
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from refcoco_manifest import manifest_rows  # noqa: E402
-
-from zsris.cli import main  # noqa: E402
+from refcoco_manifest import manifest_rows
+from zsris.cli import main
 
 
 def _run(argv: list[str]) -> tuple[float, float]:

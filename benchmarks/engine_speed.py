@@ -33,16 +33,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import add_data_flag, require_data
 from zsris import visual
 from zsris.backbones import load_backbone
 from zsris.config import ProposalSpec, SegmenterConfig
 from zsris.datasets import ReferDataset
 from zsris.engine import Engine, Preparer, default_workers
-from zsris.evaluation import ImageEvaluator, dataset_task, load_dataset_image, run_local
+from zsris.jobs.evaluation import ImageEvaluator, dataset_task, load_dataset_image, run_local
 from zsris.proposals import ClassicalProposals, Proposals
+from zsris.report import LABELS
 from zsris.segmenter import Segmenter
 from zsris.store import PredictionStore
+
+from common import add_data_flag, require_data
 
 CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")
@@ -98,7 +100,8 @@ def exactness(image: np.ndarray, proposals: Proposals) -> None:
     on_cpu = _segmenter(device=torch.device("cpu")).image_features(image, proposals=proposals)
     for name in ("global_features", "local_features", "visual_features"):
         a, b = getattr(on_gpu, name).cpu(), getattr(on_cpu, name)
-        print(f"   GPU against CPU, {name}: {float((a - b).abs().max()):.2e} (largest |value| {float(b.abs().max()):.2e})")
+        print(f"   GPU against CPU, {name}: {float((a - b).abs().max()):.2e} "
+              f"(largest |value| {float(b.abs().max()):.2e})")
     segmenter = _segmenter()
     tensor = segmenter.image_tensor(image)[0]
     masks = torch.from_numpy(proposals.masks).to(DEVICE)
@@ -119,9 +122,8 @@ class _NoBar:
         pass
 
 
-KEYS = ["seconds/image (end to end)", "seconds/image (once the first was ready)", "seconds until the first image",
-        "seconds/image (decode + proposals, per worker)", "seconds/image (model)",
-        "seconds/image (model stage waiting)", "busy (proposal workers)", "busy (model)"]
+KEYS = ["seconds_per_image", "seconds_per_image_running", "seconds_to_first_image", "prepare_seconds_per_image",
+        "model_seconds_per_image", "waiting_seconds_per_image", "busy_workers", "busy_model"]
 
 
 def engines(dataset: ReferDataset, images: int, serial_images: int, workers: int) -> None:
@@ -137,8 +139,8 @@ def engines(dataset: ReferDataset, images: int, serial_images: int, workers: int
     print(f"\n1. eval on refcoco-mini images, ViT-B/32, 100 classical proposals [{LABEL}, {os.cpu_count()} CPUs]")
     print(f"   {'':48}" + "".join(f"{name:>34}" for name in rows))
     for key in KEYS:
-        print(f"   {key:48}" + "".join(f"{row[key]:>34}" for row in rows.values()))
-    serial, pipelined = (row["seconds/image (end to end)"] for row in rows.values())
+        print(f"   {LABELS[key]:48}" + "".join(f"{row[key]:>34}" for row in rows.values()))
+    serial, pipelined = (row["seconds_per_image"] for row in rows.values())
     print(f"   end to end: pipelined x{serial / pipelined:.2f} faster than serial [{LABEL}]")
 
 
@@ -307,7 +309,8 @@ def images_per_pass(prepared: list, precisions: list[str]) -> None:
     """The visual step of several images, one image per set of passes against several images'
     proposals sharing passes (what eval and batch do with --images-per-pass)."""
     items = [(pixels, proposals) for _, pixels, proposals in prepared]
-    print(f"\n3c. visual step of {len(items)} images ({sum(len(q) for _, q in items) / len(items):.0f} proposals each), "
+    each = sum(len(q) for _, q in items) / len(items)
+    print(f"\n3c. visual step of {len(items)} images ({each:.0f} proposals each), "
           f"ViT-B/32, seconds per image, median of 3 [{LABEL}]")
     print(f"   {'':34}" + "".join(f"{p:>12}" for p in precisions))
     rows: dict[str, list[float]] = {}
@@ -379,9 +382,9 @@ def sam_engine(dataset: ReferDataset, prepared: list, model_type: str, points: i
             seconds.clear()
             engine = Engine(Preparer(None, None, exif_transpose=False), 0, ahead=ahead, generator=sam_then_classical)
             times = run_local(evaluator, groups, images, _Store(), _NoBar(), engine).summary()
-        print(f"   {label:34} {times['seconds/image (end to end)']:.3f} s/image end to end "
+        print(f"   {label:34} {times['seconds_per_image']:.3f} s/image end to end "
               f"(SAM {sum(seconds) / len(seconds):.3f} s/image, model stage waiting "
-              f"{times['seconds/image (model stage waiting)']:.3f})")
+              f"{times['waiting_seconds_per_image']:.3f})")
 
 
 class _Store:

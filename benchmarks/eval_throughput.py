@@ -16,14 +16,14 @@ import warnings
 
 import torch
 
-from common import add_data_flag, require_data
 from zsris.backbones import load_backbone
 from zsris.cache import ProposalCache
 from zsris.datasets import ReferDataset
-from zsris.evaluation import ImageEvaluator, load_dataset_image
+from zsris.jobs.evaluation import ImageEvaluator, load_dataset_image
 from zsris.proposals import ClassicalProposals
 from zsris.segmenter import Segmenter
 
+from common import add_data_flag, require_data
 
 
 def baseline(segmenter: Segmenter, dataset: ReferDataset, groups) -> int:
@@ -55,7 +55,8 @@ def main() -> None:
     require_data(args.data, args.dataset)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        segmenter = Segmenter(load_backbone("ViT-B/32", weights="random"), ClassicalProposals(max_proposals=args.proposals))
+        segmenter = Segmenter(load_backbone("ViT-B/32", weights="random"),
+                              ClassicalProposals(max_proposals=args.proposals))
     dataset = ReferDataset(args.data, args.dataset)
     groups = dataset.refs_by_image(args.split, args.images)
     refs = sum(len(r) for r in groups.values())

@@ -17,9 +17,10 @@ import time
 
 import spacy
 
-from common import add_data_flag, require_data
 from zsris.datasets import ReferDataset
 from zsris.text import SPACY_MODELS, ExpressionParser
+
+from common import add_data_flag, require_data
 
 
 def main() -> None:

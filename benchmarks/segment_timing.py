@@ -16,11 +16,12 @@ import warnings
 import torch
 
 from zsris import visual
-from common import add_data_flag, require_data
 from zsris.backbones import load_backbone
 from zsris.images import load_image
 from zsris.proposals import ClassicalProposals
 from zsris.segmenter import Segmenter
+
+from common import add_data_flag, require_data
 
 EXPRESSIONS = ["the man on the left", "a red car parked by the road", "the biggest elephant in the middle"]
 
@@ -53,7 +54,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        segmenter = Segmenter(load_backbone("ViT-B/32", weights="random"), ClassicalProposals(max_proposals=args.proposals))
+        segmenter = Segmenter(load_backbone("ViT-B/32", weights="random"),
+                              ClassicalProposals(max_proposals=args.proposals))
     paths = sorted((args.data / "images" / "train2014").glob("*.jpg"))[: args.images]
     expressions = (EXPRESSIONS * args.expressions)[: args.expressions]
     rows = []

@@ -5,9 +5,10 @@
     python scripts/output_fingerprint.py --data ../shared/data/refcoco-mini --out after.json
     cmp before.json after.json
 
-Runs the real command line (`zsris segment` with three model configurations and `zsris eval`)
-with random weights, and records every mask (COCO RLE), score, box, ranking and noun phrase
-exactly (floats by ``repr``); settings are left out, since their layout may change.
+Runs the real command line (`zsris segment` with three model configurations, `zsris batch` on a
+manifest with COCO export, and `zsris eval`) with random weights, and records every mask (COCO
+RLE), score, box, ranking and noun phrase exactly (floats by ``repr``); settings are left out,
+since their layout may change.
 """
 from __future__ import annotations
 
@@ -19,15 +20,19 @@ import sys
 import tempfile
 from pathlib import Path
 
-EXPRESSIONS = ["the man on the left", "white cup next to the laptop", "the biggest elephant in the middle"]
+EXPRESSIONS = ["the man on the left", "white cup next to the laptop", "the biggest elephant in the middle",
+               "the second person from the right"]
 CONFIGS = {
     "vit-b32": ["--backbone", "ViT-B/32", "--max-proposals", "40"],
     "rn50-normalized-clip": ["--backbone", "RN50", "--fusion", "normalized", "--preprocess", "clip",
                              "--max-proposals", "25"],
     "vit-b16-alpha-k": ["--backbone", "ViT-B/16", "--alpha", "0.5", "-k", "2", "--beta", "0.3",
                         "--max-proposals", "20", "--batch-size", "7"],
+    "vit-b32-decisions": ["--max-proposals", "30", "--spatial", "on", "--multi-target", "--multi-target-margin",
+                          "0.02", "--top-k", "7"],
+    "vit-b32-threshold": ["--max-proposals", "30", "--no-target-threshold", "0.25", "--top-k", "2"],
 }
-IMAGES = {"vit-b32": 6, "rn50-normalized-clip": 2, "vit-b16-alpha-k": 1}
+IMAGES = {"vit-b32": 6, "rn50-normalized-clip": 2, "vit-b16-alpha-k": 1, "vit-b32-decisions": 2, "vit-b32-threshold": 2}
 
 
 def zsris(*args: str) -> None:
@@ -49,6 +54,36 @@ def segment_outputs(images: list[Path], work: Path) -> dict[str, dict]:
     return found
 
 
+def _exact(value):
+    """``value`` with every float written by ``repr`` (nested lists and dicts too)."""
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, list):
+        return [_exact(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _exact(v) for k, v in value.items() if k != "settings"}
+    return value
+
+
+def batch_outputs(images: list[Path], work: Path) -> dict[str, list]:
+    """A manifest batch (two expressions per image, a bad row, COCO export) with and without workers."""
+    manifest = work / "pairs.jsonl"
+    rows = [{"image": str(image), "expression": expression} for image in images[:3] for expression in EXPRESSIONS[:2]]
+    rows.append({"image": str(images[0])})
+    manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    found: dict[str, list] = {}
+    for workers in ("0", "2"):
+        out = work / f"batch-{workers}"
+        subprocess.run([sys.executable, "-m", "zsris.cli", "batch", str(manifest), "-o", str(out), "--format", "coco",
+                        "--top-k", "3", "--max-proposals", "30", "--proposal-workers", workers, "--weights", "random"],
+                       stdout=subprocess.DEVNULL)
+        for name in ("results.jsonl", "errors.jsonl"):
+            found[f"{workers}/{name}"] = [_exact(json.loads(line)) for line in (out / name).read_text().splitlines()]
+        found[f"{workers}/coco_results.json"] = _exact(json.loads((out / "coco_results.json").read_text()))
+        found[f"{workers}/coco_images.json"] = _exact(json.loads((out / "coco_images.json").read_text()))
+    return found
+
+
 def eval_outputs(data: Path, work: Path) -> list:
     zsris("eval", "--data", str(data), "--dataset", "refcoco", "--split", "train", "--limit", "4", "--no-cache",
           "--max-proposals", "30", "--out", str(work / "eval"))
@@ -64,9 +99,11 @@ def main() -> None:
     args = parser.parse_args()
     images = sorted((args.data / "images" / "train2014").glob("*.jpg"))[:6]
     with tempfile.TemporaryDirectory() as work:
-        fingerprint = {"segment": segment_outputs(images, Path(work)), "eval": eval_outputs(args.data, Path(work))}
+        fingerprint = {"segment": segment_outputs(images, Path(work)), "batch": batch_outputs(images, Path(work)),
+                       "eval": eval_outputs(args.data, Path(work))}
     args.out.write_text(json.dumps(fingerprint, indent=1, sort_keys=True))
-    print(f"wrote {args.out}: {len(fingerprint['segment'])} segment records, {len(fingerprint['eval'])} eval rows")
+    print(f"wrote {args.out}: {len(fingerprint['segment'])} segment records, "
+          f"{sum(len(v) for v in fingerprint['batch'].values())} batch entries, {len(fingerprint['eval'])} eval rows")
 
 
 if __name__ == "__main__":

@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from common import add_data_flag, require_data  # noqa: E402
+from zsris.datasets import ReferDataset
 
-from zsris.datasets import ReferDataset  # noqa: E402
+from common import add_data_flag, require_data
 
 
 def manifest_rows(data: Path, split: str, pairs: int, dataset: str = "refcoco") -> list[dict[str, str]]:

@@ -1,4 +1,4 @@
-"""`zsris batch` and `Segmenter.segment_batch`: inputs, outputs, bad rows, kill-and-resume.
+"""`zsris batch`, `BatchJob` and `segment_pairs`: inputs, outputs, bad rows, kill-and-resume.
 
 The images are drawn here (shapes on plain backgrounds, as the bundled example), so that every
 test runs without refcoco-mini; CLIP is the real ViT-B/32 with random weights.
@@ -18,12 +18,13 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from conftest import count_rows
 from zsris import EXAMPLE_IMAGE
-from zsris.batch import ManifestError, Pair, folder_pairs, output_name, read_manifest
 from zsris.cli import main
 from zsris.cli.batch import SOME_FAILED
+from zsris.jobs.pairs import ManifestError, Pair, folder_pairs, output_name, read_manifest
 from zsris.masks import decode_rle
+
+from conftest import count_rows
 
 FAST = ["--weights", "random", "--max-proposals", "6"]
 
@@ -162,6 +163,7 @@ def folder_run(photos, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_folder_run_writes_results_masks_overlays_and_coco(folder_run, photos):
     from pycocotools.coco import COCO
 
@@ -184,6 +186,7 @@ def test_folder_run_writes_results_masks_overlays_and_coco(folder_run, photos):
     assert first["expression"] == "the red circle" and first["area"] == decode_rle(records[0]["mask"]).sum()
 
 
+@pytest.mark.slow
 def test_batch_answers_equal_segment_answers(folder_run, photos, tmp_path, capsys):
     """No per-pair difference: the batch's masks and scores are those of `zsris segment`."""
     image = photos / "sub" / "b.JPG"
@@ -197,6 +200,7 @@ def test_batch_answers_equal_segment_answers(folder_run, photos, tmp_path, capsy
             assert one[key] == many[key], key
 
 
+@pytest.mark.slow
 def test_a_finished_run_does_nothing_again_and_other_settings_are_refused(folder_run, photos, capsys):
     before = (folder_run / "results.jsonl").read_text()
     args = ["batch", str(photos), "-e", "the red circle", "-e", "the big box", "-o", str(folder_run),
@@ -213,6 +217,7 @@ def test_a_finished_run_does_nothing_again_and_other_settings_are_refused(folder
     assert (folder_run / "results.jsonl").read_text() == before
 
 
+@pytest.mark.slow
 def test_overwrite_replaces_the_run(photos, tmp_path, capsys):
     out = tmp_path / "out"
     (out / "masks").mkdir(parents=True)
@@ -225,6 +230,7 @@ def test_overwrite_replaces_the_run(photos, tmp_path, capsys):
     assert json.loads((out / "settings.json").read_text())["alpha"] == 0.5 and len(_results(out)) == 1
 
 
+@pytest.mark.slow
 def test_bad_rows_fail_alone_and_the_rest_completes(photos, tmp_path, capsys):
     """Five bad rows among good ones: each becomes an error record with its reason, exit 3."""
     truncated = tmp_path / "cut.png"
@@ -289,6 +295,7 @@ def _stored(out: Path) -> int:
     return count_rows(out / "batch.sqlite", "pairs")
 
 
+@pytest.mark.slow
 def test_a_killed_batch_resumes_with_nothing_lost_or_doubled(tmp_path):
     folder = tmp_path / "many"
     folder.mkdir()
@@ -315,6 +322,7 @@ def test_a_killed_batch_resumes_with_nothing_lost_or_doubled(tmp_path):
         json.loads((tmp_path / "whole" / "coco_results.json").read_text())
 
 
+@pytest.mark.slow
 def test_ray_engine_gives_the_local_answers(folder_run, photos, tmp_path):
     out = tmp_path / "ray"
     env = {**os.environ, "RAY_DISABLE_IMPORT_WARNING": "1"}
@@ -342,35 +350,97 @@ def segmenter():
 
 
 @pytest.mark.parametrize("workers, images_per_pass", [(0, 1), (1, 1), (1, 3)])
-def test_segment_batch_yields_in_order_and_equals_segment_many(segmenter, photos, workers, images_per_pass):
+def test_segment_pairs_yields_in_order_and_equals_segment_many(segmenter, photos, workers, images_per_pass):
     """With 3 images per pass, the 3 readable images go through CLIP together (the missing one
     fails alone): the same answers, up to float rounding."""
+    from zsris.jobs import segment_pairs
     from zsris.segmenter import Segmenter
 
     a, b = photos / "a.png", str(photos / "sub" / "b.JPG")
-    pairs = [(a, "the circle"), (b, "the box"), (a, ""), ("missing.png", "x"), (a, "the big box"), (EXAMPLE_IMAGE, "red")]
+    pairs = [(a, "the circle"), (b, "the box"), (a, ""), ("missing.png", "x"), (a, "the big box"),
+             (EXAMPLE_IMAGE, "red")]
     grouped = Segmenter(segmenter.backbone, segmenter.proposals, segmenter.config, segmenter.parser,
                         images_per_pass=images_per_pass)
-    answers = list(grouped.segment_batch(pairs, top_k=2, workers=workers))
+    answers = list(segment_pairs(grouped, pairs, workers=workers))
     assert [x.pair.expression for x in answers] == [e for _, e in pairs]
     assert [x.ok for x in answers] == [True, True, False, False, True, True]
     assert "empty" in answers[2].error and "no such file" in answers[3].error
-    alone = segmenter.segment_many(a, ["the circle", "the big box"], top_k=2)
+    alone = segmenter.segment_many(a, ["the circle", "the big box"])
     for got, expected in zip((answers[0].result, answers[4].result), alone):
         assert got.score == pytest.approx(expected.score, abs=0 if images_per_pass == 1 else 1e-5)
         assert got.proposal_index == expected.proposal_index
         np.testing.assert_array_equal(got.mask, expected.mask)
 
 
-def test_segment_batch_refuses_what_is_not_a_pair(segmenter):
+def test_segment_pairs_refuses_what_is_not_a_pair(segmenter):
     from zsris.errors import ZsrisError
+    from zsris.jobs import segment_pairs
 
     with pytest.raises(ZsrisError, match="pair 0 is not an"):
-        segmenter.segment_batch(["just a string"])
+        segment_pairs(segmenter, ["just a string"])
     with pytest.raises(ZsrisError, match="give a path"):
-        segmenter.segment_batch([(np.zeros((4, 4, 3), np.uint8), "x")])
+        segment_pairs(segmenter, [(np.zeros((4, 4, 3), np.uint8), "x")])
 
 
+@pytest.mark.slow
+def test_file_proposals_given_as_an_object_reach_the_worker_processes(segmenter, photos, tmp_path):
+    """One truth for the proposals: a FileProposals object handed to create_segmenter is what the
+    worker processes use (rebuilt from its spec), never classical proposals rebuilt from a
+    default config. The file's masks are not what classical proposals would make."""
+    import warnings
+
+    from zsris import create_segmenter
+    from zsris.jobs import segment_pairs
+    from zsris.masks import encode_rle
+    from zsris.proposals import FileProposals
+
+    a, b = photos / "a.png", photos / "sub" / "b.JPG"
+    records = {}
+    for image in (a, b):
+        height, width = np.asarray(Image.open(image)).shape[:2]
+        masks = np.zeros((3, height, width), bool)
+        masks[0, :10, :10] = masks[1, 20:60, 30:90] = masks[2, height // 2:, :] = True
+        records[image.name] = [{"segmentation": encode_rle(m), "score": 1.0 - i / 10} for i, m in enumerate(masks)]
+    (tmp_path / "masks.json").write_text(json.dumps(records))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        given = create_segmenter(weights="random", parser=segmenter.parser,
+                                 proposals=FileProposals(tmp_path / "masks.json"))
+    assert given.config.proposals.name == "file"
+    pairs = [(a, "the circle"), (b, "the box"), (a, "the big box")]
+    here = list(segment_pairs(given, pairs, workers=0))
+    pooled = list(segment_pairs(given, pairs, workers=2))
+    for one, other, (image, _) in zip(here, pooled, pairs):
+        assert one.ok and other.ok
+        file_masks = [decode_rle(r["segmentation"]) for r in records[image.name]]
+        assert any(np.array_equal(other.result.mask, m) for m in file_masks)  # a mask of the file ...
+        np.testing.assert_array_equal(one.result.mask, other.result.mask)  # ... the one chosen here too
+        assert len(other.result.scores.fused) == 3 and other.result.score == one.result.score
+
+
+def test_batch_job_in_python_writes_and_resumes_what_the_cli_writes(segmenter, photos, tmp_path):
+    """BatchJob is the command's work without argparse: the same folder of outputs, resumable."""
+    from zsris.jobs import BatchJob, Execution
+
+    pairs = folder_pairs(photos, ["the circle", ""])
+    quiet = Execution(proposal_workers=0, progress=False)
+    summary = BatchJob(segmenter, pairs, tmp_path / "out", save_masks=True, coco=True, top_k=2,
+                       execution=quiet).run()
+    assert (summary.pairs, summary.done, summary.failed, summary.skipped) == (6, 3, 3, 0)
+    assert summary.failed_overall == 3 and summary.timing["images"] == 3
+    records = _results(tmp_path / "out")
+    assert [r["id"] for r in records] == [p.id for p in pairs if p.expression]
+    assert all(len(r["top_proposals"]) == 2 for r in records)
+    assert len(_results(tmp_path / "out", "errors.jsonl")) == 3
+    assert len(list((tmp_path / "out" / "masks").glob("*.png"))) == 3
+    assert json.loads((tmp_path / "out" / "coco_results.json").read_text())[0]["pair_id"] == records[0]["id"]
+    again = BatchJob(segmenter, pairs, tmp_path / "out", top_k=2, execution=quiet).run()
+    assert (again.done, again.skipped, again.images_this_run) == (0, 6, 0)
+    retried = BatchJob(segmenter, pairs, tmp_path / "out", top_k=2, retry_failed=True, execution=quiet).run()
+    assert (retried.retried, retried.failed) == (3, 3)
+
+
+@pytest.mark.slow
 def test_readme_batch_commands_run_as_written(tmp_path):
     """The README's `zsris batch` lines, run from a folder that sees the repository's src/ as its own."""
     import re
@@ -389,3 +459,28 @@ def test_readme_batch_commands_run_as_written(tmp_path):
     assert len(_results(tmp_path / "batch-folder")) == 2
     assert [r["id"] for r in _results(tmp_path / "batch-manifest")] == ["circle", "square", "right"]
     assert len(list((tmp_path / "batch-manifest" / "masks").glob("*.png"))) == 3
+
+
+def test_overwrite_deletes_nothing_while_another_process_holds_the_folder(segmenter, photos, tmp_path):
+    """--overwrite takes the folder's lock first: a run in progress elsewhere keeps its results."""
+    from zsris.errors import ZsrisError
+    from zsris.jobs import BatchJob, Execution
+    from zsris.store import BatchStore
+
+    out = tmp_path / "out"
+    with BatchStore(out / "batch.sqlite", {"someone": "else"}):  # the lock is per open file: held here
+        (out / "results.jsonl").write_text('{"id": "kept"}\n')
+        with pytest.raises(ZsrisError, match="in use by another zsris process"):
+            BatchJob(segmenter, folder_pairs(photos, ["x"]), out, overwrite=True,
+                     execution=Execution(proposal_workers=0, progress=False)).run()
+        assert (out / "results.jsonl").read_text() == '{"id": "kept"}\n' and (out / "batch.sqlite").exists()
+
+
+def test_ray_is_refused_for_a_generator_its_actors_cannot_rebuild():
+    from zsris.errors import ZsrisError
+    from zsris.jobs import Execution
+    from zsris.proposals import ClassicalProposals
+
+    with pytest.raises(ZsrisError, match="has none: register it"):
+        Execution(engine="ray").check(ClassicalProposals(scales=(50,)))
+    Execution(engine="ray").check(ClassicalProposals())  # a spec: the actors rebuild it

@@ -71,6 +71,7 @@ def test_image_without_proposals(real_image_path, tmp_path, capsys):
     assert code == 1 and "no mask proposals" in err
 
 
+@pytest.mark.slow
 def test_missing_weights_is_one_clear_line(real_image_path, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "ZSRIS_CLIP_WEIGHTS"}
     env.update(HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1", HOME=str(tmp_path))
@@ -82,6 +83,7 @@ def test_missing_weights_is_one_clear_line(real_image_path, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_local_checkpoint_is_loaded(real_image_path, tmp_path, capsys):
     import open_clip
     import torch
@@ -96,6 +98,7 @@ def test_local_checkpoint_is_loaded(real_image_path, tmp_path, capsys):
     assert code == 1 and "does not exist" in err
 
 
+@pytest.mark.slow
 def test_unwritable_output_folder(real_image_path, tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("a file where the output folder should go")
@@ -118,6 +121,7 @@ def test_alpha_defaults_to_the_papers():
     assert config_from_args(parser.parse_args([*evaluate, "--alpha", "0.5"])).alpha == 0.5
 
 
+@pytest.mark.slow
 def test_help_reads_well():
     proc = subprocess.run([sys.executable, "-m", "zsris.cli", "segment", "--help"], capture_output=True, text=True,
                           timeout=120)

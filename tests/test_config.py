@@ -22,20 +22,28 @@ def test_defaults_are_the_papers_and_the_config_is_frozen():
 
 
 def test_settings_are_asdict_less_the_runtime_fields():
-    config = SegmenterConfig(device="cpu", batch_size=7, proposals=ProposalSpec("sam", sam_model="vit_b"))
+    config = SegmenterConfig(device="cpu", batch_size=7, proposals=ProposalSpec("sam", options={"model": "vit_b"}))
     settings = config.settings()
     assert settings == {k: v for k, v in dataclasses.asdict(config).items()
-                        if k not in ("device", "batch_size", "max_pixels", "images_per_pass")}
-    assert settings["proposals"] == {"name": "sam", "max_proposals": 100, "sam_checkpoint": None,
-                                     "sam_model": "vit_b", "path": None}
-    assert SegmenterConfig(device="cuda", batch_size=3, images_per_pass=8).settings() == SegmenterConfig().settings()
+                        if k not in ("device", "batch_size", "max_pixels", "images_per_pass", "text_cache_size")}
+    # the generator's own settings, every one spelled out with its default
+    assert settings["proposals"] == {"name": "sam", "max_proposals": 100,
+                                     "options": {"checkpoint": None, "model": "vit_b"}}
+    assert SegmenterConfig(device="cuda", batch_size=3, images_per_pass=8,
+                           text_cache_size=5).settings() == SegmenterConfig().settings()
 
 
 def test_replace_takes_flat_proposal_fields_and_refuses_unknown_ones():
     config = SegmenterConfig().replace(max_proposals=50, alpha=0.5, proposals="file", path="masks.json")
-    assert config.alpha == 0.5 and config.proposals == ProposalSpec("file", 50, path="masks.json")
+    assert config.alpha == 0.5 and config.proposals == ProposalSpec("file", 50, {"path": "masks.json"})
     with pytest.raises(ZsrisError, match="unknown setting.*top_k"):
         SegmenterConfig().replace(top_k=3)
+    with pytest.raises(ZsrisError, match="unknown setting.*path.*classical generator"):
+        SegmenterConfig().replace(path="masks.json")  # another generator's setting
+    with pytest.raises(ZsrisError, match="the sam generator has no setting colour"):
+        SegmenterConfig(proposals=ProposalSpec("sam", options={"colour": "red"}))
+    with pytest.raises(ZsrisError, match="unknown proposal generator 'nosuch'"):
+        SegmenterConfig(proposals=ProposalSpec("nosuch"))
 
 
 @pytest.mark.parametrize("changes, message", [
@@ -62,8 +70,14 @@ def test_flags_become_exactly_one_config():
                               "--max-pixels", "1000", "--weights", "w.pt", "--pretrained", "laion"])
     assert config_from_args(args) == SegmenterConfig(
         backbone="RN50", pretrained="laion", weights="w.pt", alpha=0.7, beta=0.2, k=2, fusion="normalized",
-        preprocess="clip", proposals=ProposalSpec("sam", None, "s.pth", "vit_b", None), spacy_model="en_core_web_lg",
-        device="cpu", batch_size=8, max_pixels=1000)
+        preprocess="clip", proposals=ProposalSpec("sam", None, {"checkpoint": "s.pth", "model": "vit_b"}),
+        spacy_model="en_core_web_lg", device="cpu", batch_size=8, max_pixels=1000)
+    # another generator's flags are not its settings; --proposal-option reaches any generator's own
+    args = parser.parse_args(["segment", "x.jpg", "a", "--sam-model", "vit_b", "--proposals", "file",
+                              "--proposal-option", "path=m.json"])
+    assert config_from_args(args).proposals == ProposalSpec("file", 100, {"path": "m.json"})
+    with pytest.raises(ZsrisError, match="the classical generator has no setting cells"):
+        config_from_args(parser.parse_args(["segment", "x.jpg", "a", "--proposal-option", "cells=3"]))
 
 
 def test_create_segmenter_builds_what_the_config_names(tmp_path):
@@ -86,6 +100,9 @@ def test_create_segmenter_builds_what_the_config_names(tmp_path):
     with pytest.warns(UserWarning, match="RANDOM"):
         given = create_segmenter(config, proposals=FileProposals(folder))
     assert isinstance(given.proposals, FileProposals)
+    # one truth: the config's proposal spec is the generator's own
+    assert given.config.proposals == given.proposals.spec == ProposalSpec("file", None, {"path": str(folder)})
+    assert settings(given)["proposals"]["name"] == "file"
 
 
 def test_reduced_precision_is_refused_off_cuda(tiny_vit):

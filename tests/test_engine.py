@@ -15,11 +15,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import count_rows
 from zsris import EXAMPLE_IMAGE
 from zsris.config import ProposalSpec
 from zsris.engine import Engine, Preparer, image_task
 from zsris.errors import ZsrisError
+
+from conftest import count_rows
 
 FAST = ["--weights", "random", "--max-proposals", "8"]
 
@@ -44,6 +45,7 @@ def _run(engine: Engine, tasks) -> list:
     return seen, times
 
 
+@pytest.mark.slow
 def test_workers_give_what_one_process_gives_in_order(images, tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the workers' files wait
     tasks = [image_task(number, path) for number, path in enumerate(images)]
@@ -60,8 +62,8 @@ def test_workers_give_what_one_process_gives_in_order(images, tmp_path, monkeypa
             np.testing.assert_array_equal(a.proposals.boxes, b.proposals.boxes)
     assert "broken.png" in pooled[2].error and pooled[3].error is None  # one bad image, the run goes on
     summary = times.summary()
-    assert summary["images"] == 4 and summary["images failed"] == 1 and summary["proposal workers"] == 2
-    assert 0 <= summary["busy (proposal workers)"] <= 1 and summary["seconds/image (end to end)"] > 0
+    assert summary["images"] == 4 and summary["images_failed"] == 1 and summary["proposal_workers"] == 2
+    assert 0 <= summary["busy_workers"] <= 1 and summary["seconds_per_image"] > 0
     assert list(tmp_path.glob("zsris-engine-*")) == []  # every file read and the spool removed
 
 
@@ -98,6 +100,7 @@ def _eval(refcoco_mini: Path, out: Path, *extra: str) -> list[str]:
             *FAST, *extra]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stop", ["SIGKILL", "SIGINT"])
 def test_workers_end_with_their_parent(refcoco_mini, tmp_path, stop):
     """SIGKILL (the OOM killer) leaves no orphan; Ctrl-C (SIGINT to the whole group) stops cleanly."""
@@ -129,6 +132,7 @@ def test_workers_end_with_their_parent(refcoco_mini, tmp_path, stop):
         assert "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_an_image_whose_proposals_fail_is_counted_and_the_run_goes_on(refcoco_mini, tmp_path):
     from zsris.datasets import ReferDataset
 
@@ -144,7 +148,7 @@ def test_an_image_whose_proposals_fail_is_counted_and_the_run_goes_on(refcoco_mi
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads((out / "metrics.json").read_text())
-    assert result["metrics"]["images failed"] == 1 and result["timing"]["images failed"] == 1
+    assert result["metrics"]["images failed"] == 1 and result["timing"]["images_failed"] == 1
     with sqlite3.connect(out / "predictions.sqlite") as connection:
         failed = [json.loads(r[0]) for r in connection.execute("SELECT record FROM predictions")]
     failed = [r for r in failed if r.get("error")]
@@ -157,12 +161,14 @@ def test_a_generator_loaded_here_serves_the_in_process_engine_only(images):
     from zsris.proposals import ClassicalProposals
 
     loaded = ClassicalProposals(max_proposals=3)
-    prepared, _ = _run(Engine(Preparer(ProposalSpec(max_proposals=50)), 0, generator=loaded), [image_task(0, images[0])])
+    engine = Engine(Preparer(ProposalSpec(max_proposals=50)), 0, generator=loaded)
+    prepared, _ = _run(engine, [image_task(0, images[0])])
     assert 1 <= len(prepared[0].proposals) <= 3  # the loaded generator's cap, not the spec's
     with pytest.raises(ZsrisError, match="cannot serve worker processes"):
         Engine(Preparer(), 2, generator=loaded)
 
 
+@pytest.mark.slow
 def test_a_generator_loaded_here_prepares_ahead_in_a_thread_in_order(images):
     """SAM on the device: the next images' proposals are made while the caller works on this one."""
     import threading
@@ -203,6 +209,7 @@ def test_groups_are_consecutive_images_in_order_whatever_the_timing(images, work
         next(Engine(Preparer(None), 0).groups(tasks, 0))
 
 
+@pytest.mark.slow
 def test_leaving_the_groups_early_stops_the_workers_at_once(images, tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     groups = Engine(Preparer(None), 2).groups([image_task(n, p) for n, p in enumerate(images)], 2)
@@ -212,32 +219,38 @@ def test_leaving_the_groups_early_stops_the_workers_at_once(images, tmp_path, mo
 
 
 def test_a_ctrl_c_lost_in_a_finaliser_still_stops_the_engine_at_the_next_image(images):
-    """Python drops a KeyboardInterrupt raised inside a __del__; the CLI's flag catches it."""
-    from zsris.errors import INTERRUPTED
+    """Python drops a KeyboardInterrupt raised inside a __del__; the stop event the CLI hands
+    the engine catches it, between two images."""
+    import threading
 
-    seen = []
-    INTERRUPTED.set()
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            for prepared in Engine(Preparer(None), 0).iterate([image_task(n, p) for n, p in enumerate(images)]):
-                seen.append(prepared.key)
-    finally:
-        INTERRUPTED.clear()
-    assert seen == []
+    seen, stop = [], threading.Event()
+    with pytest.raises(KeyboardInterrupt):
+        for prepared in Engine(Preparer(None), 0, stop=stop).iterate([image_task(n, p) for n, p in enumerate(images)]):
+            seen.append(prepared.key)
+            stop.set()
+    assert seen == [0]
 
 
-def test_eval_gives_a_model_loaded_here_to_the_engine_and_the_rest_to_workers(tmp_path):
-    """SAM (loaded on the device by the model stage) runs in this process, one image ahead;
-    classical proposals go to the worker processes."""
-    import argparse
-
-    from zsris.cli.evaluate import DataSpec, _engine
+def test_one_rule_says_where_proposals_are_made(tmp_path):
+    """A model on the device (SAM), or a generator without a spec, runs in this process one image
+    ahead; generators rebuilt from their spec go to the worker processes; ground-truth proposals
+    (no generator) leave the workers only the decoding. Eval and batch share the rule."""
+    from zsris.engine import engine_for
+    from zsris.jobs.evaluation import DataSpec
+    from zsris.jobs.run import Execution
     from zsris.proposals import ClassicalProposals
 
-    data = DataSpec(str(tmp_path), "refcoco", None, None, None, None, True)
-    args = argparse.Namespace(proposal_workers=3)
-    loaded = ClassicalProposals(max_proposals=3)
-    here = _engine(args, data, ProposalSpec(name="sam"), 1000, loaded)
-    assert here.workers == 0 and here.generator is loaded and here.ahead >= 1
-    pooled = _engine(args, data, ProposalSpec(), 1000)
-    assert pooled.workers == 3 and pooled.generator is None and pooled.preparer.spec == ProposalSpec()
+    classical = ClassicalProposals(max_proposals=3)
+    sam_like = ClassicalProposals(max_proposals=3)
+    sam_like.spec = ProposalSpec("sam", 3)
+    custom = ClassicalProposals(max_proposals=3, scales=(50,))  # non-default settings: no spec to rebuild from
+    assert custom.spec is None
+    for loaded in (sam_like, custom):
+        here = engine_for(loaded, 3)
+        assert here.workers == 0 and here.generator is loaded and here.ahead >= 1
+    pooled = engine_for(classical, 3, max_pixels=1000)
+    assert pooled.workers == 3 and pooled.generator is None and pooled.preparer.spec == ProposalSpec("classical", 3)
+    assert engine_for(classical, 0).generator is classical
+    data = DataSpec(str(tmp_path), "refcoco", no_cache=True, gt_proposals=True)
+    decode_only = data.engine(Execution(proposal_workers=3), classical, 1000)
+    assert decode_only.workers == 3 and decode_only.preparer.spec is None and not decode_only.preparer.exif_transpose

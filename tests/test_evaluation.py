@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import count_rows
 from zsris.cli import main
+
+from conftest import count_rows
 
 LIMIT = "6"
 
@@ -39,6 +40,7 @@ def uninterrupted(refcoco_mini, tmp_path_factory) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_full_run_writes_every_output(uninterrupted):
     out = uninterrupted / "run"
     metrics = _metrics(out)
@@ -50,6 +52,7 @@ def test_full_run_writes_every_output(uninterrupted):
     assert (out / "iou_histogram.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_metrics(refcoco_mini, uninterrupted, tmp_path):
     out = tmp_path / "run"
     command = [sys.executable, "-m", "zsris.cli", *_eval_args(refcoco_mini, out, uninterrupted / "cache")]
@@ -76,11 +79,13 @@ def test_rerun_of_a_finished_run_counts_nothing_twice(refcoco_mini, uninterrupte
     assert _rows(out) == before and "100%" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_resume_with_other_settings_is_refused(refcoco_mini, uninterrupted, capsys):
     code = main(_eval_args(refcoco_mini, uninterrupted / "run", uninterrupted / "cache", "--alpha", "0.5"))
     assert code == 1 and "holds a run with other settings (alpha differ)" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_cached_proposals_are_reused(refcoco_mini, uninterrupted, tmp_path, monkeypatch):
     from zsris.proposals.classical import ClassicalProposals
 
@@ -88,7 +93,8 @@ def test_cached_proposals_are_reused(refcoco_mini, uninterrupted, tmp_path, monk
     assert len(cache_files) == 6
     calls = []
     original = ClassicalProposals.__call__
-    monkeypatch.setattr(ClassicalProposals, "__call__", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    monkeypatch.setattr(ClassicalProposals, "__call__",
+                        lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
     # in this process (no workers), so that the patched generator would see any call
     args = _eval_args(refcoco_mini, tmp_path / "again", uninterrupted / "cache", "--alpha", "0.85",
                       "--proposal-workers", "0")
@@ -98,6 +104,7 @@ def test_cached_proposals_are_reused(refcoco_mini, uninterrupted, tmp_path, monk
     assert len(calls) == 6  # the patch does see the generator where nothing is cached
 
 
+@pytest.mark.slow
 def test_images_through_clip_together_give_the_same_answers(refcoco_mini, uninterrupted, tmp_path):
     """Groups of 4 of the 6 images (then 2) share CLIP's passes: the same proposal for every
     sentence, the same metrics, scores equal up to float rounding."""
@@ -116,6 +123,7 @@ def test_images_through_clip_together_give_the_same_answers(refcoco_mini, uninte
         assert a["score"] == pytest.approx(b["score"], abs=1e-5)
 
 
+@pytest.mark.slow
 def test_ray_engine_equals_in_process(refcoco_mini, uninterrupted, tmp_path):
     out = tmp_path / "ray"
     env = {**os.environ, "RAY_DISABLE_IMPORT_WARNING": "1"}
@@ -131,12 +139,14 @@ def test_ray_engine_equals_in_process(refcoco_mini, uninterrupted, tmp_path):
     assert not intruded, proc.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_ground_truth_proposals_reach_the_oracle(refcoco_mini, tmp_path, capsys):
     assert main(_eval_args(refcoco_mini, tmp_path / "gt", tmp_path / "cache", "--gt-proposals")) == 0
     metrics = _metrics(tmp_path / "gt")
     assert metrics["oracle mIoU"] == 100.0 and metrics["mc-acc"] > 0
 
 
+@pytest.mark.slow
 def test_proposals_eval(refcoco_mini, tmp_path, capsys):
     out = tmp_path / "proposals.json"
     code = main(["proposals-eval", "--data", str(refcoco_mini), "--dataset", "refcoco", "--split", "train",

@@ -100,6 +100,7 @@ def test_settings_outside_the_score_range_are_one_line(tmp_path, capsys, flags, 
     assert code == 1 and message in err and len(err.splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_no_target_answer_in_segment_json_and_message(tmp_path, capsys):
     from zsris import EXAMPLE_IMAGE
 
@@ -199,6 +200,7 @@ def _gref_eval(grefcoco: Path, out: Path, *extra: str) -> list[str]:
             *FAST, *extra]
 
 
+@pytest.mark.slow
 def test_eval_reports_the_gres_metrics(grefcoco, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(_gref_eval(grefcoco, out)) == 0
@@ -214,6 +216,7 @@ def test_eval_reports_the_gres_metrics(grefcoco, tmp_path, capsys):
     assert none["N-acc"] == 100.0 and none["T-acc"] == 0.0 and none["gIoU"] == round(100 * 6 / sentences, 2)
 
 
+@pytest.mark.slow
 def test_calibrate_picks_the_best_threshold_and_segment_uses_it(grefcoco, tmp_path, capsys):
     out = tmp_path / "cal"
     assert main(["calibrate", "--data", str(grefcoco), "--dataset", "grefcoco", "--split", "val", "--out", str(out),

@@ -23,8 +23,8 @@ from zsris.config import ProposalSpec
 from zsris.datasets import ReferDataset, segmentation_to_mask
 from zsris.engine import Engine, Preparer
 from zsris.errors import ExpressionError, ImageError, ImageTooLargeError, ProposalError, ZsrisError
-from zsris.evaluation import evaluate_proposals, load_dataset_image
 from zsris.images import load_image
+from zsris.jobs.evaluation import evaluate_proposals, load_dataset_image
 from zsris.proposals import ClassicalProposals, FileProposals, Proposals, create_proposals
 from zsris.store import PredictionStore
 from zsris.text import ExpressionParser, check_expression
@@ -38,11 +38,13 @@ def _cli(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.
 
 
 # -- 1. images are checked from their header ---------------------------------------------------
+@pytest.mark.slow
 def test_bombs_are_refused_from_the_header_in_the_library_and_cli(tmp_path):
     for width, height, one_bit in ((13000, 13000, False), (30000, 30000, True)):
         data = bomb_png(width, height, one_bit)
-        with pytest.raises(ImageTooLargeError, match=f"the image is ({width}x{height} = )?{width * height // 10**6} MP, "
-                                                     f"over the limit of 40 MP"):
+        megapixels = width * height // 10**6
+        with pytest.raises(ImageTooLargeError,
+                           match=f"the image is ({width}x{height} = )?{megapixels} MP, over the limit of 40 MP"):
             load_image(data)
         path = tmp_path / f"bomb{width}.png"
         path.write_bytes(data)
@@ -67,6 +69,7 @@ class _Payload:
         return (os.system, (f"touch {self.marker}",))
 
 
+@pytest.mark.slow
 def test_malicious_checkpoints_are_refused_even_when_torch_is_told_to_unpickle(tmp_path):
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.pt"
@@ -82,6 +85,7 @@ def test_malicious_checkpoints_are_refused_even_when_torch_is_told_to_unpickle(t
         assert "weights_only=False" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_an_openai_state_dict_loads_through_the_safe_path(vit_b32, tmp_path):
     from zsris.backbones import load_backbone
 
@@ -197,6 +201,7 @@ def test_malformed_proposal_files_are_refused_before_decoding(tmp_path, segmenta
         FileProposals(tmp_path / "p.json")(np.zeros((40, 60, 3), np.uint8), "img.png")
 
 
+@pytest.mark.slow
 def test_an_image_without_proposals_in_a_file_is_one_line(tmp_path):
     Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(tmp_path / "small.jpg")
     (tmp_path / "p.json").write_text(json.dumps({"small.jpg": []}))
@@ -232,6 +237,7 @@ def test_the_proposal_cap_is_lifted_only_explicitly():
             create_proposals("classical", max_proposals=bad)
 
 
+@pytest.mark.slow
 def test_a_missing_device_backend_is_one_line(tmp_path):
     proc = _cli("segment", str(EXAMPLE), "the red circle", "--weights", "random", "--device", "mps",
                 "-o", str(tmp_path))
@@ -262,6 +268,7 @@ OPEN_STORE = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_concurrent_creation_of_one_run_never_leaks_sqlite_errors(tmp_path):
     outcomes = []
     for trial in range(10):
@@ -276,6 +283,7 @@ def test_concurrent_creation_of_one_run_never_leaks_sqlite_errors(tmp_path):
     assert set(outcomes) <= {"OK", "REFUSED"} and "OK" in outcomes
 
 
+@pytest.mark.slow
 def test_a_run_held_by_a_live_process_is_refused_then_free_after_it_ends(tmp_path):
     path = tmp_path / "run" / "predictions.sqlite"
     with PredictionStore(path, {"a": 1}):

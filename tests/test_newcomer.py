@@ -32,6 +32,7 @@ def _zsris(*args: str, env: dict | None = None, timeout: int = 300, prelude: str
                           env={**os.environ, **(env or {})})
 
 
+@pytest.mark.slow
 def test_help_and_argument_errors_load_no_torch():
     probe = textwrap.dedent("""
         import sys
@@ -55,6 +56,7 @@ def test_serve_help_shows_the_port_and_the_extra():
     assert "(default: 7860)" in proc.stdout and "zsris[serve]" in proc.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("module, args, extra", [
     ("uvicorn", ["serve", "--weights", "random"], "serve"),
     ("gradio", ["serve", "--weights", "random"], "serve"),
@@ -70,6 +72,7 @@ def test_a_missing_extra_is_one_line_naming_it(module, args, extra):
     assert last.startswith("zsris: error:") and f"pip install 'zsris[{extra}]'" in last, last
 
 
+@pytest.mark.slow
 def test_cli_warns_once_per_overlong_expression_and_marks_random_overlays(tmp_path):
     out = tmp_path / "out"
     proc = _zsris("segment", str(EXAMPLE_IMAGE), LONG, "the red circle", LONGER, LONG, "-o", str(out), *FAST)
@@ -119,6 +122,7 @@ def _segment_stderr(tty: bool, out: Path) -> str:
     return b"".join(chunks).decode(errors="replace")
 
 
+@pytest.mark.slow
 def test_segment_shows_its_stages_on_a_terminal_only(tmp_path):
     shown = _segment_stderr(True, tmp_path / "tty")
     for stage in ("segment: proposals", "segment: visual features", "segment: scoring"):
@@ -127,6 +131,7 @@ def test_segment_shows_its_stages_on_a_terminal_only(tmp_path):
     assert "stages" not in _segment_stderr(False, tmp_path / "pipe")
 
 
+@pytest.mark.slow
 def test_weights_says_where_weights_come_from(tmp_path):
     env = {"HF_HOME": str(tmp_path / "hf"), "ZSRIS_CLIP_WEIGHTS": "", "ZSRIS_SAM_CHECKPOINT": ""}
     no_weights = _zsris("segment", str(EXAMPLE_IMAGE), "the red circle", "-o", str(tmp_path / "out"), env=env)
@@ -145,6 +150,7 @@ def test_weights_says_where_weights_come_from(tmp_path):
     assert no_sam.returncode == 1 and "--sam-checkpoint PATH" in no_sam.stdout
 
 
+@pytest.mark.slow
 def test_weights_placed_in_the_hugging_face_cache_load_offline(tmp_path):
     """The README's offline recipe: the open_clip file under HF_HOME is found and loaded, no network."""
     import open_clip
@@ -166,6 +172,7 @@ def test_weights_placed_in_the_hugging_face_cache_load_offline(tmp_path):
     assert re.search(r"loaded CLIP ViT-B-32 \(openai\): 151\.\d M parameters", proc.stdout), proc.stdout
 
 
+@pytest.mark.slow
 def test_benchmarks_without_data_say_so_in_one_line(tmp_path):
     for script in ("segment_timing.py", "eval_throughput.py"):
         proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), "--data", str(tmp_path)],
@@ -178,6 +185,7 @@ def _readme_blocks(language: str) -> list[str]:
     return re.findall(rf"```{language}\n(.*?)```", (REPO / "README.md").read_text(), flags=re.S)
 
 
+@pytest.mark.slow
 def test_readme_python_snippets_run_as_written(tmp_path):
     blocks = _readme_blocks("python")
     assert len(blocks) >= 2

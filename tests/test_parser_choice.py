@@ -78,6 +78,7 @@ def test_a_name_that_is_no_pipeline_and_a_pipeline_without_parser_are_refused(tm
         ExpressionParser(spacy.blank("en"))  # never a silent fall-back to the whole sentence
 
 
+@pytest.mark.slow
 def test_the_parser_is_recorded_and_a_pinned_folder_is_used(other_version, tmp_path, capsys):
     load_spacy.cache_clear()
     assert main(["segment", str(EXAMPLE_IMAGE), "the red circle", "-o", str(tmp_path), *FAST,
@@ -87,6 +88,7 @@ def test_the_parser_is_recorded_and_a_pinned_folder_is_used(other_version, tmp_p
     assert record["settings"]["spacy_model"] == str(other_version)
 
 
+@pytest.mark.slow
 def test_eval_records_the_parser_and_refuses_to_resume_with_another(refcoco_mini, other_version, tmp_path, capsys):
     args = ["eval", "--data", str(refcoco_mini), "--dataset", "refcoco", "--split", "train", "--out",
             str(tmp_path / "run"), "--limit", "2", "--no-cache", *FAST]
@@ -100,6 +102,7 @@ def test_eval_records_the_parser_and_refuses_to_resume_with_another(refcoco_mini
     assert code == 1 and "other settings" in err and "parser" in err
 
 
+@pytest.mark.slow
 def test_the_parse_agreement_benchmark_reports_the_installed_model(refcoco_mini):
     proc = subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "benchmarks" /
                                                "parser_agreement.py"), "--data", str(refcoco_mini), "--limit", "60"],

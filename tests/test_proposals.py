@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from zsris.datasets import ReferDataset
-from zsris.errors import ProposalError, WeightsError, ZsrisError
-from zsris.evaluation import evaluate_proposals
-from zsris.images import load_image
-from zsris.masks import decode_rle, encode_rle, iou_matrix, mask_nms, nms_by_iou
 from zsris.config import ProposalSpec
+from zsris.datasets import ReferDataset
 from zsris.engine import Engine, Preparer
+from zsris.errors import ProposalError, WeightsError, ZsrisError
+from zsris.images import load_image
+from zsris.jobs.evaluation import evaluate_proposals
+from zsris.masks import decode_rle, encode_rle, iou_matrix, mask_nms, nms_by_iou
 from zsris.proposals import ClassicalProposals, FileProposals, Proposals, SamProposals, create_proposals
 from zsris.proposals.classical import _adjacent_pairs, _boundary_band, _self_iou, _snap_to_superpixels
 
@@ -35,6 +35,7 @@ def _check(proposals: Proposals, image: np.ndarray, cap: int) -> None:
         assert (x1, y1, x2, y2) == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
 
 
+@pytest.mark.slow
 def test_classical_on_real_images(images):
     generator = ClassicalProposals(max_proposals=40)
     for image in images:
@@ -151,6 +152,7 @@ def test_unknown_grouping_strategy_is_refused():
         ClassicalProposals(similarities=("appearance", "smell"))
 
 
+@pytest.mark.slow
 def test_classical_quality_floor_on_real_objects(refcoco_mini):
     dataset = ReferDataset(refcoco_mini, "refcoco")
     groups = dataset.refs_by_image("train", limit=24)
@@ -160,6 +162,7 @@ def test_classical_quality_floor_on_real_objects(refcoco_mini):
     assert quality["oracle mIoU"] >= 55
 
 
+@pytest.mark.slow
 def test_sam_with_random_weights_on_a_real_image(images):
     generator = SamProposals("random", model_type="vit_b", points_per_side=4, pred_iou_thresh=0.0,
                              stability_score_thresh=0.0, min_area=0.0, max_proposals=10)
@@ -226,18 +229,19 @@ def test_factory_by_name(tmp_path):
     with pytest.raises(ZsrisError, match="--proposals-path"):
         create_proposals("file")
     with pytest.raises(ZsrisError, match="unknown proposal generator"):
-        create_proposals("freesolo")
+        create_proposals("nosuch")
 
 
 def test_registry_builds_from_a_spec_and_keys_follow_the_config(monkeypatch):
     from dataclasses import dataclass
 
-    from zsris.config import PROPOSAL_GENERATORS, ProposalSpec
-    from zsris.proposals import PROPOSAL_REGISTRY, config_key
+    from zsris.cli import make_parser
+    from zsris.config import ProposalSpec
+    from zsris.proposals import PROPOSAL_REGISTRY, config_key, register_generator
 
-    assert tuple(PROPOSAL_REGISTRY) == PROPOSAL_GENERATORS  # the command line offers exactly these
     built = create_proposals(ProposalSpec(name="classical", max_proposals=9))
     assert built.config.max_proposals == 9 and "max_proposals=9" in built.cache_key
+    assert built.spec == ProposalSpec("classical", 9)  # the spec it can be rebuilt from
 
     @dataclass(frozen=True)
     class GridConfig:
@@ -254,10 +258,20 @@ def test_registry_builds_from_a_spec_and_keys_follow_the_config(monkeypatch):
         def cache_key(self) -> str:
             return config_key(self.name, 1, self.config)
 
-    monkeypatch.setitem(PROPOSAL_REGISTRY, "grid", lambda spec, device: Grid(GridConfig(max_proposals=spec.max_proposals)))
+    monkeypatch.setitem(PROPOSAL_REGISTRY, "grid", None)  # removed again after the test
+    register_generator("grid", lambda spec, device: Grid(GridConfig(spec.option("cells"), spec.max_proposals)),
+                       options={"cells": 2})
     grid = create_proposals("grid", max_proposals=3)
     assert isinstance(grid, Grid) and grid.cache_key == "grid-v1-cells=2-max_proposals=3"
     assert create_proposals("grid", max_proposals=5).cache_key != grid.cache_key
+    assert create_proposals("grid", cells=4).spec == ProposalSpec("grid", 100, {"cells": 4})
+    with pytest.raises(ZsrisError, match="the grid generator has no setting rows"):
+        create_proposals("grid", rows=4)
+    # the one list of generators: the command line offers a newly registered one, with its settings
+    args = make_parser().parse_args(["segment", "x.png", "a", "--proposals", "grid", "--proposal-option", "cells=3"])
+    from zsris.cli.flags import proposal_spec_from_args
+
+    assert proposal_spec_from_args(args) == ProposalSpec("grid", 100, {"cells": 3})
 
 
 def test_rle_round_trip_and_nms():

@@ -36,13 +36,13 @@ def test_alpha_one_and_zero_reduce_to_one_visual_branch(backbone_name, request, 
     for fusion in ("reference", "normalized"):
         only_global = _segmenter(backbone, alpha=1.0, fusion=fusion)
         features = only_global.image_features(small_image, proposals=proposals)
-        for result in only_global.score(features, EXPRESSIONS, top_k=100):
-            for r in result.ranked:
+        for result in only_global.score(features, EXPRESSIONS):
+            for r in result.ranked(None):
                 assert r.score == pytest.approx(r.global_score, abs=1e-5)
         only_local = _segmenter(backbone, alpha=0.0, fusion=fusion)
         features = only_local.image_features(small_image, proposals=proposals)
-        for result in only_local.score(features, EXPRESSIONS, top_k=100):
-            for r in result.ranked:
+        for result in only_local.score(features, EXPRESSIONS):
+            for r in result.ranked(None):
                 assert r.score == pytest.approx(r.local_score, abs=1e-5)
 
 
@@ -78,11 +78,17 @@ def test_segment_many_equals_segment_one_by_one(tiny_vit, small_image):
 
 
 def test_result_fields(tiny_vit, small_image):
-    result = _segmenter(tiny_vit).segment(small_image, "the elephant on the left", top_k=3)
+    result = _segmenter(tiny_vit).segment(small_image, "the elephant on the left")
     assert result.mask.shape == small_image.shape[:2] and result.mask.dtype == bool and result.mask.any()
     assert result.noun_phrase == "the elephant"
-    assert len(result.ranked) == 3 and result.ranked[0].index == result.proposal_index
-    assert [r.score for r in result.ranked] == sorted((r.score for r in result.ranked), reverse=True)
+    ranked = result.ranked(3)
+    assert len(ranked) == 3 and ranked[0].index == result.proposal_index
+    assert [r.score for r in ranked] == sorted((r.score for r in ranked), reverse=True)
+    # every proposal's scores are kept: any ranking can be asked for later, the longest is all of them
+    everything = result.ranked(None)
+    assert len(everything) == len(result.scores.fused) == 12 and everything[:3] == ranked
+    assert sorted(r.index for r in everything) == list(range(12))
+    assert result.within(0.0) == [result.proposal_index] or result.scores.fused[result.within(0.0)[1]] == result.score
     x1, y1, x2, y2 = result.box
     ys, xs = np.nonzero(result.mask)
     assert (x1, y1, x2, y2) == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
@@ -150,8 +156,10 @@ def test_images_share_passes_only_within_the_mask_budget(tiny_vit, small_image, 
 
 
 def test_images_per_pass_is_the_setting_else_one_on_the_cpu(tiny_vit):
-    assert _segmenter(tiny_vit).images_per_pass == 1
-    assert _segmenter(tiny_vit, images_per_pass=6).images_per_pass == 6
+    from zsris.jobs.run import images_per_pass
+
+    assert images_per_pass(_segmenter(tiny_vit)) == 1
+    assert images_per_pass(_segmenter(tiny_vit, images_per_pass=6)) == 6
 
 
 def test_reference_preprocessing_uses_imagenet_statistics(tiny_vit):

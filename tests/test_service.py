@@ -12,8 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import Server
 from zsris.masks import decode_rle
+
+from conftest import Server
+
+pytestmark = pytest.mark.slow  # every test here starts a server (one a browser too)
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "src" / "zsris" / "examples" / "shapes.png"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

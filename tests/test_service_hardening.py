@@ -89,6 +89,7 @@ def test_bomb_pngs_are_small_files_of_huge_images(bombs):
         assert image.size == (13000, 13000) and image.mode == "RGB"
 
 
+@pytest.mark.slow
 def test_parallel_bomb_uploads_get_413_and_no_memory(hardened, bombs):
     """5 parallel uploads of each bomb: every one refused from its header, RSS flat (< 200 MB)."""
     assert httpx.post(f"{hardened.url}/api/segment", files={"image": ("s.png", EXAMPLE.read_bytes())},
@@ -135,6 +136,7 @@ def test_page_reads_back_only_its_own_uploads(hardened, tmp_path):
     assert served.status_code in (403, 404)
 
 
+@pytest.mark.slow
 def test_page_upload_limit_and_messages_without_server_paths(hardened):
     too_big = _upload(hardened, "big.png", b"\0" * (3 * 1024 * 1024))
     assert too_big.status_code == 413
@@ -146,6 +148,7 @@ def test_page_upload_limit_and_messages_without_server_paths(hardened):
     assert str(hardened.temp) not in payload.replace("\\/", "/")
 
 
+@pytest.mark.slow
 def test_page_files_are_deleted_after_their_ttl_and_at_exit(hardened):
     uploaded = _upload(hardened, "shapes.png", EXAMPLE.read_bytes())
     path = Path(uploaded.json()[0])

@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 from open_clip.model import CLIPVisionCfg
 
-from conftest import _tiny
 from zsris.proposals import Proposals, create_proposals
 from zsris.records import result_record
 from zsris.segmenter import Segmenter
 from zsris.spatial import ParsedSpatial, SpatialCue, rectify
 from zsris.text import ExpressionParser
+
+from conftest import _tiny
 
 HEIGHT, WIDTH = 180, 360
 

@@ -114,6 +114,29 @@ def test_text_features_are_cached_and_match_clip(tiny_vit):
     assert encoder.causal  # open_clip's causal tower: the padding is left out
 
 
+def test_text_caches_are_bounded_least_recently_used_first(tiny_vit, parser):
+    """A server that answers new sentences for ever holds at most cache_size of each."""
+    from zsris.errors import ZsrisError
+    from zsris.text import LRUCache
+
+    encoder = TextEncoder(tiny_vit.model, tiny_vit.tokenizer, cache_size=2)
+    first = encoder.encode(["a red car"])
+    encoder.encode(["the man"])
+    encoder.encode(["a red car"])  # used again: now the most recent
+    encoder.encode(["a blue bus"])
+    assert list(encoder._cache) == ["a red car", "a blue bus"]  # "the man" went first
+    torch.testing.assert_close(encoder.encode(["a red car"]), first)
+    many = encoder.encode(["one", "two", "three", "one"])  # more than the cache holds: all answered
+    assert many.shape[0] == 4 and len(encoder._cache) == 2
+    torch.testing.assert_close(many[0], many[3])
+    small = ExpressionParser(parser.nlp, cache_size=3)
+    for number in range(10):
+        small(f"the dog number {number}")
+    assert len(small._cache) == 3 and small("the dog number 9").noun_phrase == "the dog number"
+    with pytest.raises(ZsrisError, match="positive count"):
+        LRUCache(0)
+
+
 def test_overlong_expression_warns_and_truncates(tiny_vit):
     encoder = TextEncoder(tiny_vit.model, tiny_vit.tokenizer)
     long_text = " ".join(["the big red car next to the small blue house"] * 20)

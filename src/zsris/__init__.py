@@ -4,6 +4,10 @@
 >>> segmenter = create_segmenter()                      # ViT-B/32 (OpenAI), classical proposals
 >>> result = segmenter.segment("photo.jpg", "the cat lying on the scooter seat")
 >>> result.mask.shape, result.score, result.box
+>>> result.ranked(3)                                     # the three best proposals and their scores
+
+Over many images, with outputs that resume: :class:`zsris.BatchJob` and :class:`zsris.EvalJob`
+(the jobs layer, :mod:`zsris.jobs`), or :func:`zsris.segment_pairs` to stream answers.
 
 Names are imported on first use (PEP 562), so that ``import zsris`` (and the command line's
 ``--help``) does not load torch.
@@ -21,13 +25,16 @@ EXAMPLE_IMAGE = Path(__file__).parent / "examples" / "shapes.png"
 
 #: public name -> the module that defines it
 _EXPORTS = {
-    "ClassicalProposals": "proposals", "FileProposals": "proposals", "Proposals": "proposals",
+    "ClassicalProposals": "proposals", "FileProposals": "proposals", "Proposals": "types",
     "SamProposals": "proposals", "create_proposals": "proposals", "PROPOSAL_REGISTRY": "proposals",
+    "register_generator": "proposals",
     "ClipBackbone": "backbones", "load_backbone": "backbones",
     "DatasetError": "errors", "ExpressionError": "errors", "ImageError": "errors", "NoProposalsError": "errors",
     "ProposalError": "errors", "WeightsError": "errors", "ZsrisError": "errors", "ZsrisWarning": "errors",
-    "ImageFeatures": "segmenter", "RankedProposal": "segmenter", "SegmentResult": "segmenter",
-    "Segmenter": "segmenter", "create_segmenter": "segmenter",
+    "ImageFeatures": "types", "RankedProposal": "types", "SegmentResult": "types", "Scores": "types",
+    "Segmenter": "segmenter", "create_segmenter": "segmenter", "Policy": "decide", "decide": "decide",
+    "BatchJob": "jobs", "EvalJob": "jobs", "DataSpec": "jobs", "Execution": "jobs", "segment_pairs": "jobs",
+    "folder_pairs": "jobs", "read_manifest": "jobs", "JobInterrupted": "jobs",
     "ProposalSpec": "config", "SegmenterConfig": "config", "paper_alpha": "config",
     "load_image": "images",
 }

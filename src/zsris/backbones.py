@@ -22,11 +22,10 @@ import open_clip
 import torch
 from torch import nn
 
-from .checkpoints import refusal, read_state_dict
+from .checkpoints import read_state_dict, refusal
 from .config import DEFAULT_BACKBONE, DEFAULT_PRETRAINED, WEIGHTS_ENV
 from .errors import WeightsError, ZsrisError
 from .visual import is_vit
-
 
 RANDOM = "random"
 

@@ -6,7 +6,7 @@ below a threshold T, and, with ``--multi-target``, the union of the proposals wi
 of the best. :func:`calibrate` picks T (and, for multi-target, T and M together) that maximise
 gIoU over an evaluated split, from the records `zsris eval` keeps: each sentence's best score,
 its answer's intersection and union, and the pixels of each margin's union
-(:data:`zsris.evaluation.CALIBRATION_MARGINS`). Nothing is recomputed, so a calibration costs
+(:data:`zsris.jobs.evaluation.CALIBRATION_MARGINS`). Nothing is recomputed, so a calibration costs
 a second once the split is evaluated.
 """
 from __future__ import annotations

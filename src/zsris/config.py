@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from .errors import ZsrisError
+from .proposals.registry import ProposalSpec, canonical_spec, generator_entry
 
 DEFAULT_BACKBONE = "ViT-B/32"
 DEFAULT_PRETRAINED = "openai"
@@ -22,7 +23,6 @@ SAM_MODEL_TYPES = ("vit_b", "vit_l", "vit_h")
 #: The checkpoints of the segment-anything release, per model type, and where they are published.
 SAM_CHECKPOINTS = {"vit_h": "sam_vit_h_4b8939.pth", "vit_l": "sam_vit_l_0b3195.pth", "vit_b": "sam_vit_b_01ec64.pth"}
 SAM_RELEASE_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
-PROPOSAL_GENERATORS = ("classical", "sam", "file")
 FUSIONS = ("reference", "normalized")
 PREPROCESSING = ("reference", "clip")
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
@@ -37,6 +37,9 @@ SPATIAL_MODES = ("off", "on")
 #: Images with more pixels than this are refused: proposals and masks are computed at full
 #: resolution, and a 20000 x 20000 image would need tens of GiB. ``max_pixels`` changes it.
 DEFAULT_MAX_PIXELS = 40_000_000
+#: Parsed expressions and text features kept per segmenter: a RefCOCO split's distinct
+#: sentences (about 10,000 in val) fit; a long-running server stays bounded.
+DEFAULT_TEXT_CACHE = 16_384
 
 #: The paper's alpha (weight of the global-context visual feature) per dataset: RefCOCOg's longer
 #: expressions describe more context, so the global feature weighs less there (docs/method.md).
@@ -52,22 +55,6 @@ def paper_alpha(dataset: Optional[str] = None) -> float:
 def _runtime(default: Any) -> Any:
     """A field that says where or how fast to compute, not what: left out of a run's settings."""
     return field(default=default, metadata={"runtime": True})
-
-
-@dataclass(frozen=True)
-class ProposalSpec:
-    """Which proposal generator to build and its user-facing settings.
-
-    ``name`` is a key of :data:`zsris.proposals.PROPOSAL_REGISTRY`; ``max_proposals`` caps the
-    proposals per image (None: no cap); ``sam_checkpoint``/``sam_model`` serve ``sam``,
-    ``path`` serves ``file``.
-    """
-
-    name: str = "classical"
-    max_proposals: Optional[int] = 100
-    sam_checkpoint: Optional[str] = None
-    sam_model: str = "vit_h"
-    path: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -91,7 +78,9 @@ class SegmenterConfig:
     the best ("all the zebras"). Both are off by default (the paper always returns one mask);
     ``zsris calibrate`` picks them on a gRefCOCO split. Runtime fields change how fast, not
     what: ``batch_size`` proposals per forward pass, ``images_per_pass`` images whose proposals
-    eval and batch jobs put through CLIP together (None: 4 on CUDA, 1 elsewhere).
+    eval and batch jobs put through CLIP together (None: 4 on CUDA, 1 elsewhere),
+    ``text_cache_size`` parsed expressions and text features kept for reuse (least recently
+    used first out; a server answering new sentences for ever holds no more than this).
     """
 
     backbone: str = DEFAULT_BACKBONE
@@ -113,11 +102,12 @@ class SegmenterConfig:
     batch_size: int = _runtime(64)
     max_pixels: int = _runtime(DEFAULT_MAX_PIXELS)
     images_per_pass: Optional[int] = _runtime(None)
+    text_cache_size: int = _runtime(DEFAULT_TEXT_CACHE)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.alpha <= 1.0 or not 0.0 <= self.beta <= 1.0:
             raise ZsrisError(f"alpha and beta must lie in [0, 1], got alpha={self.alpha}, beta={self.beta}")
-        for name in ("batch_size", "max_pixels"):
+        for name in ("batch_size", "max_pixels", "text_cache_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ZsrisError(f"{name} must be a positive count, not {value!r}")
@@ -142,20 +132,25 @@ class SegmenterConfig:
             raise ZsrisError(f"unknown spatial mode {self.spatial!r}; choose one of {', '.join(SPATIAL_MODES)}")
         if not isinstance(self.proposals, ProposalSpec):
             raise ZsrisError(f"proposals must be a ProposalSpec, not {type(self.proposals).__name__}")
+        object.__setattr__(self, "proposals", canonical_spec(self.proposals))
 
     def replace(self, **changes: Any) -> "SegmenterConfig":
-        """A copy with ``changes``; proposal fields may be given flat (``max_proposals=50``)."""
-        spec_fields = {f.name for f in dataclasses.fields(ProposalSpec)} - {"name"}
-        unknown = set(changes) - spec_fields - {f.name for f in dataclasses.fields(self)}
+        """A copy with ``changes``. The proposal generator may be given by name, and its settings
+        flat: ``replace(proposals="file", path="masks.json", max_proposals=50)``; a new name
+        starts from that generator's defaults, keeping only the cap."""
+        proposals = changes.pop("proposals", self.proposals)
+        if isinstance(proposals, str):
+            proposals = ProposalSpec(proposals, self.proposals.max_proposals)
+        own = {f.name for f in dataclasses.fields(self)}
+        spec_fields = {"max_proposals", *generator_entry(proposals.name).options}
+        unknown = set(changes) - spec_fields - own
         if unknown:
             raise ZsrisError(f"unknown setting(s) {', '.join(sorted(unknown))}; SegmenterConfig has "
-                             f"{', '.join(f.name for f in dataclasses.fields(self))} and proposal fields "
+                             f"{', '.join(sorted(own))} and the {proposals.name} generator "
                              f"{', '.join(sorted(spec_fields))}")
         spec_changes = {k: changes.pop(k) for k in list(changes) if k in spec_fields}
-        proposals = changes.get("proposals", self.proposals)
-        if isinstance(proposals, str):
-            proposals = dataclasses.replace(self.proposals, name=proposals)
-        changes["proposals"] = dataclasses.replace(proposals, **spec_changes)
+        options = {k: spec_changes.pop(k) for k in list(spec_changes) if k != "max_proposals"}
+        changes["proposals"] = dataclasses.replace(proposals, options={**proposals.options, **options}, **spec_changes)
         return dataclasses.replace(self, **changes)
 
     def settings(self) -> dict[str, Any]:

@@ -173,8 +173,9 @@ class ReferDataset:
             images = {int(i["id"]): ImageInfo(int(i["id"]), str(i["file_name"]), int(i["height"]), int(i["width"]))
                       for i in data["images"]}
             annotations = {int(a["id"]): a for a in data["annotations"]}
-            for ann in annotations.values():
-                ann["image_id"], ann["category_id"], ann["segmentation"]  # noqa: B018 - presence check
+            for ann in annotations.values():  # a missing field is a KeyError here, not deep in a run
+                for required in ("image_id", "category_id", "segmentation"):
+                    ann[required]
             categories = {int(c["id"]): str(c["name"]) for c in data.get("categories", [])}
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
             raise DatasetError(f"{self.instances_path}: not readable JSON ({error})") from None

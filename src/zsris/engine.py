@@ -34,8 +34,9 @@ from typing import Any, Callable, Iterable, Iterator, Optional
 import numpy as np
 
 from .config import DEFAULT_MAX_PIXELS, ProposalSpec
-from .errors import INTERRUPTED, DatasetError, ZsrisError
-from .proposals import ProposalGenerator, Proposals
+from .errors import DatasetError, ZsrisError
+from .proposals import ProposalGenerator, runs_in_model_process
+from .types import Proposals
 
 
 def default_workers() -> int:
@@ -233,33 +234,36 @@ class StageTimes:
     failed: list[tuple[Any, str]] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
-        """Seconds per image per stage and how busy each stage was (1.0: never idle)."""
+        """Seconds per image per stage and how busy each stage was (1.0: never idle), by machine
+        keys; :data:`zsris.report.LABELS` names them for people."""
         wall = max(self.wall_seconds, 1e-9)
         images = max(self.images, 1)
         lanes = max(self.workers, 1)
         first = self.first_seconds or 0.0  # start-up and the first image's preparation
         return {
             "images": self.images,
-            "proposal workers": self.workers,
-            "seconds/image (end to end)": round(wall / images, 3),
-            "seconds/image (once the first was ready)": round((wall - first) / images, 3),
-            "seconds until the first image": round(first, 3),
-            "seconds/image (decode + proposals, per worker)": round(self.prepare_seconds / images, 3),
-            "seconds/image (model)": round(self.model_seconds / images, 3),
-            "busy (proposal workers)": round(min(1.0, self.prepare_seconds / (wall * lanes)), 2),
-            "busy (model)": round(min(1.0, self.model_seconds / wall), 2),
-            "seconds/image (model stage waiting)": round(self.waiting_seconds / images, 3),
-            "images failed": len(self.failed),
+            "proposal_workers": self.workers,
+            "seconds_per_image": round(wall / images, 3),
+            "seconds_per_image_running": round((wall - first) / images, 3),
+            "seconds_to_first_image": round(first, 3),
+            "prepare_seconds_per_image": round(self.prepare_seconds / images, 3),
+            "model_seconds_per_image": round(self.model_seconds / images, 3),
+            "busy_workers": round(min(1.0, self.prepare_seconds / (wall * lanes)), 2),
+            "busy_model": round(min(1.0, self.model_seconds / wall), 2),
+            "waiting_seconds_per_image": round(self.waiting_seconds / images, 3),
+            "images_failed": len(self.failed),
         }
 
 
 class Engine:
     """Prepare images in ``workers`` processes (0: in this process, where ``generator`` may be a
     model already loaded here, run in a thread) ``ahead`` of the consumer (0 with a loaded
-    generator: no thread, each image prepared when asked for)."""
+    generator: no thread, each image prepared when asked for). ``stop``, once set, ends the
+    run between two images as a Ctrl-C would: the command line sets it on Ctrl-C, for the rare
+    KeyboardInterrupt that lands inside a finaliser and is lost there."""
 
     def __init__(self, preparer: Preparer, workers: int = 0, ahead: Optional[int] = None,
-                 generator: Optional[ProposalGenerator] = None) -> None:
+                 generator: Optional[ProposalGenerator] = None, stop: Optional[threading.Event] = None) -> None:
         if workers < 0:
             raise ZsrisError(f"proposal workers must be 0 or more, not {workers}")
         if generator is not None and workers:
@@ -268,6 +272,7 @@ class Engine:
         self.workers = workers
         self.generator = generator
         self.ahead = ahead if ahead is not None else max(2, 2 * workers)
+        self.stop = stop
         self.times = StageTimes(workers=workers)
 
     def run(self, tasks: Iterable[ImageTask], consume: Callable[[Prepared], None]) -> StageTimes:
@@ -296,7 +301,7 @@ class Engine:
         source = self._prepared(list(tasks))
         try:
             for prepared in itertools.chain(source, [None]):
-                if INTERRUPTED.is_set():  # a Ctrl-C whose KeyboardInterrupt a finaliser swallowed
+                if self.stop is not None and self.stop.is_set():
                     raise KeyboardInterrupt
                 if prepared is not None:
                     group.append(prepared)
@@ -368,7 +373,8 @@ class Engine:
         # fraction of a second, where a spawned one imports torch anew (seconds, times N at once);
         # and nothing is forked from this process, whose CUDA and threads would not survive it.
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["zsris.engine", "zsris.proposals", "zsris.images", "zsris.cache"])
+        context.set_forkserver_preload(["torch", "zsris.engine", "zsris.proposals.classical", "zsris.images",
+                                        "zsris.cache"])
         spool = tempfile.mkdtemp(prefix="zsris-engine-")
         pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_init_worker,
                                    initargs=(self.preparer, os.getpid(), spool))
@@ -399,6 +405,21 @@ class Engine:
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
             shutil.rmtree(spool, ignore_errors=True)
+
+
+def engine_for(generator: Optional[ProposalGenerator], workers: int, cache_root: Optional[str] = None,
+               max_pixels: int = DEFAULT_MAX_PIXELS, exif_transpose: bool = True,
+               stop: Optional[threading.Event] = None) -> Engine:
+    """The engine that makes ``generator``'s proposals ahead of the model stage: the one rule of
+    where proposals are made. With ``workers`` and a generator that can be rebuilt from its spec
+    (classical, file), the workers rebuild it and do the work; a model on the device (SAM), a
+    generator without a spec, or no workers: the generator given runs here, one image ahead in a
+    thread. No generator: the workers only decode (ground-truth proposals come later)."""
+    if generator is None:
+        return Engine(Preparer(None, cache_root, max_pixels, exif_transpose), workers, stop=stop)
+    if workers and not runs_in_model_process(generator):
+        return Engine(Preparer(generator.spec, cache_root, max_pixels, exif_transpose), workers, stop=stop)
+    return Engine(Preparer(None, cache_root, max_pixels, exif_transpose), 0, generator=generator, stop=stop)
 
 
 def image_task(key: Any, path: str | Path, name: Optional[str] = None,

@@ -2,13 +2,6 @@
 
 The CLI prints ``str(error)`` and exits non-zero; library users catch :class:`ZsrisError`.
 """
-import threading
-
-#: Set by the command line's Ctrl-C handler. Python raises KeyboardInterrupt wherever the main
-#: thread happens to be when the signal lands; inside a finaliser (a ``__del__``, a weakref
-#: callback) it is printed as "ignored" and lost, and the run would go on. Long loops (the
-#: engine, between images) check this flag too, so that a Ctrl-C always stops them.
-INTERRUPTED = threading.Event()
 
 
 class ZsrisError(Exception):

@@ -84,7 +84,8 @@ def iou_matrix(a: np.ndarray, b: np.ndarray, areas_a: Optional[np.ndarray] = Non
         area_b = np.count_nonzero(b.reshape(len(b), -1), axis=1).astype(np.float32)
     else:
         fa = a.reshape(len(a), -1).astype(np.float32)
-        fb = fa if b is a else b.reshape(len(b), -1).astype(np.float32)  # a @ a.T: BLAS's symmetric product, 1.7x faster
+        # a @ a.T: BLAS's symmetric product, 1.7x faster
+        fb = fa if b is a else b.reshape(len(b), -1).astype(np.float32)
         inter, area_a, area_b = fa @ fb.T, fa.sum(1), fb.sum(1)
     union = area_a[:, None] + area_b[None, :] - inter
     return np.where(union > 0, inter / np.maximum(union, 1), 0.0)

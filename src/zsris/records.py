@@ -1,13 +1,33 @@
-"""JSON records of results: what `zsris segment` writes and the HTTP API returns."""
+"""Records: what `zsris segment` and `zsris batch` write, the HTTP API returns and an evaluation
+stores per sentence, as typed objects with machine keys, and their JSON form.
+
+The JSON forms are those zsris has always written (the stores of earlier runs still read):
+:func:`result_record` for an answer, :class:`PairRecord` for a batch pair, and
+:class:`SentenceRecord` for an evaluated sentence. Display labels are :mod:`zsris.report`'s.
+"""
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Mapping, Optional
 
-from .masks import encode_rle
-from .segmenter import SegmentResult, Segmenter
+from .types import DEFAULT_TOP_K, SegmentResult
+
+if TYPE_CHECKING:
+    from .segmenter import Segmenter
 
 
-def settings(segmenter: Segmenter) -> dict[str, Any]:
+class _Absent:
+    """The value of a record field that its JSON form leaves out (not the same as null)."""
+
+    def __repr__(self) -> str:
+        return "ABSENT"
+
+
+ABSENT: Any = _Absent()
+
+
+def settings(segmenter: "Segmenter") -> dict[str, Any]:
     """The settings that produced a result, so a record says how to reproduce it: the config's
     (:meth:`SegmenterConfig.settings`), with what was actually loaded where the config leaves it
     open: the backbone's canonical name, the weights it resolved to, the proposal generator's
@@ -21,30 +41,70 @@ def settings(segmenter: Segmenter) -> dict[str, Any]:
     }
 
 
-def result_record(result: SegmentResult, image: str | None = None) -> dict[str, Any]:
-    """A JSON-ready record: COCO RLE mask, box (x1, y1, x2, y2), score and the top-k proposals."""
-    height, width = result.image_size
-    return {
-        "image": image,
-        "image_size": [height, width],
-        "expression": result.expression,
-        "noun_phrase": result.noun_phrase,
-        "found": result.found,
-        "score": result.score,
-        "box": list(result.box) if result.found else None,
-        "proposal_index": result.proposal_index,
-        **({"proposal_indices": result.proposal_indices} if len(result.proposal_indices) > 1 else {}),
-        "mask": encode_rle(result.mask),
-        "top_proposals": [
-            {
-                "index": r.index,
-                "score": r.score,
-                "global_score": r.global_score,
-                "local_score": r.local_score,
-                "box": list(r.box),
-                "area": r.area,
-            }
-            for r in result.ranked
-        ],
-        **({"spatial": result.spatial.record()} if result.spatial is not None else {}),
-    }
+def result_record(result: SegmentResult, image: str | None = None,
+                  top_k: Optional[int] = DEFAULT_TOP_K) -> dict[str, Any]:
+    """A result's JSON record (:meth:`SegmentResult.to_dict`): COCO RLE mask, box (x1, y1, x2,
+    y2), score and the ``top_k`` best proposals."""
+    return result.to_dict(image, top_k)
+
+
+@dataclass
+class PairRecord:
+    """A batch pair's record: its answer (:func:`result_record`), or why there is none."""
+
+    id: str
+    image: str
+    expression: Any
+    result: Optional[dict[str, Any]] = None
+    error: Optional[str] = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.ok:
+            return {"id": self.id, **(self.result or {})}
+        return {"id": self.id, "image": self.image, "expression": self.expression, "error": self.error}
+
+
+@dataclass
+class SentenceRecord:
+    """One evaluated sentence: what was chosen and how it overlaps the target.
+
+    ``intersection``/``union``/``iou`` are the chosen mask's against the target;
+    ``oracle_*`` the best proposal's (the method's ceiling; absent for a failed image);
+    ``error`` says why an image could not be processed (its sentences count with IoU 0);
+    ``no_target``, ``ann_ids``, ``found`` and ``margin_iu`` (the union of the proposals within
+    each calibration margin of the best, as intersection and union) exist for gRefCOCO only.
+    Fields left :data:`ABSENT` are left out of the JSON form."""
+
+    sent_id: int
+    ref_id: int
+    ann_id: Any
+    image_id: int
+    expression: str
+    gt_category: Optional[int]
+    num_proposals: int
+    oracle_iou: Any = ABSENT
+    oracle_intersection: Any = ABSENT
+    oracle_union: Any = ABSENT
+    proposal_index: int = -1
+    score: Optional[float] = None
+    noun_phrase: Optional[str] = None
+    chosen_category: Optional[int] = None
+    intersection: int = 0
+    union: int = 0
+    iou: float = 0.0
+    error: Any = ABSENT
+    no_target: Any = ABSENT
+    ann_ids: Any = ABSENT
+    found: Any = ABSENT
+    margin_iu: Any = ABSENT
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not ABSENT}
+
+    @classmethod
+    def from_dict(cls, record: Mapping[str, Any]) -> "SentenceRecord":
+        return cls(**{f.name: record.get(f.name, ABSENT) for f in dataclasses.fields(cls)})

@@ -7,9 +7,37 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+#: What people read for the machine keys of a run's timing and summary (the metrics keep the
+#: names the field reports them by: oIoU, mIoU, P@0.5 ...).
+LABELS = {
+    "proposal_workers": "proposal workers",
+    "seconds_per_image": "seconds/image (end to end)",
+    "seconds_per_image_running": "seconds/image (once the first was ready)",
+    "seconds_to_first_image": "seconds until the first image",
+    "prepare_seconds_per_image": "seconds/image (decode + proposals, per worker)",
+    "model_seconds_per_image": "seconds/image (model)",
+    "busy_workers": "busy (proposal workers)",
+    "busy_model": "busy (model)",
+    "waiting_seconds_per_image": "seconds/image (model stage waiting)",
+    "images_failed": "images failed",
+    "done": "done (this run)",
+    "failed": "failed (this run)",
+    "skipped": "skipped (done before)",
+    "retried": "retried (failed before)",
+    "images_this_run": "images (this run)",
+    "wall_seconds_per_image": "seconds/image",
+}
+
+
+def labelled(summary: dict[str, Any]) -> dict[str, Any]:
+    """``summary`` with its machine keys named for people (:data:`LABELS`); other keys as they are."""
+    return {LABELS.get(key, key): value for key, value in summary.items()}
+
 
 def table(summary: dict[str, Any], title: str = "") -> str:
-    """A two-column Markdown table of the metrics (it reads well in a terminal too)."""
+    """A two-column Markdown table of the metrics (it reads well in a terminal too); machine
+    keys are shown by their :data:`LABELS`."""
+    summary = labelled(summary)
     width = max(len(k) for k in summary) if summary else 10
     lines = [f"### {title}", ""] if title else []
     lines += [f"| {'metric':<{width}} | value |", f"|{'-' * (width + 2)}|-------|"]

@@ -2,13 +2,14 @@
 
 Models load once (in :func:`create_segmenter`); the visual work of an image (proposals, the
 shared ViT trunk, per-proposal features) is done once and scored against every expression.
+The segmenter computes: what to answer from the scores is :func:`zsris.decide.decide`'s, and
+running it over many images (batch jobs, evaluation) is :mod:`zsris.jobs`'.
 """
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -19,71 +20,19 @@ from torch import Tensor
 from . import visual
 from .backbones import ClipBackbone, load_backbone, preprocess_preset, resolve_device
 from .config import ProposalSpec, SegmenterConfig
+from .decide import Policy, decide, segment_result
 from .errors import NoProposalsError, ZsrisError, ZsrisWarning
 from .fusion import fuse_text, fuse_visual
 from .images import ImageInput, load_image
-from .masks import masks_boxes
 from .precision import check_precision, compute_precision, weight_dtype
-from .proposals import ProposalGenerator, Proposals, create_proposals
-from .spatial import SpatialDecision, rectify
+from .proposals import ProposalGenerator, create_proposals
 from .text import ExpressionParser, ParsedExpression, TextEncoder, check_expression
-
-if TYPE_CHECKING:
-    from .batch import PairResult
-    from .engine import Engine, ImageTask, Prepared
+from .types import ImageFeatures, Proposals, Scores, SegmentResult
 
 RANDOM_WEIGHTS_WARNING = "zsris: CLIP has RANDOM weights (--weights random): its masks mean nothing"
-DEFAULT_TOP_K = 5
 #: Mask pixels (bytes, as bool) of the images whose proposals share CLIP passes: 100 masks of
 #: eight 640 x 480 images; larger images go alone, so grouping never raises the peak memory.
 MASK_PIXELS_PER_PASS = 2 ** 28
-
-
-@dataclass
-class RankedProposal:
-    """One proposal's scores against one expression (cosine similarities)."""
-
-    index: int
-    score: float
-    global_score: float
-    local_score: float
-    box: tuple[int, int, int, int]
-    area: int
-
-
-@dataclass
-class SegmentResult:
-    """The answer for one expression: the chosen proposal's mask and how every candidate ranked."""
-
-    expression: str
-    noun_phrase: str
-    mask: np.ndarray
-    score: float
-    box: tuple[int, int, int, int]
-    proposal_index: int
-    ranked: list[RankedProposal] = field(default_factory=list)
-    spatial: Optional[SpatialDecision] = None  # with spatial="on": what the position words did
-    found: bool = True  # False: the best score fell below the no-target threshold; the mask is empty
-    proposal_indices: list[int] = field(default_factory=list)  # the proposals united in the mask
-
-    @property
-    def image_size(self) -> tuple[int, int]:
-        return int(self.mask.shape[0]), int(self.mask.shape[1])
-
-    @property
-    def caption(self) -> str:
-        """The expression, marked where no object answers it (for overlays and pages)."""
-        return self.expression if self.found else f"{self.expression} (no such object)"
-
-
-@dataclass
-class ImageFeatures:
-    """Everything about an image that does not depend on the expression."""
-
-    proposals: Proposals
-    global_features: Tensor
-    local_features: Tensor
-    visual_features: Tensor  # fused, L2-normalised
 
 
 class Segmenter:
@@ -91,8 +40,12 @@ class Segmenter:
 
     Built from loaded models and a :class:`SegmenterConfig` (whose fields may also be given as
     keyword ``changes``); :func:`create_segmenter` loads the models the config names. The
-    config's model and proposal fields describe how the models were made; the loaded objects
-    themselves are ``backbone`` and ``proposals``.
+    config's model fields describe how the models were made; the loaded objects themselves are
+    ``backbone`` and ``proposals``. The config's proposal spec is the generator's own
+    (``proposals.spec``) wherever the generator has one, so the two never disagree.
+
+    The verbs: :meth:`image_features` (the per-image work, once), :meth:`score` (every
+    expression against them), and :meth:`segment` / :meth:`segment_many` for both at once.
     """
 
     def __init__(
@@ -104,6 +57,9 @@ class Segmenter:
         **changes,
     ) -> None:
         self.config = (config or SegmenterConfig()).replace(**changes)
+        spec = getattr(proposals, "spec", None)
+        if isinstance(spec, ProposalSpec):
+            self.config = self.config.replace(proposals=spec)
         visual.check_supported(backbone.model)
         k = self.config.k
         if backbone.is_vit and not 0 <= k <= visual.vit_num_blocks(backbone.model):
@@ -113,8 +69,10 @@ class Segmenter:
         self.model = backbone.model_in(weight_dtype(self.config.precision))  # what computes
         self.proposals = proposals
         self.preprocess_config = preprocess_preset(self.config.preprocess, backbone.model)
-        self.parser = parser or ExpressionParser(model=self.config.spacy_model)
-        self.text_encoder = TextEncoder(self.model, backbone.tokenizer, backbone.context_length)
+        self.parser = parser or ExpressionParser(model=self.config.spacy_model, cache_size=self.config.text_cache_size)
+        self.text_encoder = TextEncoder(self.model, backbone.tokenizer, backbone.context_length,
+                                        cache_size=self.config.text_cache_size)
+        self.policy = Policy.from_config(self.config)
         if backbone.is_random:
             warnings.warn(RANDOM_WEIGHTS_WARNING, stacklevel=2)
 
@@ -217,23 +175,6 @@ class Segmenter:
                 answers[position] = features
         return answers
 
-    def prepared_features(self, engine: "Engine", tasks: Sequence["ImageTask"]
-                          ) -> Iterator[tuple["Prepared", Optional[ImageFeatures]]]:
-        """Each task's image as ``engine`` prepares it, in order, with its visual features,
-        computed :attr:`images_per_pass` images at a time (None where there are none to share:
-        a failed image, one without proposals given ...; :meth:`image_features` then says why)."""
-        for group in engine.groups(tasks, self.images_per_pass):
-            yield from zip(group, self.image_features_many([(p.pixels, p.proposals) for p in group]))
-
-    @property
-    def images_per_pass(self) -> int:
-        """How many images' proposals the batch jobs and eval put through CLIP together: the
-        setting, else 4 on CUDA (small passes leave a GPU waiting on kernel launches) and 1
-        elsewhere (a CPU gains nothing from it)."""
-        if self.config.images_per_pass is not None:
-            return self.config.images_per_pass
-        return 4 if self.device.type == "cuda" else 1
-
     def _check_proposals(self, pixels: np.ndarray, proposals: Proposals, image_id: Optional[str]) -> None:
         if len(proposals) == 0:
             raise NoProposalsError(
@@ -269,52 +210,23 @@ class Segmenter:
         return fuse_text(sentences, phrases, self.config.beta, self.config.fusion, self.backbone.is_vit), parsed
 
     # -- scoring --------------------------------------------------------------------------
-    def score(self, features: ImageFeatures, expressions: Sequence[str],
-              top_k: int = DEFAULT_TOP_K) -> list[SegmentResult]:
-        """Score every proposal against every expression and pick the best for each; each result
-        ranks the ``top_k`` best proposals."""
+    def score(self, features: ImageFeatures, expressions: Sequence[str]) -> list[SegmentResult]:
+        """Score every proposal against every expression; each result keeps all the scores and
+        holds the answer the segmenter's policy (:func:`zsris.decide.decide`) gives."""
         text, parsed = self.text_features(expressions)
         fused = (text @ features.visual_features.T).cpu()
         global_scores = (text @ F.normalize(features.global_features, dim=-1).T).cpu()
         local_scores = (text @ F.normalize(features.local_features, dim=-1).T).cpu()
-        phrase_scores = self._phrase_scores(features, parsed) if self.config.spatial == "on" else None
-        proposals = features.proposals
-        areas = proposals.areas
-        results = []
+        order = torch.argsort(fused, dim=1, descending=True, stable=True)
+        phrase_scores = self._phrase_scores(features, parsed).numpy() if self.policy.spatial else None
+        proposals, results = features.proposals, []
         for row, parse in enumerate(parsed):
-            order = torch.argsort(fused[row], descending=True, stable=True).tolist()
-            ranked = [
-                RankedProposal(i, float(fused[row, i]), float(global_scores[row, i]), float(local_scores[row, i]),
-                               tuple(int(v) for v in proposals.boxes[i]), int(areas[i]))
-                for i in order[: max(top_k, 1)]
-            ]
-            best, decision = order[0], None
-            if phrase_scores is not None:
-                decision = rectify(parse.spatial, proposals.masks, phrase_scores[row].numpy(), fused[row].numpy())
-                best = decision.chosen
-            results.append(self._answer(parse, proposals, fused[row], best, ranked, decision))
+            scores = Scores(fused[row].numpy(), global_scores[row].numpy(), local_scores[row].numpy(),
+                            order[row].numpy())
+            answer = decide(scores, proposals, self.policy, parse.spatial,
+                            None if phrase_scores is None else phrase_scores[row])
+            results.append(segment_result(parse, scores, proposals, answer))
         return results
-
-    def _answer(self, parse: ParsedExpression, proposals: Proposals, scores: Tensor, best: int,
-                ranked: list[RankedProposal], decision: Optional[SpatialDecision]) -> SegmentResult:
-        """The result for the chosen proposal ``best``: none below the no-target threshold, the
-        union of the proposals within the margin with multi_target, else that proposal."""
-        score = float(scores[best])
-        threshold = self.config.no_target_threshold
-        if threshold is not None and score < threshold:
-            empty = np.zeros(proposals.image_size, dtype=bool)
-            return SegmentResult(parse.raw, parse.noun_phrase, empty, score, (0, 0, 0, 0), -1, ranked, decision,
-                                 found=False)
-        members = [best]
-        if self.config.multi_target:
-            within = (scores >= score - self.config.multi_target_margin).nonzero().flatten().tolist()
-            members += [int(i) for i in within if int(i) != best]
-        mask, box = proposals.masks[best], proposals.boxes[best]
-        if len(members) > 1:
-            mask = proposals.masks[members].any(axis=0)
-            box = masks_boxes(mask[None])[0]
-        return SegmentResult(parse.raw, parse.noun_phrase, mask, score, tuple(int(v) for v in box), best, ranked,
-                             decision, proposal_indices=members)
 
     def _phrase_scores(self, features: ImageFeatures, parsed: Sequence[ParsedExpression]) -> Tensor:
         """``[E, N]``: each noun phrase alone against the proposals, which picks the spatial
@@ -323,33 +235,18 @@ class Segmenter:
             phrases = self.text_encoder.encode(p.noun_phrase for p in parsed).float()
         return (F.normalize(phrases, dim=-1) @ features.visual_features.T).cpu()
 
-    def segment_many(self, image: ImageInput, expressions: Sequence[str], image_id: Optional[str] = None,
-                     top_k: int = DEFAULT_TOP_K) -> list[SegmentResult]:
+    def segment_many(self, image: ImageInput, expressions: Sequence[str],
+                     image_id: Optional[str] = None) -> list[SegmentResult]:
         """Segment several expressions about one image; the visual work is done once."""
         if isinstance(expressions, str):
             raise ZsrisError("segment_many takes a list of expressions; use segment for one")
         for expression in expressions:
             check_expression(expression)
-        return self.score(self.image_features(image, image_id), expressions, top_k)
+        return self.score(self.image_features(image, image_id), expressions)
 
-    def segment(self, image: ImageInput, expression: str, image_id: Optional[str] = None,
-                top_k: int = DEFAULT_TOP_K) -> SegmentResult:
+    def segment(self, image: ImageInput, expression: str, image_id: Optional[str] = None) -> SegmentResult:
         """The mask of the object that ``expression`` refers to in ``image``."""
-        return self.segment_many(image, [expression], image_id, top_k)[0]
-
-    def segment_batch(self, pairs: Iterable[Any], top_k: int = DEFAULT_TOP_K,
-                      workers: int = 0) -> Iterator["PairResult"]:
-        """Segment ``(image path, expression)`` pairs, yielding a :class:`~zsris.batch.PairResult`
-        per pair in the order given (``.result``, or ``.error`` saying why there is none).
-
-        The pairs of one image share its visual work; ``workers`` processes decode images and
-        make proposals ahead of the model (0: all here). A pair that fails (an unreadable image,
-        an empty expression) does not stop the others. Results wait until every earlier pair
-        has one, so give an image's pairs together to keep few masks in memory."""
-        from .batch import as_pairs, batch_engine, in_input_order, run_pairs
-
-        pairs = as_pairs(pairs)
-        return in_input_order(pairs, run_pairs(self, pairs, batch_engine(self, workers), top_k))
+        return self.segment_many(image, [expression], image_id)[0]
 
 
 def _within_budget(items: Sequence[Any], sizes: Sequence[int], budget: int) -> list[list[Any]]:

@@ -7,7 +7,9 @@ and empty expressions; the page shows the same messages.
 
 What an untrusted client can make the server hold is bounded: an image's size is read from
 its header and refused before any pixel is decoded; at most ``decode_slots`` decoded images
-exist at once (the one being segmented and those next in line); the page reads back only
+exist at once (the one being segmented and those next in line); the segmenter keeps at most
+``text_cache_size`` parsed expressions and text features (least recently used out first), however
+many new sentences arrive (``benchmarks/serve_memory.py`` measures it); the page reads back only
 files uploaded through it, and its uploads and outputs are deleted ``file_ttl`` seconds after
 they were written.
 """
@@ -25,6 +27,7 @@ from typing import Any, Optional
 from .errors import ExpressionError, ImageError, ImageTooLargeError, ProposalError, ZsrisError
 from .extras import require_extra
 from .images import load_image
+from .types import DEFAULT_TOP_K
 
 EXAMPLES = Path(__file__).parent / "examples"
 DEFAULT_MAX_REQUEST_BYTES = 20 * 1024 * 1024
@@ -94,9 +97,9 @@ class SegmentationService:
         with self._slots:
             return load_image(image, self.segmenter.config.max_pixels, name=name)
 
-    def segment(self, image: Any, expressions: list[str], name: str = "the image", top_k: int = 5):
+    def segment(self, image: Any, expressions: list[str], name: str = "the image"):
         """``(pixels, proposals, results)``: the image as RGB, its proposals and one result per
-        expression, each ranking its ``top_k`` best proposals.
+        expression (each keeps every proposal's scores: ``result.ranked(k)``).
 
         ``image`` is a path or the bytes of an image file; ``name`` stands for it in error messages.
         A decode slot is held from decoding to the answer, so that queued requests cannot pile
@@ -106,7 +109,7 @@ class SegmentationService:
             pixels = load_image(image, self.segmenter.config.max_pixels, name=name)
             with self._lock:
                 features = self.segmenter.image_features(pixels)
-                return pixels, features.proposals, self.segmenter.score(features, expressions, top_k)
+                return pixels, features.proposals, self.segmenter.score(features, expressions)
 
 
 def create_app(service: SegmentationService):
@@ -149,7 +152,7 @@ def create_app(service: SegmentationService):
     def segment(
         image: UploadFile = File(..., description="the image (JPEG, PNG, ...)"),
         expressions: list[str] = Form(..., description="one or more referring expressions (repeat the field)"),
-        top_k: int = Form(5, ge=1, le=100, description="ranked proposals returned per expression"),
+        top_k: int = Form(DEFAULT_TOP_K, ge=1, le=100, description="ranked proposals returned per expression"),
     ) -> dict[str, Any]:
         """Segment the object each expression refers to; one record per expression."""
         data = image.file.read(service.max_request_bytes + 1)
@@ -157,10 +160,10 @@ def create_app(service: SegmentationService):
             raise HTTPException(413, f"image over the limit of {service.max_request_bytes} bytes")
         try:
             parsed = service.parse_expressions(expressions)
-            _, _, results = service.segment(data, parsed, Path(image.filename or "upload").name, top_k)
+            _, _, results = service.segment(data, parsed, Path(image.filename or "upload").name)
         except ZsrisError as error:
             raise HTTPException(http_status(error), str(error)) from None
-        records = [result_record(result, image.filename) for result in results]
+        records = [result_record(result, image.filename, top_k) for result in results]
         return {"results": records, "settings": settings(service.segmenter)}
 
     demo = build_demo(service)
@@ -204,7 +207,7 @@ def build_demo(service: SegmentationService):
         try:
             expressions = service.parse_expressions(text or "")
             path = _uploaded_file(image_path)
-            pixels, proposals, results = service.segment(path, expressions, path.name, int(top_k))
+            pixels, proposals, results = service.segment(path, expressions, path.name)
         except ZsrisError as error:
             return failed(str(error))
         out = service.output_folder()
@@ -216,10 +219,10 @@ def build_demo(service: SegmentationService):
             mask_path = out / f"mask-{number:02d}.png"
             mask_image(result.mask).save(mask_path)
             json_path = out / f"result-{number:02d}.json"
-            json_path.write_text(json.dumps(result_record(result, Path(image_path).name), indent=2))
+            json_path.write_text(json.dumps(result_record(result, Path(image_path).name, int(top_k)), indent=2))
             files += [str(mask_path), str(json_path)]
         first = results[0]
-        for rank, proposal in enumerate(first.ranked[: int(top_k)], start=1):
+        for rank, proposal in enumerate(first.ranked(int(top_k)), start=1):
             caption = (f"#{rank}: fused {proposal.score:.3f} | global {proposal.global_score:.3f} | "
                        f"local {proposal.local_score:.3f}")
             picture = overlay(pixels, proposals.masks[proposal.index], proposal.box, f"#{rank}", warning=note)
@@ -261,7 +264,7 @@ def build_demo(service: SegmentationService):
                 preview = gr.Image(label="Preview", interactive=False, height=240, elem_id="zsris-preview")
                 text = gr.Textbox(lines=3, label="Expressions (one per line)", placeholder="the man on the left",
                                   elem_id="zsris-expressions")
-                top_k = gr.Slider(1, 20, value=5, step=1, label="Ranked proposals to show")
+                top_k = gr.Slider(1, 20, value=DEFAULT_TOP_K, step=1, label="Ranked proposals to show")
                 button = gr.Button("Segment", variant="primary", elem_id="zsris-submit")
                 status = gr.Markdown(elem_id="zsris-status")
                 if examples:

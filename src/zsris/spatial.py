@@ -10,10 +10,10 @@ Parsing (:func:`spatial_cues`). A word is a cue of the target when, walking up t
 tree from it, the first noun reached (skipping nouns that only name a place: side, corner,
 part ...) is the target's root, or when no noun lies above it (it governs the expression, as
 "left" parsed as a verb in "left woman"). The target is the noun phrase's root, or where that
-is a word of place itself ("arm bottom right"), the expression's first noun naming an object. So "the man next to the woman on the left" leaves "left" to
-the woman; and a position word with an object of its own ("left of the laptop", "to the
-right of the plate", "under the table") relates the target to another object and is left
-alone (relations are not handled). The words:
+is a word of place itself ("arm bottom right"), the expression's first noun naming an object.
+So "the man next to the woman on the left" leaves "left" to the woman; and a position word
+with an object of its own ("left of the laptop", "to the right of the plate", "under the
+table") relates the target to another object and is left alone (relations are not handled). The words:
 
 - sides: left, right, top, bottom and their synonyms (upper, lower, western, above ...);
   superlatives (leftmost, lowest, uppermost ...) or a side after "far", "very", "most" or
@@ -78,7 +78,6 @@ PLACE_NOUNS = frozenset(("side", "corner", "part", "end", "edge", "half", "area"
 #: what "of the ..." may name without making a side word relational ("left of the picture")
 SCENE_NOUNS = frozenset(("picture", "photo", "image", "pic", "photograph", "frame", "screen", "shot", "scene",
                          "view", "pict", "pics", "photos", "pictures"))
-AXIS_NAMES = (("left", "right"), ("top", "bottom"))
 MAX_CANDIDATES = 8
 SAME_OBJECT_IOU = 0.5
 
@@ -176,7 +175,8 @@ def _object_noun(doc, target):
 
 def names_object_word(word: str) -> bool:
     """Whether ``word`` may name an object: it is none of the spatial words."""
-    return not any(word in group for group in (SIDES, MIDDLE, PLACE_NOUNS, SIDE_EXTREMES, ORDINALS, SIZES, INTENSIFIERS))
+    groups = (SIDES, MIDDLE, PLACE_NOUNS, SIDE_EXTREMES, ORDINALS, SIZES, INTENSIFIERS)
+    return not any(word in group for group in groups)
 
 
 def spatial_cues(doc, target) -> ParsedSpatial:

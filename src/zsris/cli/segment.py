@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 from typing import Iterator
 
-from .flags import EPILOG, add_model_flags, build_segmenter, config_from_args, positive_int
+from .flags import EPILOG, add_model_flags, add_top_k_flag, build_segmenter, config_from_args
 
 STAGES = ("proposals", "visual features", "scoring")
 
@@ -77,7 +77,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         with progress.stage("visual features"):
             features = segmenter.image_features(image, image_id, proposals)
         with progress.stage("scoring"):
-            results = segmenter.score(features, args.expressions, args.top_k)
+            results = segmenter.score(features, args.expressions)
     finally:
         progress.close()
     out = Path(args.output)
@@ -88,7 +88,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         base = out / f"{stem}-{number:02d}-{_slug(result.expression)}"
         mask_image(result.mask).save(f"{base}.mask.png")
         overlay(image, result.mask, result.box, result.caption, warning=note).save(f"{base}.overlay.png")
-        record = {**result_record(result, str(args.image)), "settings": settings(segmenter)}
+        record = {**result_record(result, str(args.image), args.top_k), "settings": settings(segmenter)}
         Path(f"{base}.json").write_text(json.dumps(record, indent=2))
         if not result.found:
             print(f"{result.expression!r} -> no such object: the best score {result.score:.4f} is below the "
@@ -111,7 +111,6 @@ def register(commands) -> None:
     segment.add_argument("image", help="image file (JPEG, PNG, ...)")
     segment.add_argument("expressions", nargs="+", metavar="EXPRESSION", help="referring expression(s)")
     segment.add_argument("-o", "--output", default="zsris-out", help="output folder (default: %(default)s)")
-    segment.add_argument("--top-k", type=positive_int, default=5,
-                         help="ranked proposals kept in the JSON record (default: %(default)s)")
+    add_top_k_flag(segment, "the JSON record")
     add_model_flags(segment)
     segment.set_defaults(run=cmd_segment)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import ZsrisError
-from .flags import add_model_flags, build_segmenter, config_from_args
+from .flags import add_model_flags, build_segmenter, config_from_args, positive_int
 
 DEFAULT_PORT = 7860
 
@@ -19,7 +19,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if args.max_request_mb < 1 or args.decode_slots < 1 or args.file_ttl < 1:
         raise ZsrisError("--max-request-mb, --decode-slots and --file-ttl must be at least 1")
-    segmenter = build_segmenter(config_from_args(args))
+    segmenter = build_segmenter(config_from_args(args).replace(text_cache_size=args.text_cache))
     service = SegmentationService(segmenter, args.max_request_mb * 1024 * 1024,
                                   decode_slots=args.decode_slots, file_ttl=args.file_ttl)
     app = create_app(service)
@@ -31,6 +31,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def register(commands) -> None:
+    from ..config import DEFAULT_TEXT_CACHE
     from ..service import DEFAULT_DECODE_SLOTS, DEFAULT_FILE_TTL, DEFAULT_MAX_REQUEST_BYTES
 
     serve = commands.add_parser(
@@ -50,5 +51,8 @@ def register(commands) -> None:
     serve.add_argument("--file-ttl", type=int, default=DEFAULT_FILE_TTL, metavar="SECONDS",
                        help="the page's uploads and downloads are deleted this long after they were written "
                             "(default: %(default)s)")
+    serve.add_argument("--text-cache", type=positive_int, default=DEFAULT_TEXT_CACHE, metavar="N",
+                       help="parsed expressions and text features kept for reuse, least recently used out first: "
+                            "what new sentences can make the server hold (default: %(default)s)")
     add_model_flags(serve)
     serve.set_defaults(run=cmd_serve)

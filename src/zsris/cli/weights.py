@@ -5,8 +5,16 @@ import argparse
 import os
 from pathlib import Path
 
-from ..config import (DEFAULT_BACKBONE, DEFAULT_PRETRAINED, PROPOSAL_GENERATORS, SAM_CHECKPOINT_ENV,
-                      SAM_CHECKPOINTS, SAM_MODEL_TYPES, SAM_RELEASE_URL, WEIGHTS_ENV)
+from ..config import (
+    DEFAULT_BACKBONE,
+    DEFAULT_PRETRAINED,
+    SAM_CHECKPOINT_ENV,
+    SAM_CHECKPOINTS,
+    SAM_MODEL_TYPES,
+    SAM_RELEASE_URL,
+    WEIGHTS_ENV,
+)
+from ..proposals import PROPOSAL_REGISTRY
 
 
 def _clip_lines(args: argparse.Namespace) -> tuple[list[str], bool]:
@@ -77,7 +85,7 @@ def register(commands) -> None:
     weights.add_argument("--backbone", default=DEFAULT_BACKBONE, help="(default: %(default)s)")
     weights.add_argument("--pretrained", default=DEFAULT_PRETRAINED, help="(default: %(default)s)")
     weights.add_argument("--weights", default=None, metavar="PATH|random")
-    weights.add_argument("--proposals", choices=PROPOSAL_GENERATORS, default="classical",
+    weights.add_argument("--proposals", choices=tuple(PROPOSAL_REGISTRY), default="classical",
                          help="with 'sam', a missing SAM checkpoint also makes the exit status 1")
     weights.add_argument("--sam-model", choices=SAM_MODEL_TYPES, default="vit_h", help="(default: %(default)s)")
     weights.add_argument("--sam-checkpoint", default=None, metavar="PATH")

@@ -1,54 +1,64 @@
 """Class-agnostic mask proposals behind one interface, and a registry that builds them from a spec.
 
 Like segment-anything's ``sam_model_registry``: :data:`PROPOSAL_REGISTRY` maps a generator's
-name to a builder taking a :class:`~zsris.config.ProposalSpec` and the device; a new
-generator registers itself there and every command can use it.
+name to where its factory lives (``"module:function"``, imported only when that generator is
+built) and its own settings with their defaults. It is the one list of generators: the command
+line offers its names, and a generator registered with :func:`register_generator` can be chosen
+by every command and rebuilt in the engine's worker processes from its spec.
+
+Importing this package loads neither torch nor any generator: the engine, the cache and the
+job layer get :class:`Proposals` and the registry without paying for scikit-image or SAM.
 """
 from __future__ import annotations
 
-import dataclasses
-from typing import Callable
+import importlib
+from typing import TYPE_CHECKING, Any
 
-import torch
+from ..types import Proposals
+from .base import ProposalGenerator, check_max_proposals, config_key
+from .registry import (
+    PROPOSAL_REGISTRY,
+    GeneratorEntry,
+    ProposalSpec,
+    canonical_spec,
+    generator_entry,
+    register_generator,
+    runs_in_model_process,
+)
 
-from ..config import ProposalSpec
-from ..errors import ZsrisError
-from .base import ProposalGenerator, Proposals, check_max_proposals, config_key
-from .classical import ClassicalConfig, ClassicalProposals
-from .file import FileProposals
-from .sam import SamConfig, SamProposals
-
-
-def _file(spec: ProposalSpec, device: torch.device) -> ProposalGenerator:
-    if not spec.path:
-        raise ZsrisError("--proposals file needs --proposals-path (a COCO RLE JSON or a folder of PNG masks)")
-    return FileProposals(spec.path)
-
-
-PROPOSAL_REGISTRY: dict[str, Callable[[ProposalSpec, torch.device], ProposalGenerator]] = {
-    "classical": lambda spec, device: ClassicalProposals(max_proposals=spec.max_proposals),
-    "sam": lambda spec, device: SamProposals(spec.sam_checkpoint, model_type=spec.sam_model,
-                                             max_proposals=spec.max_proposals, device=device),
-    "file": _file,
-}
+if TYPE_CHECKING:
+    import torch
 
 
-def create_proposals(spec: str | ProposalSpec = "classical", device: str | torch.device = "cpu",
-                     **changes) -> ProposalGenerator:
-    """Build the generator a spec (or a name plus spec fields as keywords) describes:
-    ``create_proposals("classical", max_proposals=50)``. ``max_proposals=None`` lifts the cap;
-    zero or less is refused."""
-    if isinstance(spec, str):
-        spec = ProposalSpec(name=spec)
-    spec = dataclasses.replace(spec, **changes)
-    check_max_proposals(spec.max_proposals)
-    builder = PROPOSAL_REGISTRY.get(spec.name)
-    if builder is None:
-        raise ZsrisError(f"unknown proposal generator {spec.name!r}; choose one of {', '.join(PROPOSAL_REGISTRY)}")
-    return builder(spec, torch.device(device) if isinstance(device, str) else device)
+def create_proposals(spec: str | ProposalSpec = "classical", device: "str | torch.device" = "cpu",
+                     **changes: Any) -> ProposalGenerator:
+    """Build the generator a spec (or a name plus settings as keywords) describes:
+    ``create_proposals("classical", max_proposals=50)``, ``create_proposals("file", path="masks.json")``.
+    ``max_proposals=None`` lifts the cap; zero or less is refused. The generator keeps the
+    spec it was built from (``generator.spec``)."""
+    import torch
+
+    spec = canonical_spec(spec, **changes)
+    generator = generator_entry(spec.name).load()(spec, torch.device(device) if isinstance(device, str) else device)
+    generator.spec = spec
+    return generator
+
+
+#: Names imported on first use: the generators need scikit-image, SciPy or torch.
+_LAZY = {"ClassicalConfig": "classical", "ClassicalProposals": "classical", "FileProposals": "file",
+         "SamConfig": "sam", "SamProposals": "sam"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'zsris.proposals' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{module}", __name__), name)
 
 
 __all__ = [
-    "ClassicalConfig", "ClassicalProposals", "FileProposals", "PROPOSAL_REGISTRY", "ProposalGenerator",
-    "Proposals", "SamConfig", "SamProposals", "check_max_proposals", "config_key", "create_proposals",
+    "ClassicalConfig", "ClassicalProposals", "FileProposals", "GeneratorEntry", "PROPOSAL_REGISTRY",
+    "ProposalGenerator", "ProposalSpec", "Proposals", "SamConfig", "SamProposals", "canonical_spec",
+    "check_max_proposals", "config_key", "create_proposals", "generator_entry", "register_generator",
+    "runs_in_model_process",
 ]

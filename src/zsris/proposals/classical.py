@@ -27,6 +27,7 @@ from skimage.segmentation import felzenszwalb
 
 from ..masks import iou_matrix, nms_by_iou
 from .base import Proposals, check_max_proposals, config_key
+from .registry import ProposalSpec
 
 COLOUR_BINS = 25
 TEXTURE_BINS = 10
@@ -95,7 +96,8 @@ def _texture_values(colour: np.ndarray) -> np.ndarray:
         angle = (np.arctan2(gy, gx) + np.pi) / (2 * np.pi)
         magnitude = np.hypot(gx, gy)
         magnitude = magnitude / (magnitude.max() + 1e-9)
-        out.append(np.clip(np.floor(angle * ORIENTATIONS), 0, ORIENTATIONS - 1) / ORIENTATIONS + magnitude / ORIENTATIONS)
+        bins = np.clip(np.floor(angle * ORIENTATIONS), 0, ORIENTATIONS - 1)
+        out.append(bins / ORIENTATIONS + magnitude / ORIENTATIONS)
     return np.stack(out, axis=-1)
 
 
@@ -156,9 +158,10 @@ def _hierarchy(superpixels: _Superpixels, weights: tuple[float, float, float, fl
     alive = [True] * count
 
     def similarity(i: int, j: int) -> float:
-        bx = (min(box[i][0], box[j][0]), min(box[i][1], box[j][1]), max(box[i][2], box[j][2]), max(box[i][3], box[j][3]))
+        bx = _union_box(box[i], box[j])
         box_area = (bx[2] - bx[0]) * (bx[3] - bx[1])
-        value = w_size * (1.0 - (size[i] + size[j]) / image_area) + w_fill * (1.0 - (box_area - size[i] - size[j]) / image_area)
+        value = (w_size * (1.0 - (size[i] + size[j]) / image_area)
+                 + w_fill * (1.0 - (box_area - size[i] - size[j]) / image_area))
         if w_colour:
             value += w_colour * float(np.minimum(chist[i], chist[j]).sum())
         if w_texture:
@@ -176,7 +179,7 @@ def _hierarchy(superpixels: _Superpixels, weights: tuple[float, float, float, fl
         size.append(total)
         chist.append((chist[i] * size[i] + chist[j] * size[j]) / total)
         thist.append((thist[i] * size[i] + thist[j] * size[j]) / total)
-        box.append((min(box[i][0], box[j][0]), min(box[i][1], box[j][1]), max(box[i][2], box[j][2]), max(box[i][3], box[j][3])))
+        box.append(_union_box(box[i], box[j]))
         members.append(members[i] + members[j])
         alive[i] = alive[j] = False
         alive.append(True)
@@ -188,6 +191,11 @@ def _hierarchy(superpixels: _Superpixels, weights: tuple[float, float, float, fl
             neighbours[n].add(new)
             heapq.heappush(heap, (-similarity(new, n), min(new, n), max(new, n)))
     return members
+
+
+def _union_box(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+    """The smallest box holding boxes ``a`` and ``b``."""
+    return min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])
 
 
 def _sample_grid(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -216,6 +224,9 @@ class ClassicalProposals:
         unknown = set(self.config.similarities) - set(SIMILARITIES)
         if unknown:
             raise ValueError(f"unknown similarity {sorted(unknown)}; choose from {sorted(SIMILARITIES)}")
+        # a spec names the default settings (with this cap); others run where they were made
+        default = ClassicalConfig(max_proposals=self.config.max_proposals)
+        self.spec = ProposalSpec(self.name, self.config.max_proposals) if self.config == default else None
 
     @property
     def cache_key(self) -> str:
@@ -289,7 +300,8 @@ def _resize_masks(stack: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     if stack.shape[1:] == tuple(shape):
         return stack
     return np.stack(
-        [np.asarray(Image.fromarray(m.astype(np.uint8) * 255).resize(shape[::-1], Image.BILINEAR)) >= 128 for m in stack]
+        [np.asarray(Image.fromarray(m.astype(np.uint8) * 255).resize(shape[::-1], Image.BILINEAR)) >= 128
+         for m in stack]
     )
 
 
@@ -357,3 +369,8 @@ def _agreement(iou: np.ndarray, owner: np.ndarray, strategies: int) -> np.ndarra
         if columns.any():
             best[:, s] = iou[:, columns].max(1)
     return best.mean(1)
+
+
+def from_spec(spec: ProposalSpec, device: object = None) -> ClassicalProposals:
+    """The registry's factory: classical proposals capped at the spec's ``max_proposals``."""
+    return ClassicalProposals(max_proposals=spec.max_proposals)

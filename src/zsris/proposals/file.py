@@ -15,9 +15,10 @@ from typing import Any, Optional
 import numpy as np
 from PIL import Image
 
-from ..errors import ProposalError
+from ..errors import ProposalError, ZsrisError
 from ..masks import decode_rle
 from .base import Proposals, config_key
+from .registry import ProposalSpec
 
 
 class FileProposals:
@@ -27,6 +28,7 @@ class FileProposals:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path).expanduser()
+        self.spec = ProposalSpec(self.name, None, {"path": str(path)})  # rebuilds this generator in a worker
         if not self.path.exists():
             raise ProposalError(f"{self.path}: no such proposals file or folder")
         self._records: Optional[dict[str, list[dict[str, Any]]]] = None
@@ -105,3 +107,10 @@ class FileProposals:
         if any(self.path.glob("*.png")):
             return self._from_folder(self.path, shape, image_id or "").non_empty()
         raise ProposalError(f"{self.path}: no proposal masks for image {image_id!r}")
+
+
+def from_spec(spec: ProposalSpec, device: object = None) -> FileProposals:
+    """The registry's factory: the masks in the spec's ``path`` option."""
+    if not spec.options.get("path"):
+        raise ZsrisError("--proposals file needs --proposals-path (a COCO RLE JSON or a folder of PNG masks)")
+    return FileProposals(spec.options["path"])

@@ -20,7 +20,7 @@ from ..errors import WeightsError, ZsrisError
 from ..extras import require_extra
 from ..masks import mask_nms
 from .base import Proposals, check_max_proposals, config_key
-
+from .registry import ProposalSpec
 
 
 @dataclass(frozen=True)
@@ -74,6 +74,8 @@ class SamProposals:
         self.config = SamConfig(**{**base.__dict__, **overrides})
         check_max_proposals(self.config.max_proposals)
         self.checkpoint = checkpoint or os.environ.get(SAM_CHECKPOINT_ENV) or ""
+        self.spec = ProposalSpec(self.name, self.config.max_proposals,
+                                 {"checkpoint": checkpoint, "model": self.config.model_type})
         model = build_sam(self.config.model_type, checkpoint, device)
         from segment_anything import SamAutomaticMaskGenerator  # present: build_sam checked
 
@@ -100,3 +102,9 @@ class SamProposals:
         scores = np.array([r["predicted_iou"] * r["stability_score"] for r in records], dtype=np.float32)
         keep = mask_nms(masks, scores, self.config.nms_iou)[: self.config.max_proposals]
         return Proposals(masks[keep], scores[keep]).non_empty()
+
+
+def from_spec(spec: ProposalSpec, device: torch.device) -> SamProposals:
+    """The registry's factory: SAM of the spec's ``model`` with its ``checkpoint``, on ``device``."""
+    return SamProposals(spec.options.get("checkpoint"), model_type=spec.options.get("model", "vit_h"),
+                        max_proposals=spec.max_proposals, device=device)

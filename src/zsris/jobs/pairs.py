@@ -1,14 +1,10 @@
-"""Batch jobs: many (image, expression) pairs, one model load.
+"""A batch job's input: (image, expression) pairs from a folder, a manifest or Python.
 
 The pairs come from a folder (every image under it against every expression) or from a
-manifest (CSV, TSV or JSONL with ``image``, ``expression`` and optionally ``id``). They are
-grouped by image, so that an image's proposals and visual features are made once for all of
-its expressions, and the images go through the pipelined :class:`~zsris.engine.Engine`.
-
-A pair that cannot be done (a missing column, a path outside the manifest's folder, an image
-that will not decode, an empty expression) becomes a :class:`PairResult` with an ``error``,
-and the job goes on. A manifest that cannot be read at all is refused before any work, with
-the line that breaks it.
+manifest (CSV, TSV or JSONL with ``image``, ``expression`` and optionally ``id``). A row that
+cannot be done (a missing column, a path outside the manifest's folder) becomes a pair with an
+``error`` and the job goes on; a manifest that cannot be read at all is refused before any
+work, with the line that breaks it. Nothing here loads a model.
 """
 from __future__ import annotations
 
@@ -21,12 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional, Sequence
 
-import numpy as np
-
-from .engine import Engine, ImageTask, Prepared, Preparer
-from .errors import ZsrisError
-from .segmenter import ImageFeatures, SegmentResult, Segmenter
-from .text import check_expression
+from ..errors import ZsrisError
+from ..records import PairRecord
+from ..types import DEFAULT_TOP_K, SegmentResult
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 MANIFEST_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
@@ -61,6 +54,13 @@ class PairResult:
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    def record(self, top_k: Optional[int] = DEFAULT_TOP_K) -> PairRecord:
+        """The pair's record, its answer ranking the ``top_k`` best proposals."""
+        pair = self.pair
+        if self.ok:
+            return PairRecord(pair.id, pair.image, pair.expression, self.result.to_dict(pair.image, top_k))
+        return PairRecord(pair.id, pair.image, pair.expression, error=self.error)
 
 
 # -- inputs -------------------------------------------------------------------------------
@@ -169,7 +169,8 @@ def group_by_image(pairs: Iterable[Pair]) -> dict[str, list[Pair]]:
 
 def output_name(pair: Pair) -> str:
     """A file name (no folder, no suffix) for the pair's mask and overlay: the image's relative
-    path (an absolute one's file name: the pair's id keeps it apart) with every run of other characters than letters, digits, ``.``, ``-`` and ``_`` made ``_`` (so
+    path (an absolute one's file name: the pair's id keeps it apart) with every run of other
+    characters than letters, digits, ``.``, ``-`` and ``_`` made ``_`` (so
     ``/`` and ``..`` cannot lead out of the output folder), then ``--`` and the pair's label.
     Where anything was replaced or cut, a hash of the original keeps two names apart."""
     image = Path(pair.image)
@@ -181,92 +182,9 @@ def output_name(pair: Pair) -> str:
     return name
 
 
-# -- work ---------------------------------------------------------------------------------
-def image_results(segmenter: Segmenter, pairs: Sequence[Pair], pixels: np.ndarray, name: str,
-                  proposals=None, top_k: int = 5, features: Optional[ImageFeatures] = None) -> list[PairResult]:
-    """Every pair about one decoded image, its visual work done once (or already, ``features``).
-    An empty expression fails its pair only; an image that cannot be segmented (no proposals ...)
-    fails all of its pairs."""
-    answers: dict[str, PairResult] = {}
-    good = []
-    for pair in pairs:
-        try:
-            check_expression(pair.expression)
-            good.append(pair)
-        except ZsrisError as error:
-            answers[pair.id] = PairResult(pair, error=str(error))
-    if good:
-        try:
-            if features is None:
-                features = segmenter.image_features(pixels, name, proposals)
-            results = segmenter.score(features, [p.expression for p in good], top_k)
-            answers.update((p.id, PairResult(p, r)) for p, r in zip(good, results))
-        except ZsrisError as error:
-            answers.update((p.id, PairResult(p, error=str(error))) for p in good)
-        except Exception as error:  # noqa: BLE001 - one image's failure must not stop a batch of thousands
-            answers.update((p.id, PairResult(p, error=f"{type(error).__name__}: {error}")) for p in good)
-    return [answers[p.id] for p in pairs]
-
-
-def prepared_results(segmenter: Segmenter, pairs: Sequence[Pair], prepared: Prepared, top_k: int = 5,
-                     features: Optional[ImageFeatures] = None) -> list[PairResult]:
-    """The results of an image the engine prepared (its pairs fail, with the reason, if it failed)."""
-    if prepared.error is not None:
-        return [PairResult(p, error=prepared.error) for p in pairs]
-    return image_results(segmenter, pairs, prepared.pixels, Path(prepared.key).name, prepared.proposals, top_k,
-                         features)
-
-
-def refused_results(pairs: Sequence[Pair]) -> list[PairResult]:
-    """The answers of the rows refused before any work (a missing column, a path outside)."""
-    return [PairResult(p, error=p.error) for p in pairs if p.error is not None]
-
-
-def run_pairs(segmenter: Segmenter, pairs: Sequence[Pair], engine: Engine,
-              top_k: int = 5) -> Iterator[tuple[list[PairResult], Optional[np.ndarray]]]:
-    """The results of ``pairs`` with the decoded image they are about (None where none was),
-    image by image in the order of their first pair: first the rows refused before any work,
-    then each image as the engine prepares it, the segmenter's ``images_per_pass`` through CLIP
-    together."""
-    refused = refused_results(pairs)
-    if refused:
-        yield refused, None
-    groups = group_by_image(p for p in pairs if p.error is None)
-    tasks = [ImageTask(path, path, Path(path).name) for path in groups]
-    for prepared, features in segmenter.prepared_features(engine, tasks):
-        yield prepared_results(segmenter, groups[prepared.key], prepared, top_k, features), prepared.pixels
-
-
-class ImageJob:
-    """One image's pairs, start to finish in one process (decoding, proposals, CLIP): the work
-    of a Ray actor. Returns the results and, when ``keep_pixels``, the decoded image (for overlays)."""
-
-    def __init__(self, segmenter: Segmenter, top_k: int = 5, keep_pixels: bool = False) -> None:
-        self.segmenter = segmenter
-        self.top_k = top_k
-        self.keep_pixels = keep_pixels
-        self.prepare = Preparer(None, None, segmenter.config.max_pixels).build()
-
-    def __call__(self, path: str, pairs: Sequence[Pair]) -> tuple[list[PairResult], Optional[np.ndarray]]:
-        prepared = self.prepare(ImageTask(path, path, Path(path).name))
-        pixels = prepared.pixels if self.keep_pixels else None
-        return prepared_results(self.segmenter, pairs, prepared, self.top_k), pixels
-
-
-def batch_engine(segmenter: Segmenter, workers: int) -> Engine:
-    """The engine a batch runs on: ``workers`` processes decode images and make proposals
-    ahead of the model stage (SAM, a model on the device, stays in the model stage; with no
-    workers the segmenter's own generator does the work here)."""
-    config = segmenter.config
-    if workers == 0:
-        return Engine(Preparer(config.proposals, None, config.max_pixels), 0, generator=segmenter.proposals)
-    spec = None if config.proposals.name == "sam" else config.proposals
-    return Engine(Preparer(spec, None, config.max_pixels), workers)
-
-
 def as_pairs(items: Iterable[Any]) -> list[Pair]:
     """``(image path, expression)`` tuples (or :class:`Pair` objects) as pairs whose ids are their
-    positions, for :meth:`Segmenter.segment_batch`."""
+    positions, for :func:`~zsris.jobs.segment_pairs`."""
     pairs = []
     for position, item in enumerate(items):
         if isinstance(item, Pair):
@@ -277,7 +195,7 @@ def as_pairs(items: Iterable[Any]) -> list[Pair]:
         except (TypeError, ValueError):
             raise ZsrisError(f"pair {position} is not an (image path, expression) pair: {item!r}") from None
         if not isinstance(image, (str, Path)):
-            raise ZsrisError(f"pair {position}: segment_batch reads image files; give a path, not "
+            raise ZsrisError(f"pair {position}: segment_pairs reads image files; give a path, not "
                              f"{type(image).__name__} (segment_many takes arrays and PIL images)")
         pairs.append(Pair(str(position), str(image), os.path.normpath(image), expression, str(position)))
     return pairs

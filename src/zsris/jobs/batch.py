@@ -1,0 +1,379 @@
+"""Batch jobs: many (image, expression) pairs, one model load, resumable outputs.
+
+The pairs (:mod:`zsris.jobs.pairs`) are grouped by image, so that an image's proposals and
+visual features are made once for all of its expressions, and the images go through the
+pipelined :class:`~zsris.engine.Engine` (or Ray actors). :func:`segment_pairs` yields the
+answers in Python; :class:`BatchJob` also owns a folder of outputs: a crash-safe store that a
+rerun resumes, ``results.jsonl`` / ``errors.jsonl`` in input order, optional mask and overlay
+PNGs and a COCO results file, exactly as ``zsris batch`` writes them.
+
+A pair that cannot be done (a refused row, an image that will not decode, an empty
+expression) gets an error and the job goes on.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional, Sequence
+
+import numpy as np
+
+from ..engine import Engine, ImageTask, Prepared, Preparer
+from ..errors import ZsrisError
+from ..records import PairRecord
+from ..text import check_expression
+from ..types import DEFAULT_TOP_K, ImageFeatures
+from .pairs import Pair, PairResult, as_pairs, group_by_image, in_input_order, output_name
+from .run import Execution, prepared_features, progress_bar, quiet_segmenter, run_ray
+
+if TYPE_CHECKING:
+    from ..config import SegmenterConfig
+    from ..segmenter import Segmenter
+    from ..store import BatchStore
+
+RESULTS, ERRORS, SETTINGS = "results.jsonl", "errors.jsonl", "settings.json"
+COCO_RESULTS, COCO_IMAGES = "coco_results.json", "coco_images.json"
+STORE = "batch.sqlite"
+#: Everything a batch writes in OUT: what ``overwrite`` removes (and nothing else).
+OUTPUTS = (RESULTS, ERRORS, SETTINGS, COCO_RESULTS, COCO_IMAGES, STORE, f"{STORE}-wal", f"{STORE}-shm",
+           "masks", "overlays")
+
+
+# -- the work, image by image ---------------------------------------------------------------
+def image_results(segmenter: "Segmenter", pairs: Sequence[Pair], pixels: np.ndarray, name: str,
+                  proposals=None, features: Optional[ImageFeatures] = None) -> list[PairResult]:
+    """Every pair about one decoded image, its visual work done once (or already, ``features``).
+    An empty expression fails its pair only; an image that cannot be segmented (no proposals ...)
+    fails all of its pairs."""
+    answers: dict[str, PairResult] = {}
+    good = []
+    for pair in pairs:
+        try:
+            check_expression(pair.expression)
+            good.append(pair)
+        except ZsrisError as error:
+            answers[pair.id] = PairResult(pair, error=str(error))
+    if good:
+        try:
+            if features is None:
+                features = segmenter.image_features(pixels, name, proposals)
+            results = segmenter.score(features, [p.expression for p in good])
+            answers.update((p.id, PairResult(p, r)) for p, r in zip(good, results))
+        except ZsrisError as error:
+            answers.update((p.id, PairResult(p, error=str(error))) for p in good)
+        except Exception as error:  # noqa: BLE001 - one image's failure must not stop a batch of thousands
+            answers.update((p.id, PairResult(p, error=f"{type(error).__name__}: {error}")) for p in good)
+    return [answers[p.id] for p in pairs]
+
+
+def prepared_results(segmenter: "Segmenter", pairs: Sequence[Pair], prepared: Prepared,
+                     features: Optional[ImageFeatures] = None) -> list[PairResult]:
+    """The results of an image the engine prepared (its pairs fail, with the reason, if it failed)."""
+    if prepared.error is not None:
+        return [PairResult(p, error=prepared.error) for p in pairs]
+    return image_results(segmenter, pairs, prepared.pixels, Path(prepared.key).name, prepared.proposals, features)
+
+
+def refused_results(pairs: Sequence[Pair]) -> list[PairResult]:
+    """The answers of the rows refused before any work (a missing column, a path outside)."""
+    return [PairResult(p, error=p.error) for p in pairs if p.error is not None]
+
+
+def run_pairs(segmenter: "Segmenter", pairs: Sequence[Pair],
+              engine: Engine) -> Iterator[tuple[list[PairResult], Optional[np.ndarray]]]:
+    """The results of ``pairs`` with the decoded image they are about (None where none was),
+    image by image in the order of their first pair: first the rows refused before any work,
+    then each image as the engine prepares it, the job's images per pass through CLIP together."""
+    refused = refused_results(pairs)
+    if refused:
+        yield refused, None
+    groups = group_by_image(p for p in pairs if p.error is None)
+    tasks = [ImageTask(path, path, Path(path).name) for path in groups]
+    for prepared, features in prepared_features(segmenter, engine, tasks):
+        yield prepared_results(segmenter, groups[prepared.key], prepared, features), prepared.pixels
+
+
+def segment_pairs(segmenter: "Segmenter", pairs: Iterable[Any], workers: int = 0,
+                  execution: Optional[Execution] = None) -> Iterator[PairResult]:
+    """Segment ``(image path, expression)`` pairs (or :class:`~zsris.jobs.pairs.Pair` objects),
+    yielding a :class:`~zsris.jobs.pairs.PairResult` per pair in the order given (``.result``,
+    or ``.error`` saying why there is none).
+
+    The pairs of one image share its visual work; ``workers`` processes decode images and make
+    proposals ahead of the model (0: all here; the segmenter's own generator is the one used,
+    rebuilt from its spec in the workers). A pair that fails (an unreadable image, an empty
+    expression) does not stop the others. Results wait until every earlier pair has one, so
+    give an image's pairs together to keep few masks in memory. For outputs on disk that a
+    rerun resumes, use :class:`BatchJob`."""
+    pairs = as_pairs(pairs)
+    execution = execution or Execution(proposal_workers=workers, progress=False)
+    engine = execution.engine_for(segmenter.proposals, max_pixels=segmenter.config.max_pixels)
+    return in_input_order(pairs, run_pairs(segmenter, pairs, engine))
+
+
+class ImageJob:
+    """One image's pairs, start to finish in one process (decoding, proposals, CLIP): the work
+    of a Ray actor. Returns the pairs' records (ranking ``top_k`` proposals) and, when
+    ``keep_pixels``, the decoded image (for overlays): records, not results, so that an actor
+    sends back a few RLE masks rather than all of the image's proposals."""
+
+    def __init__(self, segmenter: "Segmenter", top_k: Optional[int] = DEFAULT_TOP_K,
+                 keep_pixels: bool = False) -> None:
+        self.segmenter = segmenter
+        self.top_k = top_k
+        self.keep_pixels = keep_pixels
+        self.prepare = Preparer(None, None, segmenter.config.max_pixels).build()  # proposals: the segmenter's
+
+    def __call__(self, path: str, pairs: Sequence[Pair]) -> tuple[list[PairRecord], Optional[np.ndarray]]:
+        prepared = self.prepare(ImageTask(path, path, Path(path).name))
+        pixels = prepared.pixels if self.keep_pixels else None
+        return [answer.record(self.top_k) for answer in prepared_results(self.segmenter, pairs, prepared)], pixels
+
+
+def make_image_job(config: "SegmenterConfig", top_k: Optional[int], keep_pixels: bool) -> ImageJob:
+    """A Ray actor's worker: its own models, loaded once (module level, so Ray can ship it)."""
+    return ImageJob(quiet_segmenter(config), top_k, keep_pixels)
+
+
+# -- the outputs ----------------------------------------------------------------------------
+def _write_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` in one step, so that a kill never leaves half a file."""
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
+def _jsonl(records: list[dict[str, Any]]) -> str:
+    return "".join(json.dumps(r) + "\n" for r in records)
+
+
+class Outputs:
+    """The files of a batch in OUT. The store is the truth; results.jsonl and errors.jsonl are
+    appended as pairs finish and rewritten from the store (in input order) at the start and the
+    end of a run, so that whatever a kill cut short is made whole by the next run."""
+
+    def __init__(self, out: Path, save_masks: bool, save_overlays: bool, random_weights: bool) -> None:
+        self.out = out
+        self.masks = out / "masks" if save_masks else None
+        self.overlays = out / "overlays" if save_overlays else None
+        self.note = ""
+        if random_weights:
+            from ..render import RANDOM_WEIGHTS_NOTE
+
+            self.note = RANDOM_WEIGHTS_NOTE
+        for folder in (self.masks, self.overlays):
+            if folder is not None:
+                folder.mkdir(parents=True, exist_ok=True)
+
+    def rewrite(self, store: "BatchStore") -> None:
+        _write_atomic(self.out / RESULTS, _jsonl(store.records(ok=True)))
+        _write_atomic(self.out / ERRORS, _jsonl(store.records(ok=False)))
+
+    def pictures(self, pairs: dict[str, Pair], records: Sequence[PairRecord], pixels: Optional[np.ndarray]) -> None:
+        """Mask and overlay PNGs of the records' answers (before they are committed: a rerun
+        rewrites them), the masks decoded from the records themselves."""
+        if self.masks is None and self.overlays is None:
+            return
+        from ..masks import decode_rle
+        from ..render import mask_image, overlay
+
+        for record in records:
+            if not record.ok:
+                continue
+            answer, name = record.result, output_name(pairs[record.id])
+            mask = decode_rle(answer["mask"])
+            if self.masks is not None:
+                mask_image(mask).save(self.masks / f"{name}.png")
+            if self.overlays is not None and pixels is not None:
+                caption = answer["expression"] if answer["found"] else f"{answer['expression']} (no such object)"
+                box = tuple(answer["box"]) if answer["found"] else (0, 0, 0, 0)
+                overlay(pixels, mask, box, caption, warning=self.note).save(self.overlays / f"{name}.png")
+
+    def append(self, results: list[dict[str, Any]], errors: list[dict[str, Any]]) -> None:
+        for name, records in ((RESULTS, results), (ERRORS, errors)):
+            if records:
+                with open(self.out / name, "a") as stream:
+                    stream.write(_jsonl(records))
+
+
+
+def write_coco(out: Path, pairs: Sequence[Pair], store: "BatchStore") -> None:
+    """The results as a COCO results file, and the image list it refers to (a COCO dataset file
+    with no annotations), so that ``COCO(coco_images.json).loadRes(coco_results.json)`` works.
+    Image ids number the input's images from 1 in the order of their first pair."""
+    image_ids: dict[str, int] = {}
+    for pair in pairs:
+        image_ids.setdefault(pair.image, len(image_ids) + 1)
+    results, images = [], {}
+    for record in store.records(ok=True):
+        if not record.get("found", True):  # "no such object": nothing to export
+            continue
+        image_id = image_ids[record["image"]]
+        height, width = record["image_size"]
+        images[image_id] = {"id": image_id, "file_name": record["image"], "height": height, "width": width}
+        results.append({"image_id": image_id, "category_id": 1, "segmentation": record["mask"],
+                        "score": record["score"], "pair_id": record["id"], "expression": record["expression"]})
+    dataset = {"images": [images[i] for i in sorted(images)], "annotations": [],
+               "categories": [{"id": 1, "name": "referred object"}]}
+    _write_atomic(out / COCO_IMAGES, json.dumps(dataset))
+    _write_atomic(out / COCO_RESULTS, json.dumps(results))
+
+
+def clear_outputs(out: Path) -> None:
+    """Remove everything an earlier batch wrote in ``out`` (:data:`OUTPUTS`), and nothing else."""
+    for name in OUTPUTS:
+        target = out / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+
+
+def check_output_folder(out: Path) -> None:
+    """OUT must be a folder (or not exist yet)."""
+    if out.exists() and not out.is_dir():
+        raise ZsrisError(f"{out} is a file; -o names the folder that receives the results")
+
+
+# -- the job --------------------------------------------------------------------------------
+@dataclass
+class BatchSummary:
+    """What a run of a batch did (``done`` ... count this run's pairs; ``failed_overall`` every
+    failure the folder holds), and the engine's timing (None on Ray)."""
+
+    pairs: int
+    done: int
+    failed: int
+    skipped: int
+    retried: int
+    images_this_run: int
+    wall_seconds_per_image: float
+    failed_overall: int
+    written: list[Path] = field(default_factory=list)
+    timing: Optional[dict[str, Any]] = None
+
+    def table(self) -> dict[str, Any]:
+        """The counts, by machine keys (:func:`zsris.report.table` labels them)."""
+        return {"pairs": self.pairs, "done": self.done, "failed": self.failed, "skipped": self.skipped,
+                "retried": self.retried, "images_this_run": self.images_this_run,
+                "wall_seconds_per_image": self.wall_seconds_per_image}
+
+
+@dataclass
+class BatchJob:
+    """A resumable batch: ``pairs`` (from :func:`~zsris.jobs.pairs.folder_pairs`,
+    :func:`~zsris.jobs.pairs.read_manifest` or ``(image path, expression)`` tuples) segmented
+    into the folder ``out``, as ``zsris batch`` does.
+
+    >>> job = BatchJob(segmenter, folder_pairs("photos", ["the dog"]), "out", save_masks=True)
+    >>> summary = job.run()     # interrupted or crashed: the same job run again goes on
+
+    Results are committed as each image is done; a rerun skips the pairs done before (with the
+    same settings and the same pairs under each id, else it is refused), ``retry_failed``
+    tries the failures again, ``overwrite`` starts afresh. ``coco`` also writes a COCO results
+    file; ``top_k`` ranked proposals are kept in each record."""
+
+    segmenter: "Segmenter"
+    pairs: Sequence[Any]
+    out: str | Path
+    save_masks: bool = False
+    save_overlays: bool = False
+    coco: bool = False
+    top_k: int = DEFAULT_TOP_K
+    overwrite: bool = False
+    retry_failed: bool = False
+    execution: Execution = field(default_factory=Execution)
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        self.pairs = as_pairs(self.pairs)
+        check_output_folder(self.out)
+
+    def settings(self) -> dict[str, Any]:
+        """What the records depend on: the segmenter's settings and ``top_k``."""
+        from ..records import settings
+
+        return {**settings(self.segmenter), "top_k": self.top_k}
+
+    def run(self) -> BatchSummary:
+        """Segment the pairs not done before; returns what this run did. Raises
+        :class:`~zsris.jobs.run.JobInterrupted` on Ctrl-C, with everything done so far saved."""
+        from ..store import BatchStore
+
+        self.execution.check(self.segmenter.proposals)
+        out, pairs, segmenter = self.out, self.pairs, self.segmenter
+        run_settings = self.settings()
+        position = {pair.id: n for n, pair in enumerate(pairs)}
+        by_id = {pair.id: pair for pair in pairs}
+        clear = functools.partial(clear_outputs, out) if self.overwrite else None  # once the folder is ours
+        with BatchStore(out / STORE, run_settings, on_locked=clear) as store, \
+                self.execution.session():
+            _check_same_pairs(out, pairs, store.done())
+            retried = store.forget_failed() if self.retry_failed else 0
+            _write_atomic(out / SETTINGS, json.dumps(run_settings, indent=2))
+            outputs = Outputs(out, self.save_masks, self.save_overlays, segmenter.backbone.is_random)
+            outputs.rewrite(store)
+            done = store.done()
+            pending = [pair for pair in pairs if pair.id not in done]
+            images = group_by_image(p for p in pairs if p.error is None)
+            pending_images = group_by_image(p for p in pending if p.error is None)
+            counts = {"done": 0, "failed": 0}
+
+            def saved() -> str:
+                outputs.rewrite(store)
+                return (f"zsris: interrupted; {len(store.done())} of {len(pairs)} pairs are saved in {out}. "
+                        f"Run the same command again to resume.")
+
+            def commit(records: Sequence[PairRecord], pixels: Optional[np.ndarray], image: bool) -> None:
+                outputs.pictures(by_id, records, pixels)
+                rows = [(r.id, position[r.id], r.image, r.expression, r.ok, r.to_dict()) for r in records]
+                store.add(rows)
+                outputs.append([row[5] for row in rows if row[4]], [row[5] for row in rows if not row[4]])
+                counts["done"] += sum(r.ok for r in records)
+                counts["failed"] += sum(not r.ok for r in records)
+                if image:  # an image's pairs, not the refused rows
+                    bar.update(1)
+
+            started = time.perf_counter()
+            timing = None
+            with progress_bar(len(images), len(images) - len(pending_images), "batch", self.execution.progress,
+                              saved) as bar:
+                if self.execution.engine == "ray":
+                    refused = refused_results(pending)
+                    if refused:
+                        commit([answer.record(self.top_k) for answer in refused], None, False)
+                    run_ray(functools.partial(make_image_job, segmenter.config, self.top_k, self.save_overlays),
+                            list(pending_images.items()), lambda done: commit(*done, True),
+                            self.execution.ray_workers)
+                else:
+                    engine = self.execution.engine_for(segmenter.proposals, max_pixels=segmenter.config.max_pixels)
+                    for answers, pixels in run_pairs(segmenter, pending, engine):
+                        commit([answer.record(self.top_k) for answer in answers], pixels,
+                               any(a.pair.error is None for a in answers))
+                    timing = engine.times.summary()
+            seconds = time.perf_counter() - started
+            outputs.rewrite(store)
+            written = [out / RESULTS, out / ERRORS]
+            if self.coco:
+                write_coco(out, pairs, store)
+                written += [out / COCO_RESULTS, out / COCO_IMAGES]
+            failed_overall = len(store.records(ok=False))
+        return BatchSummary(len(pairs), counts["done"], counts["failed"], len(pairs) - len(pending), retried,
+                            len(pending_images), round(seconds / max(len(pending_images), 1), 3), failed_overall,
+                            written, timing)
+
+
+def _check_same_pairs(out: Path, pairs: Sequence[Pair], done: dict[str, tuple[str, str]]) -> None:
+    """A resume must be about the same pairs: an id already done that now names another image or
+    expression means another input was given for this OUT."""
+    for pair in pairs:
+        stored = done.get(pair.id)
+        if stored is not None and stored != (pair.image, json.dumps(pair.expression)):
+            raise ZsrisError(f"{out} holds results of other pairs: id {pair.id!r} was {stored[0]!r} with "
+                             f"{json.loads(stored[1])!r}, now {pair.image!r} with {pair.expression!r}; "
+                             f"give --overwrite to replace them, or another -o")

@@ -1,0 +1,393 @@
+"""The RefCOCO / RefCOCO+ / RefCOCOg / gRefCOCO benchmark: per-image work shared by every
+sentence, proposals cached on disk, predictions stored as they are made, in-process or on Ray.
+
+:class:`EvalJob` is a whole resumable evaluation into a run folder, as ``zsris eval`` and
+``zsris calibrate`` run it; :class:`ImageEvaluator` is one image's work;
+:func:`evaluate_proposals` measures proposals alone.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Optional
+
+import numpy as np
+from tqdm import tqdm
+
+from ..cache import ProposalCache
+from ..config import DEFAULT_MAX_PIXELS, SegmenterConfig
+from ..datasets import GENERALIZED, Ref, ReferDataset
+from ..engine import Engine, ImageTask, Prepared, StageTimes, image_task, load_task_image
+from ..errors import NoProposalsError
+from ..masks import iou_matrix
+from ..metrics import intersection_union, iou, proposal_quality
+from ..records import SentenceRecord
+from ..store import PredictionStore
+from ..types import ImageFeatures, Proposals
+from .run import Execution, prepared_features, progress_bar, quiet_segmenter, run_ray
+
+if TYPE_CHECKING:
+    from ..calibration import Calibration
+    from ..segmenter import Segmenter
+
+
+#: The multi-target margins whose answers gRefCOCO records keep, for ``zsris calibrate``.
+CALIBRATION_MARGINS = (0.0, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05)
+
+
+def best_proposal(masks: np.ndarray, target: np.ndarray, ious: Optional[np.ndarray] = None) -> tuple[int, int]:
+    """Intersection and union of the proposal that overlaps ``target`` best (the oracle's pick);
+    ``ious`` are the proposals' IoUs with the target when already computed."""
+    if len(masks) == 0:
+        return 0, int(target.sum())
+    if ious is None:
+        ious = iou_matrix(masks, target[None])[:, 0]
+    return intersection_union(masks[int(ious.argmax())], target)
+
+
+@dataclass
+class ImageEvaluator:
+    """Everything one image needs: proposals (cached), visual features once, then every sentence
+    of every ref about it scored against them."""
+
+    segmenter: "Segmenter"
+    dataset: ReferDataset
+    cache: Optional[ProposalCache] = None
+    gt_proposals: bool = False
+
+    def proposals(self, image_id: int, pixels: np.ndarray, instances: np.ndarray) -> Proposals:
+        if self.gt_proposals:
+            return Proposals(instances, np.ones(len(instances)))
+        file_name = self.dataset.images[image_id].file_name
+
+        def make() -> Proposals:
+            return self.segmenter.proposals(pixels, file_name)
+
+        if self.cache is None:
+            return make()
+        return self.cache.get_or_make(self.dataset.image_path(image_id), make)[0]
+
+    def __call__(self, image_id: int, refs: list[Ref]) -> list[dict[str, Any]]:
+        """Every sentence's record for one image, all work done here (the Ray workers' path)."""
+        pixels = load_dataset_image(self.dataset, image_id, self.segmenter.config.max_pixels)
+        return self.evaluate(image_id, refs, pixels)
+
+    def evaluate_prepared(self, prepared: Prepared, refs: list[Ref],
+                          features: Optional[ImageFeatures] = None) -> list[dict[str, Any]]:
+        """The records of an image the engine prepared (``features``: its visual features, if
+        already computed); its sentences fail, with the reason, if it failed."""
+        if prepared.error is not None:
+            return self.failed(prepared.key, refs, prepared.error)
+        return self.evaluate(prepared.key, refs, prepared.pixels, prepared.proposals, features)
+
+    def failed(self, image_id: int, refs: list[Ref], reason: str) -> list[dict[str, Any]]:
+        """Records that count an image's sentences as failures (IoU 0, no answer), saying why."""
+        records = []
+        for ref in refs:
+            union = int(self.dataset.target_mask(ref).sum())
+            for sentence in ref.sentences:
+                records.append(SentenceRecord(
+                    sentence.sent_id, ref.ref_id, ref.ann_id, image_id, sentence.text, ref.category_id, 0,
+                    union=union, error=reason, **self._generalized(ref)).to_dict())
+        return records
+
+    def _generalized(self, ref: Ref, result=None, target: Optional[np.ndarray] = None,
+                     proposals: Optional[Proposals] = None) -> dict[str, Any]:
+        """gRefCOCO's extra fields: whether the expression names nothing, whether an answer was
+        given, and, for calibration, the pixels of the union of the proposals within each margin
+        of :data:`CALIBRATION_MARGINS` of the best (none for the RefCOCO datasets)."""
+        if self.dataset.name not in GENERALIZED:
+            return {}
+        fields: dict[str, Any] = {"no_target": ref.no_target, "ann_ids": list(ref.ann_ids),
+                                  "found": bool(result is not None and result.found)}
+        if result is not None and result.found and target is not None and proposals is not None:
+            fields["margin_iu"] = {
+                str(margin): list(intersection_union(proposals.masks[result.within(margin)].any(0), target))
+                for margin in CALIBRATION_MARGINS}
+        return fields
+
+    def evaluate(self, image_id: int, refs: list[Ref], pixels: np.ndarray, proposals: Optional[Proposals] = None,
+                 features: Optional[ImageFeatures] = None) -> list[dict[str, Any]]:
+        """Score every sentence about the image; proposals and their features are computed here
+        unless given."""
+        instance_ids = self.dataset.annotation_ids(image_id)
+        instances = np.stack([self.dataset.annotation_mask(a) for a in instance_ids])
+        if proposals is None:
+            proposals = self.proposals(image_id, pixels, instances)
+        categories = [int(self.dataset.annotations[a]["category_id"]) for a in instance_ids]
+        overlap = iou_matrix(proposals.masks, instances, proposals.areas)
+        proposal_category: list[Optional[int]] = []
+        if len(proposals):
+            proposal_category = [categories[j] if overlap[i, j] > 0 else None
+                                 for i, j in enumerate(overlap.argmax(1))]
+        expressions = [s.text for ref in refs for s in ref.sentences]
+        try:
+            if features is None:
+                features = self.segmenter.image_features(pixels, proposals=proposals)
+            results = self.segmenter.score(features, expressions)
+        except NoProposalsError:
+            results = None
+        records, position = [], 0
+        for ref in refs:
+            if len(ref.ann_ids) == 1:
+                column = instance_ids.index(ref.ann_id)
+                target, ious = instances[column], overlap[:, column]
+            else:
+                target, ious = self.dataset.target_mask(ref), None
+            oracle: dict[str, Any] = {"oracle_iou": None}
+            if target.any():
+                o_inter, o_union = best_proposal(proposals.masks, target, ious)
+                oracle = {"oracle_iou": iou(o_inter, o_union), "oracle_intersection": o_inter, "oracle_union": o_union}
+            for sentence in ref.sentences:
+                record = SentenceRecord(sentence.sent_id, ref.ref_id, ref.ann_id, image_id, sentence.text,
+                                        ref.category_id, len(proposals), **oracle)
+                result = None if results is None else results[position]
+                if result is None:
+                    record.union = int(target.sum())
+                else:
+                    inter, union = intersection_union(result.mask, target)
+                    record.proposal_index, record.score = result.proposal_index, result.score
+                    record.noun_phrase = result.noun_phrase
+                    record.chosen_category = proposal_category[result.proposal_index] if result.found else None
+                    record.intersection, record.union, record.iou = inter, union, iou(inter, union)
+                for name, value in self._generalized(ref, result, target, proposals).items():
+                    setattr(record, name, value)
+                position += 1
+                records.append(record.to_dict())
+        return records
+
+
+def load_dataset_image(dataset: ReferDataset, image_id: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """A dataset image on its stored pixel grid: COCO annotations refer to that grid, not to the
+    EXIF-rotated view, so orientation is not applied (else masks and pixels would disagree)."""
+    return load_task_image(dataset_task(dataset, image_id), max_pixels, exif_transpose=False)
+
+
+def dataset_task(dataset: ReferDataset, image_id: int) -> ImageTask:
+    """The engine's task for a dataset image: its file, the name generators know it by, and the
+    size its annotations give (the stored pixel grid: no EXIF rotation, see load_dataset_image)."""
+    info = dataset.images[image_id]
+    return image_task(image_id, dataset.image_path(image_id), info.file_name, (info.height, info.width))
+
+
+def pending_images(groups: dict[int, list[Ref]], done: set[int]) -> list[int]:
+    return [image_id for image_id, refs in groups.items()
+            if any(s.sent_id not in done for ref in refs for s in ref.sentences)]
+
+
+def sentence_ids(groups: dict[int, list[Ref]]) -> set[int]:
+    return {s.sent_id for refs in groups.values() for ref in refs for s in ref.sentences}
+
+
+def run_local(evaluator: ImageEvaluator, groups: dict[int, list[Ref]], pending: Iterable[int],
+              store: PredictionStore, progress: tqdm, engine: Engine) -> StageTimes:
+    """The pending images through ``engine``: decoding and proposals in its workers, CLIP here
+    (the job's images per pass at a time), each image's records committed to the store
+    as soon as they exist."""
+    tasks = [dataset_task(evaluator.dataset, image_id) for image_id in pending]
+    for prepared, features in prepared_features(evaluator.segmenter, engine, tasks):
+        store.add(evaluator.evaluate_prepared(prepared, groups[prepared.key], features))
+        progress.update(1)
+    return engine.times
+
+
+def evaluate_proposals(dataset: ReferDataset, groups: dict[int, list[Ref]], engine: Engine,
+                       show_progress: bool = True) -> dict[str, Any]:
+    """Proposal quality alone (no CLIP): the oracle per referred object, recall, count and time,
+    the images prepared by ``engine`` (its workers run the generator and the cache).
+
+    Also counts the referred objects (and their sentences) whose ground truth differs between
+    the ``refer`` and ``union`` readings of overlapping polygons. An image that fails counts
+    its objects with IoU 0."""
+    best, inters, unions, counts, seconds = [], [], [], [], []
+    differing = {"objects": 0, "sentences": 0}
+    other = "union" if dataset.gt_mask == "refer" else "refer"
+    progress = tqdm(total=len(groups), desc="proposals", unit="image", disable=not show_progress, dynamic_ncols=True)
+
+    def consume(prepared: Prepared) -> None:
+        masks = prepared.proposals.masks if prepared.proposals is not None else np.zeros((0, 1, 1), bool)
+        counts.append(len(masks))
+        seconds.append(prepared.proposal_seconds)
+        sentences_per_object: dict[int, int] = {}
+        for ref in groups[prepared.key]:
+            for ann_id in ref.ann_ids:  # none for a no-target expression
+                sentences_per_object[ann_id] = sentences_per_object.get(ann_id, 0) + len(ref.sentences)
+        for ann_id, sentences in sentences_per_object.items():
+            target = dataset.annotation_mask(ann_id)
+            if not np.array_equal(target, dataset.annotation_mask(ann_id, other)):
+                differing["objects"] += 1
+                differing["sentences"] += sentences
+            inter, union = best_proposal(masks, target) if prepared.error is None else (0, int(target.sum()))
+            best.append(iou(inter, union))
+            inters.append(inter)
+            unions.append(union)
+        progress.update(1)
+
+    try:
+        times = engine.run([dataset_task(dataset, image_id) for image_id in groups], consume)
+    finally:
+        progress.close()
+    summary = proposal_quality(best, inters, unions, counts, seconds)
+    summary["images failed"] = len(times.failed)
+    summary["gt mask"] = dataset.gt_mask
+    summary["objects where refer != union"] = differing["objects"]
+    summary["sentences where refer != union"] = differing["sentences"]
+    return summary
+
+
+# -- a whole evaluation ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class DataSpec:
+    """Which REFER data an evaluation reads, and its proposal cache (plain data, so Ray can ship
+    it). ``cache`` None: the default cache folder; ``no_cache``: none. ``gt_proposals``: the
+    image's ground-truth instance masks are the proposals (the upper bound)."""
+
+    data: str
+    dataset: str = "refcoco"
+    split_by: Optional[str] = None
+    images: Optional[str] = None
+    gt_mask: Optional[str] = None
+    cache: Optional[str] = None
+    no_cache: bool = False
+    gt_proposals: bool = False
+
+    def open(self) -> ReferDataset:
+        from ..datasets import open_dataset
+
+        return open_dataset(self.data, self.dataset, self.split_by, self.images, self.gt_mask)
+
+    @property
+    def cache_root(self) -> Optional[str]:
+        """The proposal cache's folder, None with ``no_cache``."""
+        from ..cache import DEFAULT_CACHE
+
+        return None if self.no_cache else str(self.cache or DEFAULT_CACHE)
+
+    def proposal_cache(self, generator_key: str) -> Optional[ProposalCache]:
+        if self.cache_root is None or self.gt_proposals:
+            return None
+        return ProposalCache(self.cache_root, generator_key)
+
+    def engine(self, execution: Execution, generator: Any, max_pixels: int) -> Engine:
+        """The engine over this data's images: decoded on their stored grid, with ``generator``'s
+        proposals (none with ``gt_proposals``: they come from the annotations later)."""
+        return execution.engine_for(None if self.gt_proposals else generator, self.cache_root, max_pixels,
+                                    exif_transpose=False)
+
+
+def build_evaluator(config: SegmenterConfig, data: DataSpec, segmenter: Optional["Segmenter"] = None
+                    ) -> ImageEvaluator:
+    """An image evaluator over ``data`` with ``segmenter``, or one built from ``config`` (a Ray
+    actor's: module level, so Ray can ship it)."""
+    segmenter = segmenter or quiet_segmenter(config)
+    return ImageEvaluator(segmenter, data.open(), data.proposal_cache(segmenter.proposals.cache_key),
+                          data.gt_proposals)
+
+
+@dataclass
+class EvalOutcome:
+    """What an evaluation run produced: the metrics over every sentence of the split (done now
+    or before), the run's settings, the engine's timing of this run (None on Ray), the files
+    written, and with ``calibrate`` the calibration chosen and its curve."""
+
+    summary: dict[str, Any]
+    settings: dict[str, Any]
+    records: list[dict[str, Any]]
+    title: str
+    written: list[Path]
+    timing: Optional[dict[str, Any]] = None
+    calibration: Optional["Calibration"] = None
+    curve: list[dict[str, Any]] = field(default_factory=list)
+    calibration_path: Optional[Path] = None
+
+
+@dataclass
+class EvalJob:
+    """A resumable evaluation of ``split`` (``limit``: its first N images) of ``data`` into the
+    run folder ``out``, as ``zsris eval`` runs it:
+
+    >>> job = EvalJob(segmenter, DataSpec("refer/data", "refcoco"), "runs/refcoco-val", split="val")
+    >>> outcome = job.run()        # metrics.json, report.md, iou_histogram.png in the run folder
+
+    Each image's sentences are committed as they are scored; a rerun with the same settings
+    resumes, one with others is refused. ``calibrate`` (gRefCOCO) also chooses the no-target
+    threshold and multi-target margin and writes them (``calibration_out``, default
+    ``out/calibration.json``)."""
+
+    segmenter: "Segmenter"
+    data: DataSpec
+    out: str | Path
+    split: str = "val"
+    limit: Optional[int] = None
+    calibrate: bool = False
+    calibration_out: Optional[str | Path] = None
+    execution: Execution = field(default_factory=Execution)
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        self.evaluator = build_evaluator(self.segmenter.config, self.data, self.segmenter)
+
+    @property
+    def dataset(self) -> ReferDataset:
+        return self.evaluator.dataset
+
+    def settings(self) -> dict[str, Any]:
+        """What a run's records depend on: the data read and the segmenter's settings."""
+        from ..records import settings
+
+        return {"dataset": self.data.dataset, "split": self.split, "split_by": self.dataset.split_by,
+                "gt_proposals": self.data.gt_proposals, "gt_mask": self.dataset.gt_mask, **settings(self.segmenter)}
+
+    def run(self) -> EvalOutcome:
+        """Evaluate the images not done before, then report over the whole split. Raises
+        :class:`~zsris.jobs.run.JobInterrupted` on Ctrl-C, with every scored sentence saved."""
+        from ..metrics import summarize
+        from ..report import write_report
+
+        self.execution.check(self.segmenter.proposals)
+        groups = self.dataset.refs_by_image(self.split, self.limit)
+        out, settings = self.out, self.settings()
+        title = f"{self.data.dataset} {self.split} ({settings['backbone']}, {settings['proposals']['name']})"
+        with PredictionStore(out / "predictions.sqlite", settings) as store, self.execution.session():
+            pending = pending_images(groups, store.done())
+
+            def saved() -> str:
+                return (f"zsris: interrupted; {len(store.done())} sentences are saved in {out}. "
+                        f"Run the same command again to resume.")
+
+            timing = None
+            with progress_bar(len(groups), len(groups) - len(pending), "eval", self.execution.progress,
+                              saved) as bar:
+                if self.execution.engine == "ray":
+                    def commit(records: list[dict[str, Any]]) -> None:
+                        store.add(records)
+                        bar.update(1)
+
+                    run_ray(functools.partial(build_evaluator, self.segmenter.config, self.data),
+                            [(image_id, groups[image_id]) for image_id in pending], commit,
+                            self.execution.ray_workers)
+                else:
+                    engine = self.data.engine(self.execution, self.segmenter.proposals,
+                                              self.segmenter.config.max_pixels)
+                    timing = run_local(self.evaluator, groups, pending, store, bar, engine).summary()
+            records = store.records(sentence_ids(groups))
+        summary = summarize(records)
+        write_report(out, summary, settings, [r["iou"] for r in records], title, timing)
+        outcome = EvalOutcome(summary, settings, records, title,
+                              [out / "metrics.json", out / "report.md", out / "iou_histogram.png"], timing)
+        if self.calibrate:
+            self._calibrate(outcome)
+        return outcome
+
+    def _calibrate(self, outcome: EvalOutcome) -> None:
+        from ..calibration import calibrate
+
+        calibration, outcome.curve = calibrate(outcome.records)
+        outcome.calibration = dataclasses.replace(calibration, dataset=self.data.dataset, split=self.split,
+                                                  settings=outcome.settings)
+        target = Path(self.calibration_out) if self.calibration_out else self.out / "calibration.json"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        outcome.calibration.write(target)
+        outcome.calibration_path = target

@@ -1,0 +1,192 @@
+"""What every job shares: how it runs (:class:`Execution`), the model stage over the engine's
+images, Ray, and the life cycle around the work (progress bar, Ctrl-C turned into a message
+saying what was saved)."""
+from __future__ import annotations
+
+import contextlib
+import threading
+import warnings
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional, Sequence
+
+from ..config import SegmenterConfig
+from ..engine import Engine, ImageTask, Prepared, default_workers, engine_for
+from ..errors import ZsrisError
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
+
+    from ..segmenter import Segmenter
+    from ..types import ImageFeatures
+
+ENGINES = ("local", "ray")
+
+
+class JobInterrupted(KeyboardInterrupt):
+    """A job stopped by Ctrl-C (or its ``stop`` event); the message says what is saved and how
+    to go on. What was committed stays committed: running the job again resumes it."""
+
+
+@dataclass(frozen=True)
+class Execution:
+    """How a job runs, apart from what it computes. ``engine`` "local": ``proposal_workers``
+    processes (None: cores minus one; 0: all in this process) decode images and make proposals
+    ahead of the model stage here; "ray": ``ray_workers`` Ray actors, each with its own models
+    (on a cluster at ``ray_address``, else a local one). ``progress`` draws a bar; ``stop``,
+    once set, ends the run between two images as Ctrl-C does."""
+
+    engine: str = "local"
+    proposal_workers: Optional[int] = None
+    ray_workers: int = 2
+    ray_address: Optional[str] = None
+    progress: bool = True
+    stop: Optional[threading.Event] = None
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ZsrisError(f"unknown engine {self.engine!r}; choose one of {', '.join(ENGINES)}")
+        if self.proposal_workers is not None and self.proposal_workers < 0:
+            raise ZsrisError(f"proposal workers must be 0 or more, not {self.proposal_workers}")
+        if self.ray_workers < 1:
+            raise ZsrisError(f"Ray workers must be 1 or more, not {self.ray_workers}")
+
+    @property
+    def workers(self) -> int:
+        """The proposal worker processes: the setting, else cores minus one."""
+        return default_workers() if self.proposal_workers is None else self.proposal_workers
+
+    def check(self, generator: Any = None) -> None:
+        """Refuse, before any model loads, an engine whose extra is missing; and Ray for a
+        ``generator`` that its actors could not rebuild (one without a spec: they would build
+        another from the config)."""
+        if self.engine != "ray":
+            return
+        from ..extras import require_extra
+
+        require_extra("ray", "--engine ray")
+        if generator is not None and getattr(generator, "spec", None) is None:
+            raise ZsrisError(f"Ray actors build their own proposal generator from its spec, and this "
+                             f"{type(generator).__name__} has none: register it (zsris.proposals."
+                             f"register_generator) or use the local engine")
+
+    def engine_for(self, generator: Any, cache_root: Optional[str] = None, max_pixels: Optional[int] = None,
+                   exif_transpose: bool = True) -> Engine:
+        """The local engine for ``generator`` (:func:`zsris.engine.engine_for`, the one rule of
+        where proposals are made)."""
+        extra = {} if max_pixels is None else {"max_pixels": max_pixels}
+        return engine_for(generator, self.workers, cache_root, exif_transpose=exif_transpose, stop=self.stop,
+                          **extra)
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[None]:
+        """Ray for the block where the engine is Ray (see :func:`ray_session`)."""
+        with ray_session(self.ray_workers, self.ray_address, enabled=self.engine == "ray"):
+            yield
+
+
+def images_per_pass(segmenter: "Segmenter") -> int:
+    """How many images' proposals a job puts through CLIP together: the config's setting, else
+    4 on CUDA (small passes leave a GPU waiting on kernel launches) and 1 elsewhere (a CPU gains
+    nothing from it)."""
+    if segmenter.config.images_per_pass is not None:
+        return segmenter.config.images_per_pass
+    return 4 if segmenter.device.type == "cuda" else 1
+
+
+def prepared_features(segmenter: "Segmenter", engine: Engine, tasks: Sequence[ImageTask]
+                      ) -> Iterator[tuple[Prepared, Optional["ImageFeatures"]]]:
+    """Each task's image as ``engine`` prepares it, in order, with its visual features, computed
+    :func:`images_per_pass` images at a time (None where there are none to share: a failed
+    image, one without proposals given ...; :meth:`Segmenter.image_features` then says why)."""
+    for group in engine.groups(tasks, images_per_pass(segmenter)):
+        yield from zip(group, segmenter.image_features_many([(p.pixels, p.proposals) for p in group]))
+
+
+def quiet_segmenter(config: SegmenterConfig) -> "Segmenter":
+    """A segmenter for a worker (a Ray actor): the models of ``config``, without the random-weights
+    warning, which the job's own process says once."""
+    from ..segmenter import create_segmenter
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="zsris: CLIP has RANDOM")
+        return create_segmenter(config)
+
+
+@contextlib.contextmanager
+def progress_bar(total: int, initial: int, desc: str, enabled: bool,
+                 saved: Callable[[], str]) -> Iterator["tqdm"]:
+    """A progress bar over a job's images; a Ctrl-C inside the block closes it and becomes
+    :class:`JobInterrupted` with the message ``saved`` returns (after making the outputs whole)."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, initial=initial, unit="image", desc=desc, dynamic_ncols=True, disable=not enabled)
+    try:
+        yield bar
+    except KeyboardInterrupt:
+        bar.close()
+        raise JobInterrupted(saved()) from None
+    finally:
+        bar.close()
+
+
+class RayWorker:
+    """A Ray actor body: builds its worker (an image evaluator, a batch job ...) once, models
+    included, then runs jobs on request."""
+
+    def __init__(self, build: Callable[[], Callable[..., Any]], threads: int = 1) -> None:
+        import torch
+
+        torch.set_num_threads(threads)
+        self.worker = build()
+
+    def run(self, *job: Any) -> Any:
+        return self.worker(*job)
+
+
+@contextlib.contextmanager
+def ray_session(workers: int, address: Optional[str] = None, enabled: bool = True) -> Iterator[None]:
+    """Ray started (or joined at ``address``) for the block, and shut down after it if started here.
+
+    Started before any progress bar is drawn, so that Ray's start-up notices do not land inside it."""
+    if not enabled:
+        yield
+        return
+    import ray
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address=address, num_cpus=None if address else workers, include_dashboard=False,
+                 log_to_driver=False, configure_logging=False)
+    try:
+        yield
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def run_ray(build: Callable[[], Callable[..., Any]], jobs: Iterable[tuple], on_result: Callable[[Any], None],
+            workers: int = 2) -> None:
+    """Spread ``jobs`` (argument tuples) over ``workers`` Ray actors, each with the worker that
+    ``build`` makes (models loaded once each), in a :func:`ray_session`; ``on_result`` gets each
+    job's answer as it finishes (committing it at once, so an interrupted Ray run resumes like a
+    local one)."""
+    import ray
+
+    actor_class = ray.remote(num_cpus=1)(RayWorker)
+    actors = [actor_class.remote(build) for _ in range(workers)]
+    queue = deque(jobs)
+    in_flight: dict[Any, Any] = {}
+
+    def submit(actor) -> None:
+        if queue:
+            in_flight[actor.run.remote(*queue.popleft())] = actor
+
+    for actor in actors:
+        for _ in range(2):  # one running, one queued per actor
+            submit(actor)
+    while in_flight:
+        ready, _ = ray.wait(list(in_flight), num_returns=1)
+        actor = in_flight.pop(ready[0])
+        on_result(ray.get(ready[0]))
+        submit(actor)
