@@ -254,3 +254,24 @@ def test_one_rule_says_where_proposals_are_made(tmp_path):
     data = DataSpec(str(tmp_path), "refcoco", no_cache=True, gt_proposals=True)
     decode_only = data.engine(Execution(proposal_workers=3), classical, 1000)
     assert decode_only.workers == 3 and decode_only.preparer.spec is None and not decode_only.preparer.exif_transpose
+
+
+@pytest.mark.slow
+def test_a_generator_registered_at_run_time_is_rebuilt_in_the_workers(images, monkeypatch):
+    """The workers learn a generator their parent registered (its entry travels with the spec);
+    one whose factory cannot travel (a lambda) runs here instead."""
+    from zsris.engine import engine_for
+    from zsris.proposals import PROPOSAL_REGISTRY, create_proposals, register_generator
+
+    monkeypatch.setitem(PROPOSAL_REGISTRY, "classical-again", None)
+    register_generator("classical-again", "zsris.proposals.classical:from_spec")
+    generator = create_proposals("classical-again", max_proposals=5)
+    engine = engine_for(generator, 1)
+    assert engine.workers == 1 and engine.preparer.entry is PROPOSAL_REGISTRY["classical-again"]
+    pooled, _ = _run(engine, [image_task(0, images[0])])
+    expected = create_proposals("classical", max_proposals=5)(pooled[0].pixels)
+    np.testing.assert_array_equal(pooled[0].proposals.masks, expected.masks)
+    monkeypatch.setitem(PROPOSAL_REGISTRY, "inline", None)
+    register_generator("inline", lambda spec, device: create_proposals("classical", max_proposals=spec.max_proposals))
+    inline = create_proposals("inline", max_proposals=5)
+    assert engine_for(inline, 1).workers == 0 and engine_for(inline, 1).generator is inline

@@ -35,7 +35,7 @@ import numpy as np
 
 from .config import DEFAULT_MAX_PIXELS, ProposalSpec
 from .errors import DatasetError, ZsrisError
-from .proposals import ProposalGenerator, runs_in_model_process
+from .proposals import PROPOSAL_REGISTRY, GeneratorEntry, ProposalGenerator, runs_in_model_process
 from .types import Proposals
 
 
@@ -83,12 +83,15 @@ class Preparer:
     """What a worker does with a task: decode, check the size, make or read the proposals.
 
     ``spec`` None decodes only (ground-truth proposals, or a generator run by the model stage).
-    Plain data, so that it can be shipped to worker processes."""
+    ``entry`` is the spec's registry entry, shipped along so that a worker process knows a
+    generator its parent registered at run time. Plain data, so that it can be shipped to
+    worker processes."""
 
     spec: Optional[ProposalSpec] = None
     cache_root: Optional[str] = None
     max_pixels: int = DEFAULT_MAX_PIXELS
     exif_transpose: bool = True
+    entry: Optional[GeneratorEntry] = None
 
     def build(self, generator: Optional[ProposalGenerator] = None) -> Callable[[ImageTask], Prepared]:
         """The function that prepares a task; ``generator``, when given, is used instead of a new
@@ -97,6 +100,8 @@ class Preparer:
         from .proposals import create_proposals
 
         if generator is None and self.spec is not None:
+            if self.entry is not None:
+                PROPOSAL_REGISTRY.setdefault(self.spec.name, self.entry)
             generator = create_proposals(self.spec)
         cache = (ProposalCache(self.cache_root, generator.cache_key)
                  if generator is not None and self.cache_root else None)
@@ -413,13 +418,26 @@ def engine_for(generator: Optional[ProposalGenerator], workers: int, cache_root:
     """The engine that makes ``generator``'s proposals ahead of the model stage: the one rule of
     where proposals are made. With ``workers`` and a generator that can be rebuilt from its spec
     (classical, file), the workers rebuild it and do the work; a model on the device (SAM), a
-    generator without a spec, or no workers: the generator given runs here, one image ahead in a
-    thread. No generator: the workers only decode (ground-truth proposals come later)."""
+    generator without a spec (or whose factory cannot be sent to a process), or no workers: the
+    generator given runs here, one image ahead in a thread. No generator: the workers only
+    decode (ground-truth proposals come later)."""
     if generator is None:
         return Engine(Preparer(None, cache_root, max_pixels, exif_transpose), workers, stop=stop)
     if workers and not runs_in_model_process(generator):
-        return Engine(Preparer(generator.spec, cache_root, max_pixels, exif_transpose), workers, stop=stop)
+        entry = PROPOSAL_REGISTRY[generator.spec.name]
+        if _shippable(entry):
+            return Engine(Preparer(generator.spec, cache_root, max_pixels, exif_transpose, entry), workers, stop=stop)
     return Engine(Preparer(None, cache_root, max_pixels, exif_transpose), 0, generator=generator, stop=stop)
+
+
+def _shippable(entry: GeneratorEntry) -> bool:
+    """Whether a registry entry reaches a worker process: a ``"module:function"`` factory, or a
+    function pickled by reference (a lambda is not)."""
+    try:
+        pickle.dumps(entry)
+        return True
+    except (pickle.PicklingError, AttributeError, TypeError):
+        return False
 
 
 def image_task(key: Any, path: str | Path, name: Optional[str] = None,

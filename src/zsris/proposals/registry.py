@@ -89,8 +89,8 @@ def canonical_spec(spec: str | ProposalSpec, **changes: Any) -> ProposalSpec:
         spec = ProposalSpec(name=spec)
     entry = generator_entry(spec.name)
     options = {**spec.options, **{k: changes.pop(k) for k in list(changes) if k in entry.options}}
-    if changes.keys() - {"max_proposals"} or options.keys() - entry.options.keys():
-        unknown = sorted((changes.keys() - {"max_proposals"}) | (options.keys() - entry.options.keys()))
+    unknown = sorted((changes.keys() - {"max_proposals"}) | (options.keys() - entry.options.keys()))
+    if unknown:
         raise ZsrisError(f"the {spec.name} generator has no setting {', '.join(unknown)} (it has max_proposals"
                          f"{''.join(', ' + k for k in entry.options)})")
     spec = dataclasses.replace(spec, options={**entry.options, **options}, **changes)
