@@ -70,6 +70,8 @@ def test_malformed_requests(server):
     assert truncated.status_code == 400 and "truncated" in truncated.json()["detail"]
     empty = _segment(server, EXAMPLE.read_bytes(), ["   "])
     assert empty.status_code == 422 and "non-empty expression" in empty.json()["detail"]
+    overlong = _segment(server, EXAMPLE.read_bytes(), ["the dog", "dog " * 250_000])  # spaCy would fail at 1e6
+    assert overlong.status_code == 422 and "over the limit of 4,000" in overlong.json()["detail"]
     bad_k = _segment(server, EXAMPLE.read_bytes(), ["x"], top_k=0)
     assert bad_k.status_code == 422
     too_big = _segment(server, b"\0" * (3 * 1024 * 1024), ["x"])

@@ -121,6 +121,7 @@ class ReferDataset:
         self.image_dir = self._find_images(images)
         self.refs = self._read_refs()
         self.images, self.annotations, self.categories = self._read_instances()
+        sentences: dict[int, int] = {}
         for ref in self.refs:
             missing = [a for a in ref.ann_ids if a not in self.annotations]
             if ref.image_id not in self.images or missing:
@@ -128,6 +129,17 @@ class ReferDataset:
                     f"{self.refs_path}: ref {ref.ref_id} names image {ref.image_id} / annotation "
                     f"{missing[0] if missing else ref.ann_id}, which {self.instances_path.name} does not hold"
                 )
+            elsewhere = [a for a in ref.ann_ids if int(self.annotations[a]["image_id"]) != ref.image_id]
+            if elsewhere:
+                other = self.annotations[elsewhere[0]]["image_id"]
+                raise DatasetError(f"{self.refs_path}: ref {ref.ref_id} is about image {ref.image_id}, but its "
+                                   f"annotation {elsewhere[0]} is of image {other}")
+            for sentence in ref.sentences:  # predictions are stored by sentence id: one id, one sentence
+                if sentence.sent_id in sentences:
+                    raise DatasetError(f"{self.refs_path}: sentence id {sentence.sent_id} is given twice (ref "
+                                       f"{sentences[sentence.sent_id]} and ref {ref.ref_id}); each sentence needs "
+                                       f"its own id")
+                sentences[sentence.sent_id] = ref.ref_id
         self._anns_by_image: dict[int, list[int]] = defaultdict(list)
         for ann_id, ann in self.annotations.items():
             self._anns_by_image[int(ann["image_id"])].append(ann_id)

@@ -94,6 +94,8 @@ def load_image(source: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS, exif_tr
         raise ImageError(f"{what}: no such file")
     if path.is_dir():
         raise ImageError(f"{what}: is a directory, not an image")
+    if not path.is_file():  # a FIFO, a socket, a device: opening one may block for ever
+        raise ImageError(f"{what}: not a regular file (a pipe, socket or device), not an image")
     return _decode_file(path, max_pixels, exif_transpose, what)
 
 

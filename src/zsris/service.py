@@ -90,6 +90,10 @@ class SegmentationService:
             raise ExpressionError("give at least one non-empty expression")
         if len(expressions) > self.max_expressions:
             raise ExpressionError(f"at most {self.max_expressions} expressions per request, got {len(expressions)}")
+        from .text import check_expression  # (torch: not at import, which `zsris --help` does)
+
+        for expression in expressions:  # before the image is decoded or the model is waited for
+            check_expression(expression)
         return expressions
 
     def load(self, image: Any, name: str):

@@ -111,10 +111,20 @@ class ParsedExpression:
 _INVISIBLE = frozenset(("Cc", "Cf", "Cs", "Co", "Cn"))
 
 
+#: The longest expression accepted, in characters. CLIP reads 77 tokens (about 300 characters of
+#: English); past a few thousand characters an expression is a mistake or an attack, and spaCy
+#: would spend minutes (and fails at a million) on what CLIP then truncates anyway.
+MAX_EXPRESSION_CHARS = 4000
+
+
 def check_expression(expression: object) -> str:
-    """``expression`` unchanged if it holds at least one visible character, else ExpressionError."""
+    """``expression`` unchanged if it holds at least one visible character and at most
+    :data:`MAX_EXPRESSION_CHARS` characters, else ExpressionError."""
     if not isinstance(expression, str):
         raise ExpressionError(f"an expression must be text, not {type(expression).__name__}")
+    if len(expression) > MAX_EXPRESSION_CHARS:
+        raise ExpressionError(f"the expression has {len(expression):,} characters, over the limit of "
+                              f"{MAX_EXPRESSION_CHARS:,} (CLIP reads about 300)")
     if not any(not c.isspace() and unicodedata.category(c) not in _INVISIBLE for c in expression):
         raise ExpressionError("the expression is empty (it holds no visible character)")
     return expression

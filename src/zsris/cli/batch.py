@@ -37,13 +37,15 @@ def _read_pairs(args: argparse.Namespace):
 
 def cmd_batch(args: argparse.Namespace) -> int:
     from ..jobs.batch import ERRORS, BatchJob, check_output_folder
+    from ..jobs.run import writable_folder
     from ..report import table
 
     execution = execution_from_args(args)
     execution.check()
     out = Path(args.output)
     check_output_folder(out)
-    pairs = _read_pairs(args)  # an unreadable input is refused before any model loads
+    pairs = _read_pairs(args)  # an unreadable input is refused before anything is written
+    writable_folder(out)  # and an unusable OUT before any model loads
     segmenter = build_segmenter(config_from_args(args))
     job = BatchJob(segmenter, pairs, out, save_masks=args.save_masks, save_overlays=args.save_overlays,
                    coco=args.format == "coco", top_k=args.top_k, overwrite=args.overwrite,

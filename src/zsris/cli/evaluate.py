@@ -45,11 +45,13 @@ def _add_data_flags(parser: argparse.ArgumentParser) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from ..jobs.evaluation import EvalJob
+    from ..jobs.run import writable_folder
     from ..report import table
 
     execution = execution_from_args(args)
     execution.check()
     config, data = config_from_args(args), data_spec_from_args(args)
+    writable_folder(Path(args.out))  # before any model loads
     job = EvalJob(build_segmenter(config), data, args.out, split=args.split, limit=args.limit,
                   calibrate=getattr(args, "calibrate", False), calibration_out=getattr(args, "calibration_out", None),
                   execution=execution)

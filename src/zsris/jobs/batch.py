@@ -45,11 +45,17 @@ OUTPUTS = (RESULTS, ERRORS, SETTINGS, COCO_RESULTS, COCO_IMAGES, STORE, f"{STORE
 
 
 # -- the work, image by image ---------------------------------------------------------------
+def _reason(error: Exception) -> str:
+    """A failure's one line: zsris's own message, else the exception's type and text."""
+    return str(error) if isinstance(error, ZsrisError) else f"{type(error).__name__}: {error}"
+
+
 def image_results(segmenter: "Segmenter", pairs: Sequence[Pair], pixels: np.ndarray, name: str,
                   proposals=None, features: Optional[ImageFeatures] = None) -> list[PairResult]:
     """Every pair about one decoded image, its visual work done once (or already, ``features``).
-    An empty expression fails its pair only; an image that cannot be segmented (no proposals ...)
-    fails all of its pairs."""
+    An empty or overlong expression fails its pair only; an image that cannot be segmented (no
+    proposals ...) fails all of its pairs. The image's expressions are scored together; should
+    that fail, each is scored alone, so that one expression's failure is its own."""
     answers: dict[str, PairResult] = {}
     good = []
     for pair in pairs:
@@ -62,12 +68,19 @@ def image_results(segmenter: "Segmenter", pairs: Sequence[Pair], pixels: np.ndar
         try:
             if features is None:
                 features = segmenter.image_features(pixels, name, proposals)
+        except Exception as error:  # noqa: BLE001 - one image's failure must not stop a batch of thousands
+            answers.update((p.id, PairResult(p, error=_reason(error))) for p in good)
+            good = []
+    if good:
+        try:
             results = segmenter.score(features, [p.expression for p in good])
             answers.update((p.id, PairResult(p, r)) for p, r in zip(good, results))
-        except ZsrisError as error:
-            answers.update((p.id, PairResult(p, error=str(error))) for p in good)
-        except Exception as error:  # noqa: BLE001 - one image's failure must not stop a batch of thousands
-            answers.update((p.id, PairResult(p, error=f"{type(error).__name__}: {error}")) for p in good)
+        except Exception:  # noqa: BLE001 - then each alone: a neighbour's text must not fail this pair
+            for pair in good:
+                try:
+                    answers[pair.id] = PairResult(pair, segmenter.score(features, [pair.expression])[0])
+                except Exception as error:  # noqa: BLE001 - this pair's own failure, with its reason
+                    answers[pair.id] = PairResult(pair, error=_reason(error))
     return [answers[p.id] for p in pairs]
 
 

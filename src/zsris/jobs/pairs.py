@@ -134,6 +134,8 @@ def _jsonl_rows(path: Path, text: str) -> Iterator[tuple[int, dict]]:
             row = json.loads(content)
         except json.JSONDecodeError as error:
             raise ManifestError(f"{path} line {line}: not JSON ({error.msg})") from None
+        except RecursionError:
+            raise ManifestError(f"{path} line {line}: not a manifest row (nested too deeply to read)") from None
         if not isinstance(row, dict):
             raise ManifestError(f"{path} line {line}: expected an object with image and expression, "
                                 f"not {type(row).__name__}")
@@ -152,11 +154,19 @@ def _pair(row: dict, line: int, folder: Path, allow_outside: bool) -> Pair:
     if not image.strip():
         return Pair(pair_id, image, "", expression, pair_id, f"line {line} has an empty image path")
     resolved = os.path.normpath(folder / image)
-    if not allow_outside and not Path(image).is_absolute() and \
-            os.path.relpath(resolved, os.path.normpath(folder)).split(os.sep)[0] == "..":
-        return Pair(pair_id, image, resolved, expression, pair_id,
-                    f"{image} is outside the manifest's folder; give --allow-outside to read it")
+    if not allow_outside and not Path(image).is_absolute():
+        # by its words (..) or through a symbolic link on the way
+        link = not _outside(resolved, os.path.normpath(folder)) and _outside(os.path.realpath(resolved),
+                                                                             os.path.realpath(folder))
+        if link or _outside(resolved, os.path.normpath(folder)):
+            return Pair(pair_id, image, resolved, expression, pair_id,
+                        f"{image} is outside the manifest's folder{' through a link' if link else ''}; "
+                        f"give --allow-outside to read it")
     return Pair(pair_id, image, resolved, expression, pair_id)
+
+
+def _outside(path: str, folder: str) -> bool:
+    return os.path.relpath(path, folder).split(os.sep)[0] == ".."
 
 
 def group_by_image(pairs: Iterable[Pair]) -> dict[str, list[Pair]]:

@@ -4,10 +4,12 @@ saying what was saved)."""
 from __future__ import annotations
 
 import contextlib
+import tempfile
 import threading
 import warnings
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional, Sequence
 
 from ..config import SegmenterConfig
@@ -83,6 +85,22 @@ class Execution:
         """Ray for the block where the engine is Ray (see :func:`ray_session`)."""
         with ray_session(self.ray_workers, self.ray_address, enabled=self.engine == "ray"):
             yield
+
+
+def writable_folder(out: Path) -> Path:
+    """``out``, made with its parents and checked writable: called before any model loads, so
+    that an unusable output folder (a read-only disk, /proc) is found before the work, not
+    after it."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ZsrisError(f"{out} is a file; the output names the folder that receives the results")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as error:
+        raise ZsrisError(f"{out}: cannot write the results there ({error.strerror or error})") from None
+    return out
 
 
 def images_per_pass(segmenter: "Segmenter") -> int:

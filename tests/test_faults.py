@@ -1,0 +1,146 @@
+"""Bad inputs that used to hurt quietly (issue #26): each is now one line, or fails alone.
+
+Every case here fails on the code before it was handled: a FIFO blocked ``open`` for ever; an
+overlong expression held the model for minutes and failed its neighbours; a deeply nested
+manifest line raised RecursionError; a dataset with a repeated sentence id lost a sentence
+without a word, one whose ref names another image's annotation died mid-run; a symbolic link
+led a manifest row out of its folder; an unusable output folder was found after the work.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from zsris.datasets import ReferDataset
+from zsris.errors import DatasetError, ExpressionError, ImageError, ZsrisError
+from zsris.images import load_image
+from zsris.jobs.pairs import ManifestError, read_manifest
+from zsris.text import MAX_EXPRESSION_CHARS, check_expression
+
+
+def test_a_pipe_is_refused_before_it_is_opened(tmp_path):
+    fifo = tmp_path / "photo.jpg"
+    os.mkfifo(fifo)  # opening it for reading would wait for a writer for ever
+    with pytest.raises(ImageError, match="photo.jpg: not a regular file"):
+        load_image(fifo)
+
+
+def test_expressions_have_a_length_limit():
+    assert check_expression("a" * MAX_EXPRESSION_CHARS)
+    with pytest.raises(ExpressionError, match=f"4,001 characters, over the limit of {MAX_EXPRESSION_CHARS:,}"):
+        check_expression("a" * (MAX_EXPRESSION_CHARS + 1))
+
+
+@pytest.fixture(scope="module")
+def segmenter(tiny_vit):
+    from zsris.proposals import ClassicalProposals
+    from zsris.segmenter import Segmenter
+
+    return Segmenter(tiny_vit, ClassicalProposals(max_proposals=4))
+
+
+def test_one_pairs_text_does_not_fail_its_neighbours(segmenter, monkeypatch):
+    """An overlong expression fails its own pair; and where scoring an image's expressions
+    together fails for one of them (a parser error), the others are scored alone."""
+    from zsris.jobs.batch import image_results
+    from zsris.jobs.pairs import Pair
+
+    pixels = np.zeros((64, 64, 3), np.uint8)
+    pixels[10:40, 10:40] = (200, 30, 30)
+    pairs = [Pair(str(n), "a.png", "a.png", text, f"e{n}")
+             for n, text in enumerate(["the dog", "x" * (MAX_EXPRESSION_CHARS + 8), "the red square", "boom"])]
+    original = segmenter.parser.parse_many
+
+    def parse_many(expressions):
+        if "boom" in expressions:
+            raise ValueError("[E088] Text of length 1000008 exceeds maximum")  # what spaCy raises
+        return original(expressions)
+
+    monkeypatch.setattr(segmenter.parser, "parse_many", parse_many)
+    answers = image_results(segmenter, pairs, pixels, "a.png")
+    assert [a.ok for a in answers] == [True, False, True, False]
+    assert "over the limit" in answers[1].error and answers[3].error.startswith("ValueError: [E088]")
+    assert answers[0].result.expression == "the dog" and answers[2].result.noun_phrase == "the red square"
+
+
+def test_a_manifest_line_nested_too_deeply_is_one_line(tmp_path):
+    manifest = tmp_path / "deep.jsonl"
+    manifest.write_text('{"image": "a.png", "expression": "x"}\n' + "[" * 200_000 + "]" * 200_000 + "\n")
+    with pytest.raises(ManifestError, match="line 2: not a manifest row .nested too deeply"):
+        read_manifest(manifest)
+
+
+def test_a_link_out_of_the_manifest_folder_is_refused_like_dot_dot(tmp_path):
+    outside = tmp_path / "private"
+    outside.mkdir()
+    Image.new("RGB", (8, 8)).save(outside / "secret.png")
+    folder = tmp_path / "job"
+    folder.mkdir()
+    (folder / "link").symlink_to(outside)
+    Image.new("RGB", (8, 8)).save(folder / "mine.png")
+    manifest = folder / "pairs.jsonl"
+    rows = [{"image": "link/secret.png", "expression": "x"}, {"image": "mine.png", "expression": "y"},
+            {"image": "../private/secret.png", "expression": "z"}]
+    manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    refused = [pair.error for pair in read_manifest(manifest)]
+    assert "outside the manifest's folder through a link" in refused[0]
+    assert refused[1] is None and "outside the manifest's folder;" in refused[2]
+    assert all(pair.error is None for pair in read_manifest(manifest, allow_outside=True))
+
+
+def _tiny_refer(root: Path, refs: list[dict], annotations: list[dict]) -> Path:
+    """A REFER layout with two 32 x 32 images and the given refs and annotations."""
+    (root / "refcoco").mkdir(parents=True)
+    (root / "images" / "train2014").mkdir(parents=True)
+    images = []
+    for image_id in (1, 2):
+        name = f"COCO_train2014_{image_id:012d}.jpg"
+        Image.new("RGB", (32, 32), (image_id * 60, 0, 0)).save(root / "images" / "train2014" / name)
+        images.append({"id": image_id, "file_name": name, "height": 32, "width": 32})
+    (root / "refcoco" / "instances.json").write_text(json.dumps(
+        {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "thing"}]}))
+    (root / "refcoco" / "refs(unc).p").write_bytes(pickle.dumps(refs))
+    return root
+
+
+def _ann(ann_id: int, image_id: int) -> dict:
+    return {"id": ann_id, "image_id": image_id, "category_id": 1, "iscrowd": 0, "area": 64.0,
+            "bbox": [4, 4, 8, 8], "segmentation": [[4, 4, 12, 4, 12, 12, 4, 12]]}
+
+
+def _ref(ref_id: int, ann_id: int, image_id: int, sent_ids: list[int]) -> dict:
+    return {"ref_id": ref_id, "ann_id": ann_id, "image_id": image_id, "split": "val", "category_id": 1,
+            "file_name": f"COCO_train2014_{image_id:012d}_{ann_id}.jpg", "sent_ids": sent_ids,
+            "sentences": [{"sent_id": s, "raw": f"thing {s}", "sent": f"thing {s}", "tokens": ["thing"]}
+                          for s in sent_ids]}
+
+
+def test_datasets_that_would_lose_or_break_sentences_are_refused_naming_the_id(tmp_path):
+    good = _tiny_refer(tmp_path / "good", [_ref(1, 10, 1, [100, 101]), _ref(2, 20, 2, [102])],
+                       [_ann(10, 1), _ann(20, 2)])
+    assert sum(len(r.sentences) for r in ReferDataset(good, "refcoco").refs) == 3
+    twice = _tiny_refer(tmp_path / "twice", [_ref(1, 10, 1, [100, 101]), _ref(2, 20, 2, [101])],
+                        [_ann(10, 1), _ann(20, 2)])
+    with pytest.raises(DatasetError, match=r"sentence id 101 is given twice \(ref 1 and ref 2\)"):
+        ReferDataset(twice, "refcoco")
+    elsewhere = _tiny_refer(tmp_path / "elsewhere", [_ref(1, 20, 1, [100])], [_ann(10, 1), _ann(20, 2)])
+    with pytest.raises(DatasetError, match="ref 1 is about image 1, but its annotation 20 is of image 2"):
+        ReferDataset(elsewhere, "refcoco")
+
+
+@pytest.mark.skipif(os.geteuid() == 0 and not Path("/proc/self").exists(), reason="needs /proc")
+def test_an_unusable_output_folder_is_found_before_the_work(tmp_path):
+    from zsris.jobs.run import writable_folder
+
+    assert writable_folder(tmp_path / "new" / "out").is_dir()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ZsrisError, match="is a file"):
+        writable_folder(tmp_path / "file")
+    with pytest.raises(ZsrisError, match="/proc/zsris-out: cannot write the results there"):
+        writable_folder(Path("/proc/zsris-out"))
