@@ -144,3 +144,26 @@ def test_an_unusable_output_folder_is_found_before_the_work(tmp_path):
         writable_folder(tmp_path / "file")
     with pytest.raises(ZsrisError, match="/proc/zsris-out: cannot write the results there"):
         writable_folder(Path("/proc/zsris-out"))
+
+
+def test_an_eval_whose_images_are_missing_or_all_fail_is_no_result(tmp_path, capsys):
+    """No image of the split in --images: refused before any model loads. Every image failing
+    (here: none decodes): the report is written, and the run exits 1 saying so."""
+    from zsris.cli import main
+
+    data = _tiny_refer(tmp_path / "data", [_ref(1, 10, 1, [100]), _ref(2, 20, 2, [101])], [_ann(10, 1), _ann(20, 2)])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    common = ["eval", "--data", str(data), "--split", "val", "--no-cache", "--weights", "random",
+              "--max-proposals", "3", "--proposal-workers", "0"]
+    assert main([*common, "--images", str(empty), "--out", str(tmp_path / "run-empty")]) == 1
+    assert "none of the 2 images of refcoco val is in" in capsys.readouterr().err
+    assert not (tmp_path / "run-empty").exists()
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for image in (data / "images" / "train2014").iterdir():
+        (broken / image.name).write_bytes(b"not a jpeg")
+    assert main([*common, "--images", str(broken), "--out", str(tmp_path / "run-broken")]) == 1
+    assert "every one of the 2 images failed (the first: " in capsys.readouterr().err
+    assert (tmp_path / "run-broken" / "metrics.json").exists()
+    assert main([*common, "--out", str(tmp_path / "run-good")]) == 0  # the same data with its images

@@ -44,22 +44,30 @@ def _add_data_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from ..jobs.evaluation import EvalJob
+    from ..errors import ZsrisError
+    from ..jobs.evaluation import EvalJob, check_split_images
     from ..jobs.run import writable_folder
     from ..report import table
 
     execution = execution_from_args(args)
     execution.check()
     config, data = config_from_args(args), data_spec_from_args(args)
-    writable_folder(Path(args.out))  # before any model loads
+    dataset = data.open()  # the data, its images and the output folder are checked before any model loads
+    check_split_images(dataset, dataset.refs_by_image(args.split, args.limit), args.split)
+    writable_folder(Path(args.out))
     job = EvalJob(build_segmenter(config), data, args.out, split=args.split, limit=args.limit,
                   calibrate=getattr(args, "calibrate", False), calibration_out=getattr(args, "calibration_out", None),
-                  execution=execution)
+                  execution=execution, opened=dataset)
     outcome = job.run()
     print(table(outcome.summary, outcome.title))
     if outcome.timing:
         print("\n" + table(outcome.timing, "time (this run)"))
     print(f"\nwrote {', '.join(str(path) for path in outcome.written)}")
+    images, failed = outcome.summary.get("images", 0), outcome.summary.get("images failed", 0)
+    if images and failed == images:  # metrics of nothing but failures are no result
+        reason = next((r["error"] for r in outcome.records if r.get("error")), "")
+        raise ZsrisError(f"every one of the {images} images failed (the first: {reason}); the report counts "
+                         f"them as misses, but it is no result")
     if outcome.calibration is not None:
         _print_calibration(outcome, args)
     return 0

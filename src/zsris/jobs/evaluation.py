@@ -20,7 +20,7 @@ from ..cache import ProposalCache
 from ..config import DEFAULT_MAX_PIXELS, SegmenterConfig
 from ..datasets import GENERALIZED, Ref, ReferDataset
 from ..engine import Engine, ImageTask, Prepared, StageTimes, image_task, load_task_image
-from ..errors import NoProposalsError
+from ..errors import NoProposalsError, ZsrisError
 from ..masks import iou_matrix
 from ..metrics import intersection_union, iou, proposal_quality
 from ..records import SentenceRecord
@@ -277,13 +277,22 @@ class DataSpec:
                                     exif_transpose=False)
 
 
-def build_evaluator(config: SegmenterConfig, data: DataSpec, segmenter: Optional["Segmenter"] = None
-                    ) -> ImageEvaluator:
-    """An image evaluator over ``data`` with ``segmenter``, or one built from ``config`` (a Ray
-    actor's: module level, so Ray can ship it)."""
+def build_evaluator(config: SegmenterConfig, data: DataSpec, segmenter: Optional["Segmenter"] = None,
+                    dataset: Optional[ReferDataset] = None) -> ImageEvaluator:
+    """An image evaluator over ``data`` (``dataset``, where already open) with ``segmenter``, or
+    one built from ``config`` (a Ray actor's: module level, so Ray can ship it)."""
     segmenter = segmenter or quiet_segmenter(config)
-    return ImageEvaluator(segmenter, data.open(), data.proposal_cache(segmenter.proposals.cache_key),
+    return ImageEvaluator(segmenter, dataset or data.open(), data.proposal_cache(segmenter.proposals.cache_key),
                           data.gt_proposals)
+
+
+def check_split_images(dataset: ReferDataset, groups: dict[int, list[Ref]], split: str) -> None:
+    """Refuse a split none of whose images is on disk (an empty or wrong ``--images`` folder):
+    every sentence would fail, and the metrics would look like a result."""
+    if groups and not any(dataset.image_path(image_id).is_file() for image_id in groups):
+        first = dataset.image_path(next(iter(groups)))
+        raise ZsrisError(f"none of the {len(groups)} images of {dataset.name} {split} is in {dataset.image_dir} "
+                         f"(the first would be {first.name}); pass --images DIR, the folder that holds them")
 
 
 @dataclass
@@ -324,10 +333,11 @@ class EvalJob:
     calibrate: bool = False
     calibration_out: Optional[str | Path] = None
     execution: Execution = field(default_factory=Execution)
+    opened: Optional[ReferDataset] = None  # the dataset of ``data``, where the caller opened it already
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
-        self.evaluator = build_evaluator(self.segmenter.config, self.data, self.segmenter)
+        self.evaluator = build_evaluator(self.segmenter.config, self.data, self.segmenter, self.opened)
 
     @property
     def dataset(self) -> ReferDataset:
@@ -348,6 +358,7 @@ class EvalJob:
 
         self.execution.check(self.segmenter.proposals)
         groups = self.dataset.refs_by_image(self.split, self.limit)
+        check_split_images(self.dataset, groups, self.split)
         out, settings = self.out, self.settings()
         title = f"{self.data.dataset} {self.split} ({settings['backbone']}, {settings['proposals']['name']})"
         with PredictionStore(out / "predictions.sqlite", settings) as store, self.execution.session():
