@@ -164,6 +164,27 @@ def test_an_eval_whose_images_are_missing_or_all_fail_is_no_result(tmp_path, cap
     for image in (data / "images" / "train2014").iterdir():
         (broken / image.name).write_bytes(b"not a jpeg")
     assert main([*common, "--images", str(broken), "--out", str(tmp_path / "run-broken")]) == 1
-    assert "every one of the 2 images failed (the first: " in capsys.readouterr().err
+    assert "every one of the 2 sentences failed (the first: " in capsys.readouterr().err
     assert (tmp_path / "run-broken" / "metrics.json").exists()
     assert main([*common, "--out", str(tmp_path / "run-good")]) == 0  # the same data with its images
+
+
+def test_an_empty_sentence_or_a_malformed_polygon_fails_alone_and_the_split_goes_on(tmp_path):
+    """Both used to stop the whole evaluation at that image, on every resume."""
+    from zsris.cli import main
+    from zsris.store import PredictionStore
+
+    refs = [_ref(1, 10, 1, [100, 101]), _ref(2, 20, 2, [102])]
+    refs[0]["sentences"][1]["raw"] = refs[0]["sentences"][1]["sent"] = "   "
+    broken = _ann(20, 2)
+    broken["segmentation"] = [[4, 4, 12]]  # not a polygon
+    data = _tiny_refer(tmp_path / "data", refs, [_ann(10, 1), broken])
+    out = tmp_path / "run"
+    assert main(["eval", "--data", str(data), "--split", "val", "--no-cache", "--weights", "random",
+                 "--max-proposals", "3", "--proposal-workers", "0", "--out", str(out)]) == 0
+    with PredictionStore(out / "predictions.sqlite", json.loads((out / "metrics.json").read_text())["settings"]) as s:
+        records = {r["sent_id"]: r for r in s.records()}
+    assert set(records) == {100, 101, 102}
+    assert "error" not in records[100] and records[100]["union"] > 0  # its neighbour is scored
+    assert "empty" in records[101]["error"] and records[101]["iou"] == 0.0
+    assert "annotation 20: malformed segmentation" in records[102]["error"]

@@ -63,11 +63,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if outcome.timing:
         print("\n" + table(outcome.timing, "time (this run)"))
     print(f"\nwrote {', '.join(str(path) for path in outcome.written)}")
-    images, failed = outcome.summary.get("images", 0), outcome.summary.get("images failed", 0)
-    if images and failed == images:  # metrics of nothing but failures are no result
-        reason = next((r["error"] for r in outcome.records if r.get("error")), "")
-        raise ZsrisError(f"every one of the {images} images failed (the first: {reason}); the report counts "
-                         f"them as misses, but it is no result")
+    if outcome.records and all(r.get("error") for r in outcome.records):  # metrics of failures only: no result
+        raise ZsrisError(f"every one of the {len(outcome.records)} sentences failed (the first: "
+                         f"{outcome.records[0]['error']}); the report counts them as misses, but it is no result")
     if outcome.calibration is not None:
         _print_calibration(outcome, args)
     return 0

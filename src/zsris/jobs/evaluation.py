@@ -20,11 +20,12 @@ from ..cache import ProposalCache
 from ..config import DEFAULT_MAX_PIXELS, SegmenterConfig
 from ..datasets import GENERALIZED, Ref, ReferDataset
 from ..engine import Engine, ImageTask, Prepared, StageTimes, image_task, load_task_image
-from ..errors import NoProposalsError, ZsrisError
+from ..errors import DatasetError, ExpressionError, NoProposalsError, ZsrisError
 from ..masks import iou_matrix
 from ..metrics import intersection_union, iou, proposal_quality
 from ..records import SentenceRecord
 from ..store import PredictionStore
+from ..text import check_expression
 from ..types import ImageFeatures, Proposals
 from .run import Execution, prepared_features, progress_bar, quiet_segmenter, run_ray
 
@@ -71,8 +72,11 @@ class ImageEvaluator:
 
     def __call__(self, image_id: int, refs: list[Ref]) -> list[dict[str, Any]]:
         """Every sentence's record for one image, all work done here (the Ray workers' path)."""
-        pixels = load_dataset_image(self.dataset, image_id, self.segmenter.config.max_pixels)
-        return self.evaluate(image_id, refs, pixels)
+        try:
+            pixels = load_dataset_image(self.dataset, image_id, self.segmenter.config.max_pixels)
+        except ZsrisError as error:
+            return self.failed(image_id, refs, str(error))
+        return self._evaluate_or_fail(image_id, refs, pixels)
 
     def evaluate_prepared(self, prepared: Prepared, refs: list[Ref],
                           features: Optional[ImageFeatures] = None) -> list[dict[str, Any]]:
@@ -80,13 +84,24 @@ class ImageEvaluator:
         already computed); its sentences fail, with the reason, if it failed."""
         if prepared.error is not None:
             return self.failed(prepared.key, refs, prepared.error)
-        return self.evaluate(prepared.key, refs, prepared.pixels, prepared.proposals, features)
+        return self._evaluate_or_fail(prepared.key, refs, prepared.pixels, prepared.proposals, features)
+
+    def _evaluate_or_fail(self, image_id: int, refs: list[Ref], *work: Any) -> list[dict[str, Any]]:
+        """:meth:`evaluate`; where the image's annotations are malformed (a polygon that does not
+        decode), its sentences fail with the reason and the split goes on."""
+        try:
+            return self.evaluate(image_id, refs, *work)
+        except DatasetError as error:
+            return self.failed(image_id, refs, str(error))
 
     def failed(self, image_id: int, refs: list[Ref], reason: str) -> list[dict[str, Any]]:
         """Records that count an image's sentences as failures (IoU 0, no answer), saying why."""
         records = []
         for ref in refs:
-            union = int(self.dataset.target_mask(ref).sum())
+            try:
+                union = int(self.dataset.target_mask(ref).sum())
+            except DatasetError:  # the object itself is malformed: nothing to count
+                union = 0
             for sentence in ref.sentences:
                 records.append(SentenceRecord(
                     sentence.sent_id, ref.ref_id, ref.ann_id, image_id, sentence.text, ref.category_id, 0,
@@ -123,10 +138,18 @@ class ImageEvaluator:
             proposal_category = [categories[j] if overlap[i, j] > 0 else None
                                  for i, j in enumerate(overlap.argmax(1))]
         expressions = [s.text for ref in refs for s in ref.sentences]
+        refused: dict[int, str] = {}  # an empty sentence fails alone, saying why
+        for position, text in enumerate(expressions):
+            try:
+                check_expression(text)
+            except ExpressionError as error:
+                refused[position] = str(error)
+        valid = [text for position, text in enumerate(expressions) if position not in refused]
         try:
             if features is None:
                 features = self.segmenter.image_features(pixels, proposals=proposals)
-            results = self.segmenter.score(features, expressions)
+            scored = iter(self.segmenter.score(features, valid) if valid else [])
+            results = [None if position in refused else next(scored) for position in range(len(expressions))]
         except NoProposalsError:
             results = None
         records, position = [], 0
@@ -144,6 +167,8 @@ class ImageEvaluator:
                 record = SentenceRecord(sentence.sent_id, ref.ref_id, ref.ann_id, image_id, sentence.text,
                                         ref.category_id, len(proposals), **oracle)
                 result = None if results is None else results[position]
+                if position in refused:
+                    record.error = refused[position]
                 if result is None:
                     record.union = int(target.sum())
                 else:
