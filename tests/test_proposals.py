@@ -197,6 +197,33 @@ def test_file_proposals_from_coco_rle_json(tmp_path, images):
         FileProposals(tmp_path / "keyed.json")(image, "other.jpg")
 
 
+def test_file_proposals_keep_the_cap_by_score_before_decoding(tmp_path, images):
+    """--max-proposals applies to a file too (it was ignored): the best by the file's scores, in
+    the file's order, and only those are decoded; a folder keeps its first files by name."""
+    from zsris.config import ProposalSpec
+
+    image = images[0]
+    masks = ClassicalProposals(max_proposals=8)(image).masks
+    scores = [0.3, 0.9, 0.1, 0.8, 0.5, 0.7, 0.2, 0.6]
+    records = [{"image_id": 1, "segmentation": encode_rle(m), "score": s} for m, s in zip(masks, scores)]
+    records.append({"image_id": 1, "segmentation": {"size": [1, 1], "counts": "never decoded"}, "score": 0.0})
+    (tmp_path / "props.json").write_text(json.dumps(records))
+    capped = create_proposals("file", path=str(tmp_path / "props.json"), max_proposals=3)
+    proposals = capped(image, "1")
+    np.testing.assert_array_equal(proposals.masks, masks[[1, 3, 5]])  # 0.9, 0.8, 0.7, in the file's order
+    np.testing.assert_allclose(proposals.scores, [0.9, 0.8, 0.7], rtol=1e-6)
+    assert capped.spec == ProposalSpec("file", 3, {"path": str(tmp_path / "props.json")})
+    uncapped = FileProposals(tmp_path / "props.json")
+    assert "max_proposals=3" in capped.cache_key and capped.cache_key != uncapped.cache_key
+    with pytest.raises(ProposalError, match="malformed proposal"):
+        uncapped(image, "1")  # uncapped, the broken record is decoded
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    for i, mask in enumerate(masks[:4]):
+        Image.fromarray(mask.astype(np.uint8) * 255).save(folder / f"{i}.png")
+    np.testing.assert_array_equal(FileProposals(folder, max_proposals=2)(image, "x.jpg").masks, masks[:2])
+
+
 def test_file_proposals_from_png_folder(tmp_path, images):
     image = images[1]
     masks = ClassicalProposals(max_proposals=4)(image).masks

@@ -17,18 +17,23 @@ from PIL import Image
 
 from ..errors import ProposalError, ZsrisError
 from ..masks import decode_rle
-from .base import Proposals, config_key
+from .base import Proposals, check_max_proposals, config_key
 from .registry import ProposalSpec
 
 
 class FileProposals:
-    """Look proposals up by image key in a JSON file or a folder of PNG masks."""
+    """Look proposals up by image key in a JSON file or a folder of PNG masks.
+
+    ``max_proposals`` keeps the image's best that many (by the records' ``score``, else the
+    first; a folder's first in name order), chosen before any mask is decoded, so a file of
+    thousands of masks per image costs what the cap does. The kept keep the file's order."""
 
     name = "file"
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, max_proposals: Optional[int] = None) -> None:
         self.path = Path(path).expanduser()
-        self.spec = ProposalSpec(self.name, None, {"path": str(path)})  # rebuilds this generator in a worker
+        self.max_proposals = check_max_proposals(max_proposals)
+        self.spec = ProposalSpec(self.name, self.max_proposals, {"path": str(path)})  # rebuilds it in a worker
         if not self.path.exists():
             raise ProposalError(f"{self.path}: no such proposals file or folder")
         self._records: Optional[dict[str, list[dict[str, Any]]]] = None
@@ -37,7 +42,8 @@ class FileProposals:
 
     @property
     def cache_key(self) -> str:
-        return config_key(self.name, 1, path=self.path.resolve(), mtime_ns=self.path.stat().st_mtime_ns)
+        return config_key(self.name, 2, path=self.path.resolve(), mtime_ns=self.path.stat().st_mtime_ns,
+                          max_proposals=self.max_proposals)
 
     @staticmethod
     def _read_json(path: Path) -> dict[str, list[dict[str, Any]]]:
@@ -61,21 +67,25 @@ class FileProposals:
         return grouped
 
     def _from_records(self, records: list[dict[str, Any]], shape: tuple[int, int], key: str) -> Proposals:
-        masks, scores = [], []
-        for record in records:
+        try:
+            scores = [float(record.get("score", 1.0)) for record in records]
+        except (TypeError, ValueError, OverflowError, AttributeError) as error:
+            raise ProposalError(f"{self.path}: malformed proposal for image {key!r} ({error})") from None
+        kept = range(len(records))
+        if self.max_proposals is not None and len(records) > self.max_proposals:
+            kept = sorted(sorted(kept, key=lambda i: -scores[i])[: self.max_proposals])
+        masks = []
+        for index in kept:
             try:
-                mask = decode_rle(record["segmentation"], shape)
-                score = float(record.get("score", 1.0))
+                masks.append(decode_rle(records[index]["segmentation"], shape))
             except (KeyError, TypeError, ValueError, OverflowError, AttributeError) as error:
                 raise ProposalError(f"{self.path}: malformed proposal for image {key!r} ({error})") from None
-            masks.append(mask)
-            scores.append(score)
         if not masks:
             return Proposals.empty(*shape)
-        return Proposals(np.stack(masks), np.asarray(scores))
+        return Proposals(np.stack(masks), np.asarray([scores[i] for i in kept]))
 
     def _from_folder(self, folder: Path, shape: tuple[int, int], key: str) -> Proposals:
-        files = sorted(folder.glob("*.png"))
+        files = sorted(folder.glob("*.png"))[: self.max_proposals]
         masks = []
         for file in files:
             try:
@@ -113,4 +123,4 @@ def from_spec(spec: ProposalSpec, device: object = None) -> FileProposals:
     """The registry's factory: the masks in the spec's ``path`` option."""
     if not spec.options.get("path"):
         raise ZsrisError("--proposals file needs --proposals-path (a COCO RLE JSON or a folder of PNG masks)")
-    return FileProposals(spec.options["path"])
+    return FileProposals(spec.options["path"], spec.max_proposals)
