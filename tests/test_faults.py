@@ -4,7 +4,10 @@ Every case here fails on the code before it was handled: a FIFO blocked ``open``
 overlong expression held the model for minutes and failed its neighbours; a deeply nested
 manifest line raised RecursionError; a dataset with a repeated sentence id lost a sentence
 without a word, one whose ref names another image's annotation died mid-run; a symbolic link
-led a manifest row out of its folder; an unusable output folder was found after the work.
+led a manifest row out of its folder; an unusable output folder was found after the work; an
+eval with no images exited 0 with metrics; an empty sentence or a malformed polygon stopped the
+whole split; a state dict that did not fit named nothing; a full disk under the store was a
+traceback.
 """
 from __future__ import annotations
 
@@ -188,3 +191,49 @@ def test_an_empty_sentence_or_a_malformed_polygon_fails_alone_and_the_split_goes
     assert "error" not in records[100] and records[100]["union"] > 0  # its neighbour is scored
     assert "empty" in records[101]["error"] and records[101]["iou"] == 0.0
     assert "annotation 20: malformed segmentation" in records[102]["error"]
+
+
+def test_a_state_dict_that_does_not_fit_names_the_first_tensors():
+    """torch's message opens with a heading that names nothing; the reason shown is the next line."""
+    import torch
+    from torch import nn
+
+    from zsris.backbones import first_reason
+
+    model = nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 1))
+    state = {"0.weight": torch.zeros(3, 2), "1.weight": torch.zeros(1, 4), "extra.bias": torch.zeros(1)}
+    with pytest.raises(RuntimeError) as raised:
+        model.load_state_dict(state)
+    reason = first_reason(f"as ViT-B-32: {raised.value}")
+    assert reason.startswith("as ViT-B-32: Error(s) in loading state_dict for Sequential:")
+    assert "0.bias" in reason or "size mismatch for 1.weight" in reason or "extra.bias" in reason
+    assert len(first_reason("x" * 1000)) == 300 and first_reason("one\ntwo") == "one"
+
+
+def test_a_full_disk_under_the_store_is_one_line_and_keeps_what_was_committed(tmp_path, monkeypatch, capsys):
+    from zsris.cli import main
+    from zsris.store import BatchStore
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for number in range(2):
+        Image.new("RGB", (48, 40), (40 + 100 * number, 80, 20)).save(photos / f"{number}.png")
+    original, calls = BatchStore.add, []
+
+    def add(self, rows):
+        calls.append(1)
+        if len(calls) == 2:
+            import sqlite3
+
+            raise sqlite3.OperationalError("database or disk is full")
+        return original(self, rows)
+
+    monkeypatch.setattr(BatchStore, "add", add)
+    out = tmp_path / "out"
+    code = main(["batch", str(photos), "-e", "a thing", "-o", str(out), "--weights", "random", "--max-proposals", "3",
+                 "--proposal-workers", "0"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and err[-1].startswith("zsris: error: the results store failed (database or disk is full)")
+    assert "Traceback" not in "\n".join(err)
+    with BatchStore(out / "batch.sqlite", json.loads((out / "settings.json").read_text())) as store:
+        assert list(store.done()) == ["0.png#1"]  # the first image's result, committed before, is kept

@@ -179,7 +179,20 @@ def _load_from_path(name: str, path: Path) -> nn.Module:
         raise refusal(path, "CLIP checkpoint", error) from None
     except Exception as error:  # noqa: BLE001 - report every attempt below
         errors.append(f"as {name}: {error}")
-    raise WeightsError(f"cannot load CLIP weights from {path}: " + "; ".join(e.splitlines()[0] for e in errors))
+    raise WeightsError(f"cannot load CLIP weights from {path}: " + "; ".join(first_reason(e) for e in errors))
+
+
+def first_reason(message: str, limit: int = 300) -> str:
+    """The line of an error message that says what is wrong. torch's state-dict errors open with
+    "Error(s) in loading state_dict for CLIP:" and name the missing, unexpected or mis-shaped
+    tensors below it: keep the heading and the first of those, cut to ``limit`` characters."""
+    lines = [line.strip() for line in str(message).splitlines() if line.strip()]
+    if not lines:
+        return ""
+    first = lines[0]
+    if "Error(s) in loading state_dict" in first and len(lines) > 1:
+        first = f"{first} {lines[1]}"
+    return first if len(first) <= limit else first[: limit - 3] + "..."
 
 
 HF_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")

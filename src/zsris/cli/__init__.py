@@ -10,6 +10,7 @@ import contextlib
 import logging
 import os
 import signal
+import sqlite3
 import sys
 import threading
 import warnings
@@ -86,6 +87,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return args.run(args)
     except ZsrisError as error:
         print(f"zsris: error: {error}", file=sys.stderr)
+        return 1
+    except sqlite3.Error as error:  # the store of results: a full disk, a broken file ...
+        print(f"zsris: error: the results store failed ({error}); every result committed before is kept: "
+              f"run the same command again to go on", file=sys.stderr)
         return 1
     except OSError as error:  # an output folder that cannot be written, a full disk ...
         print(f"zsris: error: {error.strerror or error}: {error.filename or ''}".rstrip(": "), file=sys.stderr)
