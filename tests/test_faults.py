@@ -237,3 +237,36 @@ def test_a_full_disk_under_the_store_is_one_line_and_keeps_what_was_committed(tm
     assert "Traceback" not in "\n".join(err)
     with BatchStore(out / "batch.sqlite", json.loads((out / "settings.json").read_text())) as store:
         assert list(store.done()) == ["0.png#1"]  # the first image's result, committed before, is kept
+
+
+def test_compressed_rle_counts_that_do_not_cover_the_mask_are_refused(tmp_path):
+    """pycocotools decodes them into uninitialised memory: a different mask on every call."""
+    from zsris.errors import ProposalError
+    from zsris.masks import compressed_counts, decode_rle, encode_rle
+    from zsris.proposals import FileProposals
+
+    small = np.zeros((10, 10), bool)
+    small[2:5, 3:8] = True
+    text = encode_rle(small)["counts"]
+    assert sum(compressed_counts(text.encode())) == 100
+    np.testing.assert_array_equal(decode_rle({"size": [10, 10], "counts": text}), small)
+    with pytest.raises(ValueError, match="RLE counts cover 100 pixels, the mask has 273,?000"):
+        decode_rle({"size": [520, 525], "counts": text})
+    record = {"image_id": 1, "segmentation": {"size": [520, 525], "counts": text}}
+    (tmp_path / "short.json").write_text(json.dumps([record]))
+    with pytest.raises(ProposalError, match="RLE counts cover 100 pixels"):
+        FileProposals(tmp_path / "short.json")(np.zeros((520, 525, 3), np.uint8), "1")
+    rng = np.random.default_rng(0)
+    for _ in range(50):  # real encodings of random masks all pass, and decode to themselves
+        mask = rng.random(tuple(rng.integers(1, 40, 2))) > rng.random()
+        np.testing.assert_array_equal(decode_rle(encode_rle(mask)), mask)
+
+
+def test_the_server_has_its_own_lower_pixel_limit():
+    from zsris.cli import make_parser
+    from zsris.service import DEFAULT_SERVE_MAX_PIXELS
+
+    parser = make_parser()
+    assert parser.parse_args(["serve"]).max_pixels == DEFAULT_SERVE_MAX_PIXELS == 16_000_000
+    assert parser.parse_args(["serve", "--max-pixels", "30000000"]).max_pixels == 30_000_000
+    assert parser.parse_args(["segment", "a.png", "x"]).max_pixels == 40_000_000  # the command line's own

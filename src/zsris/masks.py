@@ -34,8 +34,9 @@ def decode_rle(rle: dict[str, Any], expected_size: Optional[tuple[int, int]] = N
 
     The RLE is validated before pycocotools allocates anything: ``size`` must be two positive
     integers (equal to ``expected_size`` when given, so a 100-byte file cannot ask for a
-    100000 x 100000 mask), and list counts non-negative integers that cover the mask exactly.
-    Raises ValueError with the reason.
+    100000 x 100000 mask), and the counts, a list or COCO's compressed text, non-negative and
+    covering the mask exactly (pycocotools leaves the pixels past short counts uninitialised:
+    the same record would decode differently on every call). Raises ValueError with the reason.
     """
     if not isinstance(rle, dict) or "size" not in rle or "counts" not in rle:
         raise ValueError("an RLE is an object with 'size' and 'counts'")
@@ -54,13 +55,45 @@ def decode_rle(rle: dict[str, Any], expected_size: Optional[tuple[int, int]] = N
             raise ValueError(f"RLE counts cover {sum(counts)} pixels, the mask has {height * width}")
         encoded = mask_utils.frPyObjects({"size": [height, width], "counts": counts}, height, width)
     elif isinstance(counts, (str, bytes)):
-        encoded = {"size": [height, width], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+        try:
+            text = counts.encode("ascii") if isinstance(counts, str) else bytes(counts)
+        except UnicodeEncodeError:
+            raise ValueError("compressed RLE counts must be ASCII text") from None
+        runs = compressed_counts(text)
+        if any(run < 0 for run in runs) or sum(runs) != height * width:
+            raise ValueError(f"RLE counts cover {sum(runs)} pixels, the mask has {height * width}"
+                             if all(run >= 0 for run in runs) else "RLE counts decode to a negative run")
+        encoded = {"size": [height, width], "counts": text}
     else:
         raise ValueError(f"RLE counts must be a list or a string, not {type(counts).__name__}")
     try:
         return mask_utils.decode(encoded).astype(bool)
     except Exception as error:  # noqa: BLE001 - pycocotools raises bare exceptions on bad counts
         raise ValueError(f"undecodable RLE counts ({error})") from None
+
+
+def compressed_counts(text: bytes) -> list[int]:
+    """The run lengths that COCO's compressed RLE text stands for, read as pycocotools' own
+    ``rleFrString`` reads them (6-bit groups from ``'0'``, a continuation bit, a sign bit, and
+    from the third run on a difference to the run two before), to check them before decoding."""
+    runs: list[int] = []
+    position = 0
+    while position < len(text):
+        value, shift, more = 0, 0, True
+        while more:
+            if position >= len(text):
+                raise ValueError("compressed RLE counts end inside a number")
+            chunk = text[position] - 48
+            value |= (chunk & 0x1F) << (5 * shift)
+            more = bool(chunk & 0x20)
+            position += 1
+            shift += 1
+            if not more and chunk & 0x10:
+                value |= -1 << (5 * shift)
+        if len(runs) > 2:
+            value += runs[-2]
+        runs.append(value)
+    return runs
 
 
 #: Below this many masks on one side, IoU loops over them, counting only inside each one's box.

@@ -32,7 +32,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def register(commands) -> None:
     from ..config import DEFAULT_TEXT_CACHE
-    from ..service import DEFAULT_DECODE_SLOTS, DEFAULT_FILE_TTL, DEFAULT_MAX_REQUEST_BYTES
+    from ..service import DEFAULT_DECODE_SLOTS, DEFAULT_FILE_TTL, DEFAULT_MAX_REQUEST_BYTES, DEFAULT_SERVE_MAX_PIXELS
 
     serve = commands.add_parser(
         "serve", help="web demo and JSON HTTP API (needs the 'serve' extra)",
@@ -55,4 +55,4 @@ def register(commands) -> None:
                        help="parsed expressions and text features kept for reuse, least recently used out first: "
                             "what new sentences can make the server hold (default: %(default)s)")
     add_model_flags(serve)
-    serve.set_defaults(run=cmd_serve)
+    serve.set_defaults(run=cmd_serve, max_pixels=DEFAULT_SERVE_MAX_PIXELS)  # a server's own, lower limit
