@@ -270,3 +270,15 @@ def test_the_server_has_its_own_lower_pixel_limit():
     assert parser.parse_args(["serve"]).max_pixels == DEFAULT_SERVE_MAX_PIXELS == 16_000_000
     assert parser.parse_args(["serve", "--max-pixels", "30000000"]).max_pixels == 30_000_000
     assert parser.parse_args(["segment", "a.png", "x"]).max_pixels == 40_000_000  # the command line's own
+
+
+def test_a_local_checkpoint_takes_its_activation_from_its_pretrained_tag():
+    """A state dict does not say whether its model used QuickGELU (OpenAI's) or GELU (LAION's,
+    DataComp's ...): the --pretrained tag does, and a tag open_clip does not know is refused."""
+    from zsris.backbones import weights_source
+    from zsris.errors import WeightsError
+
+    assert weights_source("ViT-B/32", "openai", "clip.bin").quick_gelu
+    assert not weights_source("ViT-B/32", "laion2b_s34b_b79k", "clip.safetensors").quick_gelu
+    with pytest.raises(WeightsError, match="no pretrained tag 'mine'.*the tag says how the file was trained"):
+        weights_source("ViT-B/32", "mine", "clip.bin")

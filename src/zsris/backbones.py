@@ -160,7 +160,7 @@ def _load_openai(path: Path) -> nn.Module:
     return model
 
 
-def _load_from_path(name: str, path: Path) -> nn.Module:
+def _load_from_path(name: str, path: Path, quick_gelu: bool) -> nn.Module:
     if not path.is_file():
         raise WeightsError(f"CLIP weights file {path} does not exist")
     errors = []
@@ -172,9 +172,10 @@ def _load_from_path(name: str, path: Path) -> nn.Module:
         except Exception as error:  # noqa: BLE001 - not OpenAI's layout: try open_clip's own below
             errors.append(f"as OpenAI checkpoint: {error}")
     try:
-        # open_clip reads the file with weights_only=True; the quick_gelu flag does not change
-        # which parameters exist, so one architecture suffices to load any state dict.
-        return _create(name, str(path), quick_gelu=True)
+        # open_clip reads the file with weights_only=True. The activation is not in a state dict:
+        # it is the one the pretrained tag was trained with (QuickGELU for OpenAI's, GELU for
+        # LAION's and DataComp's ...), as weights_source decided.
+        return _create(name, str(path), quick_gelu=quick_gelu)
     except pickle.UnpicklingError as error:
         raise refusal(path, "CLIP checkpoint", error) from None
     except Exception as error:  # noqa: BLE001 - report every attempt below
@@ -248,12 +249,14 @@ def weights_source(name: str = DEFAULT_BACKBONE, pretrained: str = DEFAULT_PRETR
     openai_gelu = bool((open_clip.get_pretrained_cfg(arch, "openai") or {}).get("quick_gelu", False))
     if weights == RANDOM:
         return WeightsSource(arch, RANDOM, RANDOM, quick_gelu=openai_gelu)
-    if weights:
-        return WeightsSource(arch, "path", str(weights), Path(weights).expanduser())
     cfg = open_clip.get_pretrained_cfg(arch, pretrained)
     if not cfg:
         tags = ", ".join(tag for model, tag in open_clip.list_pretrained() if model == arch) or "none"
-        raise WeightsError(f"CLIP {arch} has no pretrained tag {pretrained!r} (known tags: {tags})")
+        raise WeightsError(f"CLIP {arch} has no pretrained tag {pretrained!r} (known tags: {tags}); with "
+                           f"--weights FILE the tag says how the file was trained (its activation)")
+    if weights:
+        return WeightsSource(arch, "path", str(weights), Path(weights).expanduser(),
+                             quick_gelu=bool(cfg.get("quick_gelu", False)))
     hub = (cfg.get("hf_hub") or "").rstrip("/")
     return WeightsSource(arch, "pretrained", pretrained, cached_pretrained_file(cfg), hub, cfg.get("url") or "",
                          bool(cfg.get("quick_gelu", False)))
@@ -291,7 +294,7 @@ def load_backbone(
         torch.manual_seed(seed)
         model = _create(source.backbone, None, source.quick_gelu)
     elif source.kind == "path":
-        model = _load_from_path(source.backbone, source.path)
+        model = _load_from_path(source.backbone, source.path, source.quick_gelu)
     else:
         model = _load_pretrained(source)
     model = model.float().eval().to(device)
