@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from .types import DEFAULT_TOP_K, SegmentResult
 
@@ -104,7 +104,3 @@ class SentenceRecord:
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not ABSENT}
-
-    @classmethod
-    def from_dict(cls, record: Mapping[str, Any]) -> "SentenceRecord":
-        return cls(**{f.name: record.get(f.name, ABSENT) for f in dataclasses.fields(cls)})
