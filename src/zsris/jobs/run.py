@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional, Sequence
 
-from ..config import SegmenterConfig
+from ..config import DEFAULT_MAX_PIXELS, SegmenterConfig
 from ..engine import Engine, ImageTask, Prepared, default_workers, engine_for
 from ..errors import ZsrisError
 
@@ -72,13 +72,11 @@ class Execution:
                              f"{type(generator).__name__} has none: register it (zsris.proposals."
                              f"register_generator) or use the local engine")
 
-    def engine_for(self, generator: Any, cache_root: Optional[str] = None, max_pixels: Optional[int] = None,
+    def engine_for(self, generator: Any, cache_root: Optional[str] = None, max_pixels: int = DEFAULT_MAX_PIXELS,
                    exif_transpose: bool = True) -> Engine:
         """The local engine for ``generator`` (:func:`zsris.engine.engine_for`, the one rule of
         where proposals are made)."""
-        extra = {} if max_pixels is None else {"max_pixels": max_pixels}
-        return engine_for(generator, self.workers, cache_root, exif_transpose=exif_transpose, stop=self.stop,
-                          **extra)
+        return engine_for(generator, self.workers, cache_root, max_pixels, exif_transpose, self.stop)
 
     @contextlib.contextmanager
     def session(self) -> Iterator[None]:
