@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional
 import numpy as np
 
 from .config import DEFAULT_MAX_PIXELS, ProposalSpec
-from .errors import DatasetError, ZsrisError
+from .errors import DatasetError, ZsrisError, failure_reason
 from .proposals import PROPOSAL_REGISTRY, GeneratorEntry, ProposalGenerator, runs_in_model_process
 from .types import Proposals
 
@@ -119,10 +119,8 @@ class Preparer:
                         began = time.perf_counter()
                         proposals = make()
                         proposal_seconds = time.perf_counter() - began
-            except ZsrisError as error:
-                return Prepared(task.key, error=str(error), seconds=time.perf_counter() - start)
             except Exception as error:  # noqa: BLE001 - one image's failure must not stop the run
-                return Prepared(task.key, error=f"{type(error).__name__}: {error}", seconds=time.perf_counter() - start)
+                return Prepared(task.key, error=failure_reason(error), seconds=time.perf_counter() - start)
             return Prepared(task.key, pixels, proposals, time.perf_counter() - start, proposal_seconds)
 
         return prepare

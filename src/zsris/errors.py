@@ -36,6 +36,12 @@ class DatasetError(ZsrisError):
     """A dataset file is missing or malformed."""
 
 
+def failure_reason(error: BaseException) -> str:
+    """The one line that records why one image or pair failed: zsris's own message, else the
+    exception's type and text (an unexpected failure of one item must not stop a run)."""
+    return str(error) if isinstance(error, ZsrisError) else f"{type(error).__name__}: {error}"
+
+
 class ZsrisWarning(UserWarning):
     """Something the user should know that does not stop the work (an expression truncated ...).
 

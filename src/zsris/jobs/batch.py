@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional, Sequence
 import numpy as np
 
 from ..engine import Engine, ImageTask, Prepared, Preparer
-from ..errors import ZsrisError
+from ..errors import ZsrisError, failure_reason
 from ..records import PairRecord
 from ..text import check_expression
 from ..types import DEFAULT_TOP_K, ImageFeatures
@@ -45,11 +45,6 @@ OUTPUTS = (RESULTS, ERRORS, SETTINGS, COCO_RESULTS, COCO_IMAGES, STORE, f"{STORE
 
 
 # -- the work, image by image ---------------------------------------------------------------
-def _reason(error: Exception) -> str:
-    """A failure's one line: zsris's own message, else the exception's type and text."""
-    return str(error) if isinstance(error, ZsrisError) else f"{type(error).__name__}: {error}"
-
-
 def image_results(segmenter: "Segmenter", pairs: Sequence[Pair], pixels: np.ndarray, name: str,
                   proposals=None, features: Optional[ImageFeatures] = None) -> list[PairResult]:
     """Every pair about one decoded image, its visual work done once (or already, ``features``).
@@ -69,7 +64,7 @@ def image_results(segmenter: "Segmenter", pairs: Sequence[Pair], pixels: np.ndar
             if features is None:
                 features = segmenter.image_features(pixels, name, proposals)
         except Exception as error:  # noqa: BLE001 - one image's failure must not stop a batch of thousands
-            answers.update((p.id, PairResult(p, error=_reason(error))) for p in good)
+            answers.update((p.id, PairResult(p, error=failure_reason(error))) for p in good)
             good = []
     if good:
         try:
@@ -80,7 +75,7 @@ def image_results(segmenter: "Segmenter", pairs: Sequence[Pair], pixels: np.ndar
                 try:
                     answers[pair.id] = PairResult(pair, segmenter.score(features, [pair.expression])[0])
                 except Exception as error:  # noqa: BLE001 - this pair's own failure, with its reason
-                    answers[pair.id] = PairResult(pair, error=_reason(error))
+                    answers[pair.id] = PairResult(pair, error=failure_reason(error))
     return [answers[p.id] for p in pairs]
 
 
