@@ -9,15 +9,18 @@ from zsris import visual
 from zsris.resample import _chunks, aa_weights, crop_resize, resize_masks
 
 
+@pytest.mark.parametrize("antialias", [True, False])
 @pytest.mark.parametrize("out_size", [1, 7, 14, 224])
-def test_weights_reproduce_torch_resize_along_an_axis(out_size):
-    """Shrinking and enlarging, lengths around the output size, and a length of one."""
+def test_weights_reproduce_torch_resize_along_an_axis(out_size, antialias):
+    """Shrinking and enlarging, lengths around the output size, and a length of one; with
+    antialiasing and without (the authors' torchvision)."""
     generator = torch.Generator().manual_seed(out_size)
     for length in (1, 2, 3, 7, 63, 64, 65, 223, 224, 225, 500, 1001):
         values = torch.randn(3, length, 5, generator=generator)
-        expected = TF.resize(values, [out_size, 5])
-        weights = aa_weights(torch.tensor([length]), out_size, length)[0]
-        torch.testing.assert_close(torch.einsum("sl,clw->csw", weights, values), expected, rtol=0, atol=2e-6)
+        expected = TF.resize(values, [out_size, 5], antialias=antialias)
+        weights = aa_weights(torch.tensor([length]), out_size, length, antialias)[0]
+        torch.testing.assert_close(torch.einsum("sl,clw->csw", weights, values), expected, rtol=0,
+                                   atol=2e-6 if antialias else 5e-5)  # plain bilinear: another rounding order
         assert torch.allclose(weights.sum(1), torch.ones(out_size))
 
 
@@ -66,12 +69,49 @@ def test_groups_keep_to_the_budget_and_the_batch_size():
         assert len(group) <= 3 and (len(group) == 1 or len(group) * tall * wide <= 4000)
 
 
-def test_an_empty_box_is_refused_whichever_way():
+def test_a_reversed_box_is_refused_whichever_way():
+    image, masks, boxes, fill = _scene()
+    boxes[2] = torch.tensor([40, 40, 30, 60])
+    for batched in (False, True):
+        with pytest.raises(ValueError, match=r"reversed box \[40, 40, 30, 60\]"):
+            crop_resize(image, masks, boxes, fill, 16, batched=batched)
+
+
+def test_a_box_of_no_width_grows_to_one_pixel_whichever_way():
+    """FreeSOLO's box of a one-pixel-wide mask at the left edge truncates to no width."""
     image, masks, boxes, fill = _scene()
     boxes[2] = torch.tensor([40, 40, 40, 60])
+    grown = boxes.clone()
+    grown[2] = torch.tensor([40, 40, 41, 60])
     for batched in (False, True):
-        with pytest.raises(ValueError, match=r"empty box \[40, 40, 40, 60\]"):
-            crop_resize(image, masks, boxes, fill, 16, batched=batched)
+        torch.testing.assert_close(crop_resize(image, masks, boxes, fill, 16, batched=batched),
+                                   crop_resize(image, masks, grown, fill, 16, batched=False), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("antialias", [True, False])
+def test_boxes_leaving_the_image_read_zeros_outside_as_torchvision_crop_pads(antialias):
+    """The authors fill the whole image, then ``TF.resized_crop``, which pads outside with 0."""
+    image, masks, boxes, fill = _scene()
+    boxes[0] = torch.tensor([-7, -3, 20, 25])
+    boxes[1] = torch.tensor([50, 40, image.shape[-1] + 6, image.shape[-2] + 9])
+    filled = image * masks[:, None] + (1 - masks[:, None].float()) * fill[:, None, None]
+    for batched in (False, True):
+        got = crop_resize(image, masks, boxes, fill, 16, batched=batched, antialias=antialias)
+        for i in (0, 1):
+            x1, y1, x2, y2 = boxes[i].tolist()
+            expected = TF.resized_crop(filled[i], y1, x1, y2 - y1, x2 - x1, [16, 16], antialias=antialias)
+            torch.testing.assert_close(got[i], expected, rtol=0, atol=1e-5)
+
+
+def test_plain_bilinear_weights_equal_torch_resize_without_antialiasing():
+    image, masks, boxes, fill = _scene()
+    one_by_one = crop_resize(image, masks, boxes, fill, 16, batched=False, antialias=False)
+    batched = crop_resize(image, masks, boxes, fill, 16, batched=True, antialias=False)
+    torch.testing.assert_close(batched, one_by_one, rtol=0, atol=1e-5)
+    assert not torch.allclose(one_by_one, crop_resize(image, masks, boxes, fill, 16, batched=False), atol=1e-3)
+    soft = torch.rand(3, 97, 131, generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(resize_masks(soft, (7, 7), antialias=False),
+                               TF.resize(soft, [7, 7], antialias=False), rtol=0, atol=0)
 
 
 def test_mask_resize_equals_torch_resize_one_mask_at_a_time_or_all():

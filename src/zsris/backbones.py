@@ -37,7 +37,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass(frozen=True)
 class Preprocess:
-    """How pixels become CLIP input: per-channel statistics and the background fill of local crops.
+    """How pixels become CLIP input: per-channel statistics, the background fill of local crops,
+    whether tensor resizes antialias, and the shorter side the image is first resized to (PIL,
+    bilinear) before anything else, if any.
 
     ``fill`` is given in the *normalised* space, as the reference code applies it.
     """
@@ -45,20 +47,28 @@ class Preprocess:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     fill: tuple[float, float, float]
+    antialias: bool = True
+    short_side: Optional[int] = None
 
 
 def preprocess_preset(name: str, model: Optional[nn.Module] = None) -> Preprocess:
-    """``reference``: what the authors' code does (ImageNet statistics, ImageNet-mean fill in
-    normalised space). ``clip``: the model's own statistics, the fill being ImageNet-mean grey
-    pixels normalised with them."""
+    """``reference``: what the authors' code does under today's torchvision (ImageNet
+    statistics, ImageNet-mean fill in normalised space, antialiased tensor resizes from the
+    original image). ``paper``: the authors' image path as it ran in their environment
+    (torchvision 0.11): their dataset's PIL resize to a shorter side of 800 first, then tensor
+    resizes without antialiasing, back to the original size for the masks and crops and to the
+    CLIP input for the global pass. ``clip``: the model's own statistics, the fill being
+    ImageNet-mean grey pixels normalised with them."""
     if name == "reference":
         return Preprocess(IMAGENET_MEAN, IMAGENET_STD, IMAGENET_MEAN)
+    if name == "paper":
+        return Preprocess(IMAGENET_MEAN, IMAGENET_STD, IMAGENET_MEAN, antialias=False, short_side=800)
     if name == "clip":
         mean = tuple(getattr(getattr(model, "visual", None), "image_mean", None) or open_clip.OPENAI_DATASET_MEAN)
         std = tuple(getattr(getattr(model, "visual", None), "image_std", None) or open_clip.OPENAI_DATASET_STD)
         fill = tuple((m - mu) / s for m, mu, s in zip(IMAGENET_MEAN, mean, std))
         return Preprocess(mean, std, fill)  # type: ignore[arg-type]
-    raise ValueError(f"unknown preprocessing {name!r}: use 'reference' or 'clip'")
+    raise ValueError(f"unknown preprocessing {name!r}: use 'reference', 'paper' or 'clip'")
 
 
 @dataclass

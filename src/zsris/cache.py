@@ -58,7 +58,13 @@ class ProposalCache:
         if entry.get("generator") != self.generator_key:
             return None
         stack = np.stack(masks) if masks else np.zeros((0, height, width), dtype=bool)
-        return Proposals(stack, np.asarray(entry["scores"], dtype=np.float32)), float(entry.get("seconds", 0.0))
+        boxes = entry.get("boxes")  # a generator's own boxes (FreeSOLO's are not tight); else the masks'
+        try:
+            boxes = None if boxes is None else np.asarray(boxes, dtype=np.float32).reshape(len(stack), 4)
+        except ValueError:
+            return None
+        return (Proposals(stack, np.asarray(entry["scores"], dtype=np.float32), boxes),
+                float(entry.get("seconds", 0.0)))
 
     def put(self, key: str, proposals: Proposals, seconds: float) -> None:
         entry = {
@@ -67,6 +73,7 @@ class ProposalCache:
             "seconds": seconds,
             "scores": [float(s) for s in proposals.scores],
             "masks": [encode_rle(m) for m in proposals.masks],
+            "boxes": np.asarray(proposals.boxes, dtype=np.float64).tolist(),
         }
         handle, temp = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
         with os.fdopen(handle, "w") as stream:

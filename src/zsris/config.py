@@ -23,8 +23,12 @@ SAM_MODEL_TYPES = ("vit_b", "vit_l", "vit_h")
 #: The checkpoints of the segment-anything release, per model type, and where they are published.
 SAM_CHECKPOINTS = {"vit_h": "sam_vit_h_4b8939.pth", "vit_l": "sam_vit_l_0b3195.pth", "vit_b": "sam_vit_b_01ec64.pth"}
 SAM_RELEASE_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
+FREESOLO_CHECKPOINT_ENV = "ZSRIS_FREESOLO_CHECKPOINT"
+#: FreeSOLO's checkpoint as the paper used it; its original link is dead, the hub holds a copy.
+FREESOLO_HUB_REPO = "xinlongwang/FreeSOLO"
+FREESOLO_FILE = "FreeSOLO_R101_30k_pl.pth"
 FUSIONS = ("reference", "normalized")
-PREPROCESSING = ("reference", "clip")
+PREPROCESSING = ("reference", "paper", "clip")
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 #: Fused scores are cosine similarities: a no-target threshold outside this range could never act.
 SCORE_RANGE = (-1.0, 1.0)
@@ -65,8 +69,9 @@ class SegmenterConfig:
     whole sentence against its target noun phrase, ``k`` is how many final ViT blocks see the
     mask. ``fusion='reference'`` fuses raw features as the authors' code does; ``'normalized'``
     normalises every part first. ``preprocess='reference'`` uses the authors' ImageNet
-    statistics, ``'clip'`` CLIP's own. ``weights`` is a checkpoint path, ``"random"`` or None
-    (``$ZSRIS_CLIP_WEIGHTS``, then the ``pretrained`` tag). ``spacy_model`` pins the English
+    statistics, ``'paper'`` also their image path as it ran (a PIL resize to 800 first, tensor
+    resizes without antialiasing), ``'clip'`` CLIP's own statistics. ``weights`` is a checkpoint
+    path, ``"random"`` or None (``$ZSRIS_CLIP_WEIGHTS``, then the ``pretrained`` tag). ``spacy_model`` pins the English
     spaCy pipeline that finds the target noun phrase (None: ``$ZSRIS_SPACY_MODEL``, else the
     most accurate installed; records name the one used). ``precision`` (CUDA only) trades
     fidelity for speed: ``fp32`` (strict, default), ``tf32``, or ``bf16`` / ``fp16`` weights.

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.functional as TF
+from PIL import Image
 from torch import Tensor
 
 from . import visual
@@ -81,9 +82,29 @@ class Segmenter:
         return self.backbone.device
 
     # -- preprocessing -------------------------------------------------------------------
+    def image_tensors(self, image: np.ndarray) -> tuple[Tensor, Tensor]:
+        """The normalised image at full resolution ``[1, 3, H, W]`` (for the masks' crops) and the
+        CLIP input ``[1, 3, S, S]`` (for the global pass), on the model's device. Under
+        ``preprocess='paper'`` both are made, as the authors' loop makes them, from the image
+        first resized to a shorter side of 800 (PIL), with unantialiased tensor resizes."""
+        short_side = self.preprocess_config.short_side
+        if short_side is None:
+            full = self.image_tensor(image)
+            return full, self.clip_input(full)
+        resized = TF.resize(Image.fromarray(np.ascontiguousarray(image)), short_side)
+        base = self._normalise(torch.tensor(np.asarray(resized), device=self.device))
+        size = self.backbone.input_size
+        return (TF.resize(base, list(image.shape[:2]), antialias=False),
+                TF.resize(base, [size, size], antialias=False))
+
     def image_tensor(self, image: np.ndarray) -> Tensor:
         """The normalised full-resolution image ``[1, 3, H, W]`` on the model's device."""
-        pixels = torch.tensor(image, device=self.device).permute(2, 0, 1).float() / 255.0
+        if self.preprocess_config.short_side is not None:
+            return self.image_tensors(image)[0]
+        return self._normalise(torch.tensor(image, device=self.device))
+
+    def _normalise(self, pixels: Tensor) -> Tensor:
+        pixels = pixels.permute(2, 0, 1).float() / 255.0
         mean = torch.tensor(self.preprocess_config.mean, device=self.device)[:, None, None]
         std = torch.tensor(self.preprocess_config.std, device=self.device)[:, None, None]
         return ((pixels - mean) / std)[None]
@@ -91,7 +112,7 @@ class Segmenter:
     def clip_input(self, image_tensor: Tensor) -> Tensor:
         """The whole image resized (not cropped) to CLIP's input size, as the reference does."""
         size = self.backbone.input_size
-        return TF.resize(image_tensor, [size, size])
+        return TF.resize(image_tensor, [size, size], antialias=self.preprocess_config.antialias)
 
     # -- visual features ------------------------------------------------------------------
     def global_features(self, clip_input: Tensor, masks: Tensor | np.ndarray,
@@ -99,7 +120,8 @@ class Segmenter:
         """Global-context features ``[N, D]`` (raw) of ``masks`` on a preprocessed CLIP input."""
         masks = torch.as_tensor(masks, device=self.device)
         return visual.global_features(self.model, clip_input.to(self.device), masks, self.config.k,
-                                      batch_size=batch_size or self.config.batch_size)
+                                      batch_size=batch_size or self.config.batch_size,
+                                      antialias=self.preprocess_config.antialias)
 
     def local_features(self, image_tensor: Tensor, masks: Tensor | np.ndarray,
                        boxes: Optional[Tensor | np.ndarray] = None, batch_size: Optional[int] = None) -> Tensor:
@@ -108,23 +130,24 @@ class Segmenter:
         boxes = None if boxes is None else torch.as_tensor(boxes)
         return visual.local_features(self.model, image_tensor.to(self.device), masks,
                                      self.preprocess_config.fill, self.backbone.input_size, boxes,
-                                     batch_size=batch_size or self.config.batch_size)
+                                     batch_size=batch_size or self.config.batch_size,
+                                     antialias=self.preprocess_config.antialias)
 
-    def _visual_features(self, image_tensors: Sequence[Tensor], masks: Sequence[Tensor],
-                         boxes: Sequence[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+    def _visual_features(self, image_tensors: Sequence[Tensor], clip_inputs: Sequence[Tensor],
+                         masks: Sequence[Tensor], boxes: Sequence[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
         """Global and local features of each image at the configured precision, the images'
         proposals sharing forward passes. Out of GPU memory (a huge image, a large backbone), the
         same work is done again with half the batch, down to one proposal at a time, rather than
         failing the run."""
-        batch_size = self.config.batch_size
+        batch_size, antialias = self.config.batch_size, self.preprocess_config.antialias
         while True:
             try:
                 with compute_precision(self.config.precision, self.device):
-                    clip_inputs = torch.cat([self.clip_input(t) for t in image_tensors])
-                    g = visual.global_features_many(self.model, clip_inputs, masks, self.config.k,
-                                                    batch_size=batch_size)
+                    g = visual.global_features_many(self.model, torch.cat(list(clip_inputs)), masks, self.config.k,
+                                                    batch_size=batch_size, antialias=antialias)
                     loc = visual.local_features_many(self.model, image_tensors, masks, self.preprocess_config.fill,
-                                                     self.backbone.input_size, boxes, batch_size=batch_size)
+                                                     self.backbone.input_size, boxes, batch_size=batch_size,
+                                                     antialias=antialias)
                 return [f.float() for f in g], [f.float() for f in loc]
             except torch.cuda.OutOfMemoryError:
                 if batch_size == 1:
@@ -187,10 +210,10 @@ class Segmenter:
     def _features(self, images: Sequence[tuple[np.ndarray, Proposals]]) -> list[ImageFeatures]:
         if not images:
             return []
-        tensors = [self.image_tensor(pixels) for pixels, _ in images]
+        tensors, clip_inputs = zip(*(self.image_tensors(pixels) for pixels, _ in images))
         masks = [torch.from_numpy(proposals.masks).to(self.device) for _, proposals in images]  # once, as bool
         boxes = [torch.from_numpy(proposals.boxes) for _, proposals in images]
-        g, loc = self._visual_features(tensors, masks, boxes)
+        g, loc = self._visual_features(tensors, clip_inputs, masks, boxes)
         return [ImageFeatures(proposals, gi, li, self.fuse_visual(gi, li))
                 for (_, proposals), gi, li in zip(images, g, loc)]
 

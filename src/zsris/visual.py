@@ -113,14 +113,16 @@ def global_features(
     k: int = 3,
     normalize_map: bool = True,
     batch_size: int = 64,
+    antialias: bool = True,
 ) -> Tensor:
     """Global-context features ``[N, D]`` of ``masks`` on ``image`` (``[1, 3, S, S]``, the CLIP input).
 
     ``k`` (ViT only) is how many final blocks see masked tokens; ``k=0`` gives every mask the
     plain image feature. ``normalize_map`` (ResNet only) L2-normalises each position of the
-    feature map before masking, as the reference code does.
+    feature map before masking, as the reference code does. ``antialias``: how the masks are
+    resized to the feature grid (False: plain bilinear, as torchvision before 0.17 did).
     """
-    return global_features_many(model, _as_batch(image), [masks], k, normalize_map, batch_size)[0]
+    return global_features_many(model, _as_batch(image), [masks], k, normalize_map, batch_size, antialias)[0]
 
 
 @torch.inference_mode()
@@ -131,6 +133,7 @@ def global_features_many(
     k: int = 3,
     normalize_map: bool = True,
     batch_size: int = 64,
+    antialias: bool = True,
 ) -> list[Tensor]:
     """:func:`global_features` of several images (``[B, 3, S, S]``) and their masks at once:
     one trunk pass for all the images, then ``batch_size`` masks per pass through the rest,
@@ -148,7 +151,7 @@ def global_features_many(
         fmap = _resnet_trunk(visual, images)
         if normalize_map:
             fmap = fmap / fmap.norm(dim=1, keepdim=True)
-        weights = _grid_weights(masks, fmap.shape[-2:], images.device)
+        weights = _grid_weights(masks, fmap.shape[-2:], images.device, antialias)
         pooled = [visual.attnpool(fmap[who] * w.to(fmap.dtype)[:, None])
                   for w, who in zip(weights.split(batch_size), owner.split(batch_size))]
         return _per_image(pooled, counts, fmap.new_zeros(0, visual.attnpool.c_proj.out_features))
@@ -159,7 +162,7 @@ def global_features_many(
     tail = blocks[len(blocks) - k:]
     if k == 0:
         return _per_image([_vit_head(visual, trunk[:, 0])[owner]], counts, trunk.new_zeros(0, visual.output_dim))
-    weights = _grid_weights(masks, visual.grid_size, images.device).flatten(1)[:, :, None].to(trunk.dtype)
+    weights = _grid_weights(masks, visual.grid_size, images.device, antialias).flatten(1)[:, :, None].to(trunk.dtype)
     outputs = []
     for w, who in zip(weights.split(batch_size), owner.split(batch_size)):
         x = trunk[who]
@@ -170,10 +173,10 @@ def global_features_many(
     return _per_image(outputs, counts, trunk.new_zeros(0, visual.output_dim))
 
 
-def _grid_weights(masks: Sequence[Tensor], grid: Sequence[int], device: torch.device) -> Tensor:
+def _grid_weights(masks: Sequence[Tensor], grid: Sequence[int], device: torch.device, antialias: bool) -> Tensor:
     """Every image's masks resized to the feature grid, stacked ``[N, h, w]`` (float32): small,
     however large the images (:func:`resize_masks` converts within its pixel budget)."""
-    return torch.cat([resize_masks(m.to(device), grid) for m in masks])
+    return torch.cat([resize_masks(m.to(device), grid, antialias=antialias) for m in masks])
 
 
 def _per_image(parts: list[Tensor], counts: Sequence[int], empty: Tensor) -> list[Tensor]:
@@ -188,6 +191,7 @@ def local_crops(
     boxes: Optional[Tensor],
     fill: Sequence[float],
     size: int,
+    antialias: bool = True,
 ) -> Tensor:
     """``[N, 3, size, size]``: each mask's box cropped from ``image`` with the outside filled.
 
@@ -197,7 +201,8 @@ def local_crops(
     """
     image = _as_batch(image)[0]
     fill_value = torch.as_tensor(fill, dtype=image.dtype, device=image.device)
-    return crop_resize(image, masks, _boxes_of(masks, boxes), fill_value, size, batch_size=max(1, len(masks)))
+    return crop_resize(image, masks, _boxes_of(masks, boxes), fill_value, size, batch_size=max(1, len(masks)),
+                       antialias=antialias)
 
 
 def _boxes_of(masks: Tensor, boxes: Optional[Tensor]) -> Tensor:
@@ -223,13 +228,15 @@ def local_features(
     size: int,
     boxes: Optional[Tensor] = None,
     batch_size: int = 64,
+    antialias: bool = True,
 ) -> Tensor:
     """Local-context features ``[N, D]``: CLIP on each background-filled, box-cropped mask.
 
     ``image`` is the normalised image at its full resolution; ``boxes`` default to the masks'
-    tight boxes.
+    tight boxes (others, such as FreeSOLO's, are truncated to integers and may leave the image:
+    see :func:`zsris.resample.crop_resize`).
     """
-    return local_features_many(model, [image], [masks], fill, size, [boxes], batch_size)[0]
+    return local_features_many(model, [image], [masks], fill, size, [boxes], batch_size, antialias)[0]
 
 
 @torch.inference_mode()
@@ -241,6 +248,7 @@ def local_features_many(
     size: int,
     boxes: Optional[Sequence[Optional[Tensor]]] = None,
     batch_size: int = 64,
+    antialias: bool = True,
 ) -> list[Tensor]:
     """:func:`local_features` of several images at once: their crops share forward passes of
     ``batch_size``, so no more than ``batch_size`` crops exist at a time, whatever the number
@@ -257,8 +265,8 @@ def local_features_many(
             break
         runs = torch.unique_consecutive(who, return_counts=True)
         parts = list(zip(runs[0].tolist(), chunk.split(runs[1].tolist())))
-        crops = torch.cat([local_crops(images[i], masks[i][rows.to(masks[i].device)], boxes[i][rows], fill, size)
-                           for i, rows in parts])
+        crops = torch.cat([local_crops(images[i], masks[i][rows.to(masks[i].device)], boxes[i][rows], fill, size,
+                                       antialias) for i, rows in parts])
         features = encode_images(model, crops, batch_size)
         for (i, rows), part in zip(parts, features.split([len(rows) for _, rows in parts])):
             outputs[i][rows.to(outputs[i].device)] = part.to(outputs[i].dtype)

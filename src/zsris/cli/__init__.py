@@ -1,4 +1,4 @@
-"""The `zsris` command line: segment, batch, eval, proposals-eval, serve, weights.
+"""The `zsris` command line: segment, batch, eval, calibrate, proposals, proposals-eval, serve, weights.
 
 One module per subcommand, each with a ``register(commands)``; shared flags and the flags ->
 SegmenterConfig step live in :mod:`zsris.cli.flags`. Heavy imports happen inside the commands.
@@ -17,10 +17,10 @@ import warnings
 from typing import Iterator, Optional, Sequence
 
 from ..errors import ZsrisError, ZsrisWarning
-from . import batch, evaluate, segment, serve, weights
+from . import batch, evaluate, proposals, segment, serve, weights
 from .flags import EPILOG
 
-SUBCOMMANDS = (segment, batch, evaluate, serve, weights)
+SUBCOMMANDS = (segment, batch, evaluate, proposals, serve, weights)
 
 
 def make_parser() -> argparse.ArgumentParser:

@@ -12,6 +12,8 @@ import warnings
 from typing import Any, Optional
 
 from ..config import (
+    FREESOLO_CHECKPOINT_ENV,
+    FREESOLO_FILE,
     FUSIONS,
     PRECISIONS,
     PREPROCESSING,
@@ -31,7 +33,7 @@ DEFAULTS = SegmenterConfig()
 #: Flags for the built-in generators' own settings: flag destination -> (generator, option).
 #: Any registered generator's options can also be set with --proposal-option NAME=VALUE.
 OPTION_FLAGS = {"sam_checkpoint": ("sam", "checkpoint"), "sam_model": ("sam", "model"),
-                "proposals_path": ("file", "path")}
+                "freesolo_checkpoint": ("freesolo", "checkpoint"), "proposals_path": ("file", "path")}
 
 EPILOG = f"""\
 weights: no pretrained weights ship with zsris. The default loads OpenAI's ViT-B/32 from the
@@ -97,12 +99,15 @@ def add_proposal_flags(parser: argparse.ArgumentParser) -> None:
                        help=f"SAM checkpoint for --proposals sam (default ${SAM_CHECKPOINT_ENV}; 'random' for tests)")
     props.add_argument("--sam-model", choices=SAM_MODEL_TYPES, default=None,
                        help=f"(default: {PROPOSAL_REGISTRY['sam'].options['model']})")
+    props.add_argument("--freesolo-checkpoint", default=None, metavar="PATH",
+                       help=f"FreeSOLO checkpoint ({FREESOLO_FILE}) for --proposals freesolo (default "
+                            f"${FREESOLO_CHECKPOINT_ENV}, then the Hugging Face cache; 'random' for tests)")
     props.add_argument("--proposals-path", default=None, metavar="PATH",
                        help="for --proposals file: COCO RLE JSON or a folder of PNG masks")
     props.add_argument("--proposal-option", type=proposal_option, action="append", default=[],
                        metavar="NAME=VALUE", help="a setting of the chosen generator by its own name (repeat for more)")
     parser.add_argument("--device", default=DEFAULTS.device,
-                        help="cpu, cuda, cuda:1 ... for CLIP and SAM (default: %(default)s)")
+                        help="cpu, cuda, cuda:1 ... for CLIP, SAM and FreeSOLO (default: %(default)s)")
 
 
 def add_model_flags(parser: argparse.ArgumentParser) -> None:
@@ -126,7 +131,9 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--fusion", choices=FUSIONS, default=DEFAULTS.fusion,
                        help="fuse raw features as the authors' code (default) or L2-normalise each part first")
     model.add_argument("--preprocess", choices=PREPROCESSING, default=DEFAULTS.preprocess,
-                       help="pixel statistics: the authors' (ImageNet) or CLIP's own")
+                       help="the image path: 'reference' (the authors' ImageNet statistics, today's antialiased "
+                            "resizes; default), 'paper' (theirs as it ran in torchvision 0.11: a PIL resize to 800 "
+                            "first, tensor resizes without antialiasing) or 'clip' (CLIP's own statistics)")
     model.add_argument("--spacy-model", default=None, metavar="NAME|DIR",
                        help="English spaCy pipeline for the target noun phrase (default: $ZSRIS_SPACY_MODEL, else "
                             "the most accurate installed of en_core_web_trf, _lg (the paper's), _md, _sm)")

@@ -8,6 +8,9 @@ from pathlib import Path
 from ..config import (
     DEFAULT_BACKBONE,
     DEFAULT_PRETRAINED,
+    FREESOLO_CHECKPOINT_ENV,
+    FREESOLO_FILE,
+    FREESOLO_HUB_REPO,
     SAM_CHECKPOINT_ENV,
     SAM_CHECKPOINTS,
     SAM_MODEL_TYPES,
@@ -60,10 +63,35 @@ def _sam_lines(args: argparse.Namespace) -> tuple[list[str], bool]:
     return lines, found
 
 
+def _freesolo_lines(args: argparse.Namespace) -> tuple[list[str], bool]:
+    lines = ["FreeSOLO R101 (for --proposals freesolo, the paper's proposals)",
+             f"  Hugging Face repository: {FREESOLO_HUB_REPO} (file {FREESOLO_FILE})"]
+    checkpoint = args.freesolo_checkpoint or os.environ.get(FREESOLO_CHECKPOINT_ENV)
+    if checkpoint == "random":
+        lines.append("  checkpoint: random (untrained)")
+        return lines, True
+    if checkpoint:
+        found = Path(checkpoint).expanduser().is_file()
+        origin = "--freesolo-checkpoint" if args.freesolo_checkpoint else f"${FREESOLO_CHECKPOINT_ENV}"
+        lines.append(f"  checkpoint: {checkpoint} (from {origin}): {'found' if found else 'MISSING'}")
+        return lines, found
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    cached = try_to_load_from_cache(FREESOLO_HUB_REPO, FREESOLO_FILE)
+    if isinstance(cached, str):
+        lines.append(f"  local copy: {cached}: found")
+        return lines, True
+    lines.append(f"  local copy: none in the Hugging Face cache ({HF_HUB_CACHE}); it is downloaded on first use "
+                 f"when online. Offline: pass --freesolo-checkpoint PATH (or ${FREESOLO_CHECKPOINT_ENV})")
+    return lines, False
+
+
 def cmd_weights(args: argparse.Namespace) -> int:
     lines, ok = _clip_lines(args)
     sam_lines, sam_ok = _sam_lines(args)
-    print("\n".join(lines + sam_lines))
+    freesolo_lines, freesolo_ok = _freesolo_lines(args)
+    print("\n".join(lines + sam_lines + freesolo_lines))
     if args.load:
         from ..backbones import load_backbone
 
@@ -72,22 +100,25 @@ def cmd_weights(args: argparse.Namespace) -> int:
         print(f"loaded CLIP {backbone.name} ({backbone.weights}): {count / 1e6:.1f} M parameters, "
               f"input {backbone.input_size} px")
         ok = True
-    return 0 if ok and (sam_ok or args.proposals != "sam") else 1
+    needed = {"sam": sam_ok, "freesolo": freesolo_ok}.get(args.proposals, True)
+    return 0 if ok and needed else 1
 
 
 def register(commands) -> None:
     weights = commands.add_parser(
         "weights", help="show which weights would be loaded, from where, and whether they are here",
         description="Resolve the CLIP weights (--weights, then $ZSRIS_CLIP_WEIGHTS, then the pretrained tag in "
-                    "the Hugging Face cache) and the SAM checkpoint, without loading them (unless --load). "
+                    "the Hugging Face cache) and the SAM and FreeSOLO checkpoints, without loading them "
+                    "(unless --load). "
                     "Exits 1 when what the given flags need is missing.",
     )
     weights.add_argument("--backbone", default=DEFAULT_BACKBONE, help="(default: %(default)s)")
     weights.add_argument("--pretrained", default=DEFAULT_PRETRAINED, help="(default: %(default)s)")
     weights.add_argument("--weights", default=None, metavar="PATH|random")
     weights.add_argument("--proposals", choices=tuple(PROPOSAL_REGISTRY), default="classical",
-                         help="with 'sam', a missing SAM checkpoint also makes the exit status 1")
+                         help="with 'sam' or 'freesolo', its missing checkpoint also makes the exit status 1")
     weights.add_argument("--sam-model", choices=SAM_MODEL_TYPES, default="vit_h", help="(default: %(default)s)")
     weights.add_argument("--sam-checkpoint", default=None, metavar="PATH")
+    weights.add_argument("--freesolo-checkpoint", default=None, metavar="PATH")
     weights.add_argument("--load", action="store_true", help="also load the CLIP weights and report their size")
     weights.set_defaults(run=cmd_weights)

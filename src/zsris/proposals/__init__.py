@@ -46,7 +46,8 @@ def create_proposals(spec: str | ProposalSpec = "classical", device: "str | torc
 
 #: Names imported on first use: the generators need scikit-image, SciPy or torch.
 _LAZY = {"ClassicalConfig": "classical", "ClassicalProposals": "classical", "FileProposals": "file",
-         "SamConfig": "sam", "SamProposals": "sam"}
+         "SamConfig": "sam", "SamProposals": "sam",
+         "FreeSoloConfig": "freesolo", "FreeSoloProposals": "freesolo"}
 
 
 def __getattr__(name: str) -> Any:
@@ -57,7 +58,8 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "ClassicalConfig", "ClassicalProposals", "FileProposals", "GeneratorEntry", "PROPOSAL_REGISTRY",
+    "ClassicalConfig", "ClassicalProposals", "FileProposals", "FreeSoloConfig", "FreeSoloProposals",
+    "GeneratorEntry", "PROPOSAL_REGISTRY",
     "ProposalGenerator", "ProposalSpec", "Proposals", "SamConfig", "SamProposals", "canonical_spec",
     "check_max_proposals", "config_key", "create_proposals", "generator_entry", "register_generator",
     "runs_in_model_process",

@@ -1,8 +1,10 @@
 """Precomputed proposals: COCO RLE JSON or folders of PNG masks, so FreeSOLO's (or any other
 generator's) output plugs in unchanged.
 
-JSON: either a list of COCO result records (``image_id``, ``segmentation`` as RLE, ``score``)
-or an object mapping an image key to such a list. Folders: ``DIR/<image key>/*.png``, or PNGs
+JSON: either a list of COCO result records (``image_id``, ``segmentation`` as RLE, ``score``,
+and optionally ``box``: ``x1, y1, x2, y2`` of the local crop, as ``zsris proposals`` writes
+FreeSOLO's boxes, which are not tight; without it, the mask's tight box) or an object mapping
+an image key to such a list. Folders: ``DIR/<image key>/*.png``, or PNGs
 directly in ``DIR`` (then used for every image). The image key is the image id, else the
 file name without extension.
 """
@@ -42,7 +44,7 @@ class FileProposals:
 
     @property
     def cache_key(self) -> str:
-        return config_key(self.name, 2, path=self.path.resolve(), mtime_ns=self.path.stat().st_mtime_ns,
+        return config_key(self.name, 3, path=self.path.resolve(), mtime_ns=self.path.stat().st_mtime_ns,
                           max_proposals=self.max_proposals)
 
     @staticmethod
@@ -74,15 +76,22 @@ class FileProposals:
         kept = range(len(records))
         if self.max_proposals is not None and len(records) > self.max_proposals:
             kept = sorted(sorted(kept, key=lambda i: -scores[i])[: self.max_proposals])
-        masks = []
+        masks, boxes = [], []
         for index in kept:
             try:
                 masks.append(decode_rle(records[index]["segmentation"], shape))
+                if "box" in records[index]:
+                    boxes.append([float(v) for v in records[index]["box"]])
+                    if len(boxes[-1]) != 4 or not boxes[-1][0] <= boxes[-1][2] or not boxes[-1][1] <= boxes[-1][3]:
+                        raise ValueError(f"box must be x1, y1, x2, y2 with x1 <= x2 and y1 <= y2, not {boxes[-1]}")
             except (KeyError, TypeError, ValueError, OverflowError, AttributeError) as error:
                 raise ProposalError(f"{self.path}: malformed proposal for image {key!r} ({error})") from None
         if not masks:
             return Proposals.empty(*shape)
-        return Proposals(np.stack(masks), np.asarray([scores[i] for i in kept]))
+        if boxes and len(boxes) != len(masks):
+            raise ProposalError(f"{self.path}: image {key!r} has a box in some records, not all")
+        return Proposals(np.stack(masks), np.asarray([scores[i] for i in kept]),
+                         np.asarray(boxes, dtype=np.float32) if boxes else None)
 
     def _from_folder(self, folder: Path, shape: tuple[int, int], key: str) -> Proposals:
         files = sorted(folder.glob("*.png"))[: self.max_proposals]

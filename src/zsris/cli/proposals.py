@@ -1,0 +1,69 @@
+"""`zsris proposals`: write a generator's proposals of images, folders or a dataset split to the
+file that ``--proposals file`` reads (the work is :class:`zsris.jobs.proposals.ProposalsJob`'s)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..datasets import DATASETS, SPLITS
+from .flags import add_engine_flags, add_proposal_flags, execution_from_args, positive_int, proposal_spec_from_args
+
+#: The exit status when some images failed (their reasons are printed).
+SOME_FAILED = 3
+
+
+def cmd_proposals(args: argparse.Namespace) -> int:
+    from ..backbones import resolve_device
+    from ..errors import ZsrisError
+    from ..jobs.pairs import IMAGE_SUFFIXES
+    from ..jobs.proposals import ProposalsJob, image_tasks, split_tasks
+    from ..jobs.run import writable_folder
+    from ..proposals import create_proposals
+
+    if bool(args.inputs) == bool(args.data):
+        raise ZsrisError("give images or folders, or --data with --dataset and --split, not both")
+    if args.proposals == "file":
+        raise ZsrisError("--proposals file reads proposals; choose the generator that makes them")
+    if args.data:
+        from ..jobs.evaluation import DataSpec
+
+        dataset = DataSpec(args.data, args.dataset, args.split_by, args.images).open()
+        tasks, exif = split_tasks(dataset, args.split, args.limit), False
+    else:
+        tasks, exif = image_tasks([Path(p) for p in args.inputs], IMAGE_SUFFIXES), True
+    writable_folder(Path(args.output).parent)
+    generator = create_proposals(proposal_spec_from_args(args), resolve_device(args.device))
+    summary = ProposalsJob(generator, tasks, Path(args.output), execution_from_args(args), exif).run()
+    print(f"{summary.images} images ({summary.resumed} from an earlier run): {summary.proposals} {args.proposals} "
+          f"proposals, {summary.seconds_per_image:.2f} s an image; wrote {summary.out}")
+    print(f"use them with: --proposals file --proposals-path {summary.out}")
+    for name, reason in summary.failed.items():
+        print(f"zsris: {name}: {reason}", file=sys.stderr)
+    return SOME_FAILED if summary.failed else 0
+
+
+def register(commands) -> None:
+    proposals = commands.add_parser(
+        "proposals", help="write a generator's proposals to a file for --proposals file (resumable)",
+        description="Run a proposal generator once over images, folders or a dataset split and write its masks, "
+                    "scores and boxes as COCO RLE JSON, which --proposals file --proposals-path FILE reads. "
+                    "An interrupted run goes on from where it stopped when run again.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+               "  zsris proposals photos/ --proposals freesolo -o freesolo.json\n"
+               "  zsris proposals --data refer/data --dataset refcoco --split val --proposals freesolo "
+               "-o refcoco-val-freesolo.json",
+    )
+    proposals.add_argument("inputs", nargs="*", metavar="IMAGE|FOLDER", help="images, or folders searched recursively")
+    proposals.add_argument("-o", "--output", required=True, metavar="FILE", help="the proposals file to write")
+    data = proposals.add_argument_group("a dataset split instead of images")
+    data.add_argument("--data", default=None, metavar="DIR", help="REFER data root")
+    data.add_argument("--dataset", choices=tuple(DATASETS), default="refcoco", help="(default: %(default)s)")
+    data.add_argument("--split", choices=SPLITS, default="val", help="(default: %(default)s)")
+    data.add_argument("--split-by", default=None, help="unc, umd or google (default: the dataset's usual one)")
+    data.add_argument("--images", default=None, metavar="DIR", help="COCO train2014 folder (default: under --data)")
+    data.add_argument("--limit", type=positive_int, default=None, metavar="N", help="only the first N images")
+    add_engine_flags(proposals, model_stage=False)
+    add_proposal_flags(proposals)
+    proposals.set_defaults(run=cmd_proposals)
