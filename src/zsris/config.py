@@ -108,6 +108,8 @@ class SegmenterConfig:
     max_pixels: int = _runtime(DEFAULT_MAX_PIXELS)
     images_per_pass: Optional[int] = _runtime(None)
     text_cache_size: int = _runtime(DEFAULT_TEXT_CACHE)
+    #: The preset the settings came from (:meth:`preset`): how a run is reported, not computed.
+    from_preset: Optional[str] = _runtime(None)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.alpha <= 1.0 or not 0.0 <= self.beta <= 1.0:
@@ -138,6 +140,15 @@ class SegmenterConfig:
         if not isinstance(self.proposals, ProposalSpec):
             raise ZsrisError(f"proposals must be a ProposalSpec, not {type(self.proposals).__name__}")
         object.__setattr__(self, "proposals", canonical_spec(self.proposals))
+
+    @classmethod
+    def preset(cls, name: str, dataset: Optional[str] = None, **changes: Any) -> "SegmenterConfig":
+        """A named setting: ``"paper"`` is the paper's (:mod:`zsris.paper`: ViT-B/32, FreeSOLO,
+        the authors' image path, their alpha for ``dataset``, beta 0.5, k 3, ``en_core_web_lg``),
+        with ``changes`` on top (``weights``, ``device``, ``freesolo_checkpoint`` ...)."""
+        from .paper import preset_settings
+
+        return cls(**preset_settings(name, dataset), from_preset=name).replace(**changes)
 
     def replace(self, **changes: Any) -> "SegmenterConfig":
         """A copy with ``changes``. The proposal generator may be given by name, and its settings

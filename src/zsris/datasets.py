@@ -31,11 +31,13 @@ from pycocotools import mask as mask_utils
 from .errors import DatasetError
 from .masks import decode_rle
 
-DATASETS = {"refcoco": "unc", "refcoco+": "unc", "refcocog": "umd", "grefcoco": "unc"}
-SPLIT_BYS = {"refcoco": ("unc", "google"), "refcoco+": ("unc",), "refcocog": ("umd", "google"), "grefcoco": ("unc",)}
+#: Each dataset's default splitBy (PhraseCut's: its subset, see :mod:`zsris.phrasecut`).
+DATASETS = {"refcoco": "unc", "refcoco+": "unc", "refcocog": "umd", "grefcoco": "unc", "phrasecut": "all"}
+SPLIT_BYS = {"refcoco": ("unc", "google"), "refcoco+": ("unc",), "refcocog": ("umd", "google"), "grefcoco": ("unc",),
+             "phrasecut": ("all", "unseen", "seen")}
 #: Datasets with no-target and multi-target expressions, evaluated with gIoU, cIoU, N-acc, T-acc.
 GENERALIZED = ("grefcoco",)
-SPLITS = ("val", "testA", "testB", "test", "train")
+SPLITS = ("val", "testA", "testB", "test", "train", "miniv")
 GT_MASKS = ("refer", "union")
 IMAGE_FOLDERS = ("images/train2014", "images/mscoco/images/train2014", "train2014", "images")
 
@@ -328,7 +330,11 @@ class GRefDataset(ReferDataset):
 
 def open_dataset(data_root: str | Path, dataset: str = "refcoco", split_by: Optional[str] = None,
                  images: Optional[str | Path] = None, gt_mask: Optional[str] = None) -> ReferDataset:
-    """The dataset ``dataset`` names, in its own layout (gRefCOCO's or REFER's)."""
+    """The dataset ``dataset`` names, in its own layout (gRefCOCO's, PhraseCut's or REFER's)."""
+    if dataset == "phrasecut":
+        from .phrasecut import PhraseCutDataset
+
+        return PhraseCutDataset(data_root, dataset, split_by, images, gt_mask or "union")
     if dataset in GENERALIZED:
         return GRefDataset(data_root, dataset, split_by, images, gt_mask or "union")
     return ReferDataset(data_root, dataset, split_by, images, gt_mask or "refer")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..datasets import DATASETS, GT_MASKS, SPLITS
+from ..datasets import DATASETS, GT_MASKS, SPLIT_BYS, SPLITS
 from .flags import (
     add_engine_flags,
     add_model_flags,
@@ -21,16 +21,21 @@ from .flags import (
 def data_spec_from_args(args: argparse.Namespace):
     from ..jobs.evaluation import DataSpec
 
-    return DataSpec(args.data, args.dataset, args.split_by, args.images, args.gt_mask, args.cache, args.no_cache,
+    split_by = args.phrasecut_subset if args.dataset == "phrasecut" else args.split_by
+    return DataSpec(args.data, args.dataset, split_by, args.images, args.gt_mask, args.cache, args.no_cache,
                     getattr(args, "gt_proposals", False))
 
 
 def _add_data_flags(parser: argparse.ArgumentParser) -> None:
     data = parser.add_argument_group("data")
-    data.add_argument("--data", required=True, metavar="DIR", help="REFER data root (holds refcoco/, refcoco+/ ...)")
+    data.add_argument("--data", required=True, metavar="DIR",
+                      help="REFER data root (holds refcoco/, refcoco+/ ...); for phrasecut, VGPhraseCut_v0")
     data.add_argument("--dataset", choices=tuple(DATASETS), default="refcoco", help="(default: %(default)s)")
     data.add_argument("--split", choices=SPLITS, default="val", help="(default: %(default)s)")
     data.add_argument("--split-by", default=None, help="unc, umd or google (default: the dataset's usual one)")
+    data.add_argument("--phrasecut-subset", choices=SPLIT_BYS["phrasecut"], default=None,
+                      help="PhraseCut's phrases: all (default), unseen (category not one of COCO's 80: the "
+                           "paper's setting, and --preset paper's) or seen")
     data.add_argument("--images", default=None, metavar="DIR",
                       help="COCO train2014 folder (default: found under --data)")
     data.add_argument("--gt-mask", choices=GT_MASKS, default=None,

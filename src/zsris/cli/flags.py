@@ -25,6 +25,8 @@ from ..config import (
     SegmenterConfig,
     paper_alpha,
 )
+from ..errors import ZsrisError
+from ..paper import PAPER_BACKBONES, PAPER_PHRASECUT_SUBSET, PAPER_SPACY_MODEL, PAPER_SPLIT_BY, PRESETS
 from ..proposals import PROPOSAL_REGISTRY, canonical_spec
 from ..types import DEFAULT_TOP_K
 
@@ -113,6 +115,10 @@ def add_proposal_flags(parser: argparse.ArgumentParser) -> None:
 def add_model_flags(parser: argparse.ArgumentParser) -> None:
     """Every flag that a SegmenterConfig is made of."""
     model = parser.add_argument_group("model")
+    model.add_argument("--preset", choices=PRESETS, default=None,
+                       help="'paper': the paper's setting (ViT-B/32, FreeSOLO proposals, --preprocess paper, its "
+                            "alpha for the dataset, beta 0.5, k 3, spaCy en_core_web_lg); flags that contradict it "
+                            "are refused; eval then reports both accountings and the paper's figures")
     model.add_argument("--backbone", default=DEFAULTS.backbone,
                        help="CLIP architecture in open_clip's names: ViT-B/32 (paper), RN50, ViT-B/16 ... "
                             "(default: %(default)s)")
@@ -204,9 +210,65 @@ def proposal_spec_from_args(args: argparse.Namespace) -> ProposalSpec:
     return canonical_spec(ProposalSpec(args.proposals, args.max_proposals), **options)
 
 
+#: What --preset leaves to the user: flags whose value, where given, must agree with the preset's
+#: (their parser defaults first: an unchanged flag was not given).
+PRESET_FLAGS = {"backbone": ("--backbone", DEFAULTS.backbone), "pretrained": ("--pretrained", DEFAULTS.pretrained),
+                "alpha": ("--alpha", None), "beta": ("--beta", DEFAULTS.beta), "k": ("-k", DEFAULTS.k),
+                "fusion": ("--fusion", DEFAULTS.fusion), "preprocess": ("--preprocess", DEFAULTS.preprocess),
+                "proposals": ("--proposals", DEFAULTS.proposals.name), "spatial": ("--spatial", DEFAULTS.spatial),
+                "spacy_model": ("--spacy-model", None),
+                "no_target_threshold": ("--no-target-threshold", DEFAULTS.no_target_threshold),
+                "multi_target": ("--multi-target", False)}
+
+
+def _preset_config(args: argparse.Namespace) -> SegmenterConfig:
+    """The preset's config for the dataset of the command, after refusing, by name, any flag
+    given a value the preset does not have (the paper's other backbone, RN50, is allowed)."""
+    dataset = getattr(args, "dataset", None)
+    config = SegmenterConfig.preset(args.preset, dataset)
+    for dest, (flag, default) in PRESET_FLAGS.items():
+        given = getattr(args, dest)
+        wanted = getattr(config, dest)
+        wanted = wanted.name if dest == "proposals" else wanted
+        allowed = {wanted, *PAPER_BACKBONES} if dest == "backbone" else {wanted}
+        if dest == "spacy_model" and wanted is None:
+            allowed.add(PAPER_SPACY_MODEL)
+        if given != default and given not in allowed:
+            also = f" (or {', '.join(PAPER_BACKBONES[1:])})" if dest == "backbone" else ""
+            raise ZsrisError(f"--preset {args.preset} sets {flag} {wanted}{also}; it contradicts {flag} {given} "
+                             f"(leave one of them out)")
+    if args.max_proposals not in (config.proposals.max_proposals, None):  # FreeSOLO gives at most 100
+        raise ZsrisError(f"--preset {args.preset} keeps FreeSOLO's {config.proposals.max_proposals} masks; it "
+                         f"contradicts --max-proposals {args.max_proposals}")
+    if args.calibration:
+        raise ZsrisError(f"--preset {args.preset} answers one mask per expression, as the paper does; "
+                         f"leave out --calibration")
+    split_by = getattr(args, "split_by", None)
+    if split_by and dataset in PAPER_SPLIT_BY and split_by != PAPER_SPLIT_BY[dataset]:
+        raise ZsrisError(f"--preset {args.preset} evaluates {dataset} on its {PAPER_SPLIT_BY[dataset]} split, as "
+                         f"the paper does; it contradicts --split-by {split_by}")
+    if dataset == "phrasecut":  # the paper's PhraseCut figure is on the unseen categories
+        subset = getattr(args, "phrasecut_subset", None)
+        if subset not in (None, PAPER_PHRASECUT_SUBSET):
+            raise ZsrisError(f"--preset {args.preset} evaluates PhraseCut's {PAPER_PHRASECUT_SUBSET} phrases, as the "
+                             f"paper does; it contradicts --phrasecut-subset {subset}")
+        args.phrasecut_subset = PAPER_PHRASECUT_SUBSET
+    options = {option: getattr(args, dest) for dest, (generator, option) in OPTION_FLAGS.items()
+               if generator == "freesolo" and getattr(args, dest, None) is not None}
+    proposals = (ProposalSpec("classical", args.max_proposals) if getattr(args, "gt_proposals", False)
+                 else canonical_spec(ProposalSpec("freesolo", args.max_proposals), **options))
+    return config.replace(
+        backbone=args.backbone if args.backbone in PAPER_BACKBONES else config.backbone,
+        spacy_model=args.spacy_model or config.spacy_model, weights=args.weights, proposals=proposals,
+        precision=args.precision, device=args.device, batch_size=args.batch_size, max_pixels=args.max_pixels,
+        images_per_pass=getattr(args, "images_per_pass", None))
+
+
 def config_from_args(args: argparse.Namespace) -> SegmenterConfig:
     """The only place where flags become settings. Alpha defaults to the paper's for the
     dataset being evaluated (``--dataset``), else the paper's RefCOCO value."""
+    if getattr(args, "preset", None):
+        return _preset_config(args)
     alpha = args.alpha if args.alpha is not None else paper_alpha(getattr(args, "dataset", None))
     threshold, margin = args.no_target_threshold, args.multi_target_margin
     if args.calibration:

@@ -410,6 +410,11 @@ class EvalJob:
                     timing = run_local(self.evaluator, groups, pending, store, bar, engine).summary()
             records = store.records(sentence_ids(groups))
         summary = summarize(records)
+        if self.segmenter.config.from_preset == "paper":  # both accountings, and the figures to compare with
+            from ..metrics import authors_accounting
+            from ..paper import comparison
+
+            summary = {**summary, **authors_accounting(records), **comparison(self.data.dataset, self.split)}
         write_report(out, summary, settings, [r["iou"] for r in records], title, timing)
         outcome = EvalOutcome(summary, settings, records, title,
                               [out / "metrics.json", out / "report.md", out / "iou_histogram.png"], timing)
