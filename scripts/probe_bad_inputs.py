@@ -146,6 +146,8 @@ def api_cases() -> list[tuple[str, Callable[[], object]]]:
         ("api: negative floats", lambda: load_image(-np.ones((8, 8, 3), np.float32))),
         ("api: floats over 255", lambda: load_image(np.full((8, 8, 3), 300.0))),
         ("api: NaN", lambda: load_image(np.full((8, 8, 3), np.nan))),
+        ("api: float image without its scale (near-black 0..255)",
+         lambda: load_image(np.full((8, 8, 3), 0.8, np.float32))),
         ("api: 2-channel array", lambda: load_image(np.zeros((8, 8, 2), np.uint8))),
         ("api: empty array", lambda: load_image(np.zeros((0, 8, 3), np.uint8))),
         ("api: a list", lambda: load_image([[1, 2], [3, 4]])),

@@ -125,9 +125,23 @@ def test_arrays_and_pil_images(real_image_path):
     from_path = load_image(real_image_path)
     np.testing.assert_array_equal(load_image(Image.open(real_image_path)), from_path)
     np.testing.assert_array_equal(load_image(from_path), from_path)
-    np.testing.assert_array_equal(load_image(from_path.astype(np.float32) / 255.0), from_path)
+    np.testing.assert_array_equal(load_image(from_path.astype(np.float32) / 255.0, float_scale=1.0), from_path)
+    np.testing.assert_array_equal(load_image(from_path.astype(np.float32), float_scale=255.0), from_path)
     assert load_image(from_path[..., 0]).shape == from_path.shape
     with pytest.raises(ImageError, match="must be HxW"):
         load_image(np.zeros((4, 4, 2), dtype=np.uint8))
     with pytest.raises(ImageError, match="NaN"):
-        load_image(np.full((4, 4, 3), np.nan, dtype=np.float32))
+        load_image(np.full((4, 4, 3), np.nan, dtype=np.float32), float_scale=1.0)
+
+
+def test_a_float_images_scale_is_given_never_guessed():
+    """A near-black 0..255 image has every value under 1: read as 0..1 it would turn bright."""
+    dark = np.full((4, 4, 3), 0.8, dtype=np.float32)
+    with pytest.raises(ImageError, match="ambiguous.*float_scale=1.0"):
+        load_image(dark)
+    assert int(load_image(dark, float_scale=255.0).max()) == 1
+    assert int(load_image(dark, float_scale=1.0).max()) == 204
+    with pytest.raises(ImageError, match=r"must hold values in 0..1, not 3..3"):
+        load_image(dark * 3.75, float_scale=1.0)
+    with pytest.raises(ImageError, match="float_scale must be 1.0 or 255.0"):
+        load_image(dark, float_scale=100.0)

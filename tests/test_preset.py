@@ -47,7 +47,7 @@ def test_the_preset_names_the_spacy_model_it_could_not_use(monkeypatch):
 @pytest.mark.parametrize("flags, message", [
     (["--backbone", "RN101"], r"sets --backbone ViT-B/32 \(or RN50\); it contradicts --backbone RN101"),
     (["--alpha", "0.5"], "sets --alpha 0.95; it contradicts --alpha 0.5"),
-    (["--proposals", "sam"], "sets --proposals freesolo; it contradicts --proposals sam"),
+    (["--proposals", "sam"], r"sets --proposals freesolo \(or file.*\); it contradicts --proposals sam"),
     (["--preprocess", "clip"], "sets --preprocess paper; it contradicts --preprocess clip"),
     (["--spatial", "on"], "sets --spatial off"),
     (["--no-target-threshold", "0.2"], "sets --no-target-threshold None"),
@@ -66,6 +66,9 @@ def test_what_the_preset_leaves_open_is_taken():
                       "--device", "cpu"])
     assert (config.backbone, config.weights, config.device) == ("RN50", "random", "cpu")
     assert config.proposals.options["checkpoint"] == "fs.pth" and config.preprocess == "paper"
+    written = _config(["eval", "--data", "d", "--out", "o", "--preset", "paper", "--proposals", "file",
+                       "--proposals-path", "fs.json"])
+    assert written.proposals.name == "file" and written.proposals.options["path"] == "fs.json"
     gt = _config(["eval", "--data", "d", "--out", "o", "--preset", "paper", "--gt-proposals"])
     assert gt.proposals.name != "freesolo"  # ground-truth masks are the proposals: no FreeSOLO to load
 

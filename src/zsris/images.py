@@ -65,7 +65,7 @@ def pil_to_rgb(image: Image.Image) -> Image.Image:
 
 
 def load_image(source: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS, exif_transpose: bool = True,
-               name: Optional[str] = None) -> np.ndarray:
+               name: Optional[str] = None, float_scale: Optional[float] = None) -> np.ndarray:
     """Return an ``HxWx3`` uint8 RGB array of ``source``, by default as a viewer would display it.
 
     ``source`` is a path, the bytes of an image file, a binary file object, a PIL image or an
@@ -73,12 +73,14 @@ def load_image(source: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS, exif_tr
     decoded, so a small compressed file cannot make the caller allocate gigabytes.
     ``exif_transpose=False`` keeps the stored pixel grid (what COCO annotations refer to).
     ``name`` replaces the path in error messages (a server does not show its own paths).
+    A float array needs ``float_scale``: 1.0 for values in 0..1, 255.0 for 0..255. It is not
+    guessed from the values: a near-black 0..255 image (all values under 1) would read as bright.
 
     Raises :class:`ImageError` for a missing, unreadable, truncated or oversized image
     (:class:`ImageTooLargeError` for the last).
     """
     if isinstance(source, np.ndarray):
-        return _array_to_rgb(source, max_pixels)
+        return _array_to_rgb(source, max_pixels, float_scale)
     if isinstance(source, Image.Image):
         _check_size(source.width, source.height, max_pixels, name or "the image")
         return np.asarray(pil_to_rgb(ImageOps.exif_transpose(source) if exif_transpose else source))
@@ -123,7 +125,7 @@ def _decode_file(file: Union[Path, BinaryIO], max_pixels: int, exif_transpose: b
         raise ImageError(f"{what}: unreadable or truncated image ({error})") from None
 
 
-def _array_to_rgb(array: np.ndarray, max_pixels: int) -> np.ndarray:
+def _array_to_rgb(array: np.ndarray, max_pixels: int, float_scale: Optional[float] = None) -> np.ndarray:
     if array.ndim == 2:
         array = array[..., None]
     if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
@@ -136,13 +138,16 @@ def _array_to_rgb(array: np.ndarray, max_pixels: int) -> np.ndarray:
     if array.dtype == np.uint16:
         array = np.round(array.astype(np.float64) * (255.0 / 65535.0)).astype(np.uint8)
     elif np.issubdtype(array.dtype, np.floating):
+        if float_scale not in (1.0, 255.0):
+            raise ImageError("a float image array is ambiguous (values in 0..1 or in 0..255?): convert it with "
+                             "zsris.load_image(array, float_scale=1.0) or float_scale=255.0, or pass uint8"
+                             if float_scale is None else f"float_scale must be 1.0 or 255.0, not {float_scale!r}")
         if not np.isfinite(array).all():
             raise ImageError("the image array holds NaN or infinite values")
-        if array.min() < 0 or array.max() > 255:
-            raise ImageError(f"a float image array must hold values in 0..1 or 0..255, not "
-                             f"{float(array.min()):g}..{float(array.max()):g}")
-        scale = 255.0 if array.max() <= 1.0 else 1.0
-        array = np.clip(np.round(array * scale), 0, 255).astype(np.uint8)
+        if array.min() < 0 or array.max() > float_scale:
+            raise ImageError(f"a float image array of float_scale={float_scale:g} must hold values in "
+                             f"0..{float_scale:g}, not {float(array.min()):g}..{float(array.max()):g}")
+        array = np.clip(np.round(array * (255.0 / float_scale)), 0, 255).astype(np.uint8)
     elif array.dtype != np.uint8:
         if array.min() < 0 or array.max() > 255:
             raise ImageError(f"an integer image array must hold values in 0..255, not {array.dtype}")

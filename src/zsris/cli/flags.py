@@ -231,10 +231,13 @@ def _preset_config(args: argparse.Namespace) -> SegmenterConfig:
         wanted = getattr(config, dest)
         wanted = wanted.name if dest == "proposals" else wanted
         allowed = {wanted, *PAPER_BACKBONES} if dest == "backbone" else {wanted}
+        if dest == "proposals":
+            allowed.add("file")  # FreeSOLO's proposals written once by `zsris proposals`
         if dest == "spacy_model" and wanted is None:
             allowed.add(PAPER_SPACY_MODEL)
         if given != default and given not in allowed:
-            also = f" (or {', '.join(PAPER_BACKBONES[1:])})" if dest == "backbone" else ""
+            also = {"backbone": f" (or {', '.join(PAPER_BACKBONES[1:])})",
+                    "proposals": " (or file, for FreeSOLO's written by zsris proposals)"}.get(dest, "")
             raise ZsrisError(f"--preset {args.preset} sets {flag} {wanted}{also}; it contradicts {flag} {given} "
                              f"(leave one of them out)")
     if args.max_proposals not in (config.proposals.max_proposals, None):  # FreeSOLO gives at most 100
@@ -255,8 +258,12 @@ def _preset_config(args: argparse.Namespace) -> SegmenterConfig:
         args.phrasecut_subset = PAPER_PHRASECUT_SUBSET
     options = {option: getattr(args, dest) for dest, (generator, option) in OPTION_FLAGS.items()
                if generator == "freesolo" and getattr(args, dest, None) is not None}
-    proposals = (ProposalSpec("classical", args.max_proposals) if getattr(args, "gt_proposals", False)
-                 else canonical_spec(ProposalSpec("freesolo", args.max_proposals), **options))
+    if getattr(args, "gt_proposals", False):
+        proposals = ProposalSpec("classical", args.max_proposals)
+    elif args.proposals == "file":
+        proposals = proposal_spec_from_args(args)
+    else:
+        proposals = canonical_spec(ProposalSpec("freesolo", args.max_proposals), **options)
     return config.replace(
         backbone=args.backbone if args.backbone in PAPER_BACKBONES else config.backbone,
         spacy_model=args.spacy_model or config.spacy_model, weights=args.weights, proposals=proposals,
