@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from zsris.datasets import ReferDataset
 from zsris.errors import DatasetError, ExpressionError, ImageError, ZsrisError
@@ -193,6 +193,76 @@ def test_an_empty_sentence_or_a_malformed_polygon_fails_alone_and_the_split_goes
     assert "annotation 20: malformed segmentation" in records[102]["error"]
 
 
+def test_a_resumed_eval_redoes_images_whose_data_changed(tmp_path, capsys):
+    """#26: a sentence's text and its object's polygon edited after the run, another image file
+    replaced: a resume used to keep the old records; it redoes exactly those images."""
+    from zsris.cli import main
+    from zsris.store import PredictionStore
+
+    refs = [_ref(1, 10, 1, [100]), _ref(2, 20, 2, [101])]
+    data = _tiny_refer(tmp_path / "data", refs, [_ann(10, 1), _ann(20, 2)])
+    out = tmp_path / "run"
+    command = ["eval", "--data", str(data), "--split", "val", "--no-cache", "--weights", "random",
+               "--max-proposals", "3", "--proposal-workers", "0", "--out", str(out)]
+    assert main(command) == 0
+
+    def records():
+        settings = json.loads((out / "metrics.json").read_text())["settings"]
+        with PredictionStore(out / "predictions.sqlite", settings) as store:
+            return {r["sent_id"]: r for r in store.records()}
+
+    before = records()
+    assert main(command) == 0 and "changed since" not in capsys.readouterr().err  # nothing changed: nothing redone
+    refs[0]["sentences"][0]["raw"] = "the other thing"
+    small = _ann(10, 1)
+    small["segmentation"] = [[4, 4, 6, 4, 6, 6, 4, 6]]
+    _tiny_refer(tmp_path / "data2", refs, [small, _ann(20, 2)])
+    for name in ("refcoco/refs(unc).p", "refcoco/instances.json"):
+        (data / name).write_bytes((tmp_path / "data2" / name).read_bytes())
+    assert main(command) == 0
+    assert "1 image(s) changed since their results were saved" in capsys.readouterr().err
+    after = records()
+    assert after[100]["expression"] == "the other thing" and after[100]["union"] < before[100]["union"]
+    assert after[101] == before[101]
+    image = data / "images" / "train2014" / "COCO_train2014_000000000002.jpg"
+    Image.new("RGB", (32, 32), (0, 200, 0)).save(image)  # another photo under the same name
+    assert main(command) == 0
+    assert "image 2" in capsys.readouterr().err
+
+
+def test_a_resumed_batch_redoes_the_pairs_of_a_replaced_image(tmp_path, capsys):
+    """#26: a.jpg replaced by another photo after the run: its old mask used to stay."""
+    from zsris.cli import main
+
+    def photo(size, colour):
+        image = Image.new("RGB", size, (240, 240, 240))
+        ImageDraw.Draw(image).rectangle([6, 6, size[0] // 2, size[1] - 8], fill=colour)
+        return image
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    photo((48, 40), (200, 30, 30)).save(photos / "a.png")
+    photo((48, 40), (30, 30, 200)).save(photos / "b.png")
+    out = tmp_path / "out"
+    command = ["batch", str(photos), "-e", "a thing", "-o", str(out), "--weights", "random", "--max-proposals", "3",
+               "--proposal-workers", "0"]
+    assert main(command) == 0
+
+    def results():
+        return {json.loads(line)["image"]: json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()}
+
+    before = results()
+    assert main(command) == 0 and "changed since" not in capsys.readouterr().err
+    photo((64, 30), (30, 200, 30)).save(photos / "a.png")  # another photo, another size
+    assert main(command) == 0
+    assert "1 image(s) changed since their results were saved (the first: " in capsys.readouterr().err
+    after = results()
+    a = next(k for k in after if k.endswith("a.png"))
+    b = next(k for k in after if k.endswith("b.png"))
+    assert after[a]["mask"]["size"] == [30, 64] and before[a]["mask"]["size"] == [40, 48]
+    assert after[b] == before[b]
+
+
 def test_a_state_dict_that_does_not_fit_names_the_first_tensors():
     """torch's message opens with a heading that names nothing; the reason shown is the next line."""
     import torch
@@ -220,13 +290,13 @@ def test_a_full_disk_under_the_store_is_one_line_and_keeps_what_was_committed(tm
         Image.new("RGB", (48, 40), (40 + 100 * number, 80, 20)).save(photos / f"{number}.png")
     original, calls = BatchStore.add, []
 
-    def add(self, rows):
+    def add(self, rows, keys=None):
         calls.append(1)
         if len(calls) == 2:
             import sqlite3
 
             raise sqlite3.OperationalError("database or disk is full")
-        return original(self, rows)
+        return original(self, rows, keys)
 
     monkeypatch.setattr(BatchStore, "add", add)
     out = tmp_path / "out"

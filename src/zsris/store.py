@@ -28,6 +28,10 @@ CREATE TABLE IF NOT EXISTS predictions (
     image_id INTEGER NOT NULL,
     record TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS image_keys (
+    image_id INTEGER PRIMARY KEY,
+    key TEXT NOT NULL
+);
 """
 
 
@@ -116,21 +120,49 @@ class RunStore:
 
 
 class PredictionStore(RunStore):
-    """Per-sentence predictions of an evaluation, keyed by sentence id."""
+    """Per-sentence predictions of an evaluation, keyed by sentence id, with each image's content
+    key (its file, sentences and annotations, see :func:`zsris.jobs.evaluation.image_content_key`)
+    as it was when its records were made, so that a resume notices data that changed since."""
 
     schema = SCHEMA
 
     def done(self) -> set[int]:
         return {row[0] for row in self.connection.execute("SELECT sent_id FROM predictions")}
 
-    def add(self, records: Iterable[dict[str, Any]]) -> int:
-        """Commit records atomically; returns how many were new."""
+    def add(self, records: Iterable[dict[str, Any]], keys: Optional[dict[int, str]] = None) -> int:
+        """Commit records (and the content keys of their images, from ``keys``) atomically;
+        returns how many records were new."""
+        records = list(records)
         rows = [(int(r["sent_id"]), int(r["image_id"]), json.dumps(r)) for r in records]
+        images = {int(r["image_id"]) for r in records}
         with self.connection:
             self.connection.execute("BEGIN")
             before = self.connection.total_changes
             self.connection.executemany("INSERT OR IGNORE INTO predictions VALUES (?, ?, ?)", rows)
-            return self.connection.total_changes - before
+            added = self.connection.total_changes - before
+            if keys:
+                self.connection.executemany("INSERT OR REPLACE INTO image_keys VALUES (?, ?)",
+                                            [(i, keys[i]) for i in images if i in keys])
+            return added
+
+    def image_keys(self) -> dict[int, str]:
+        return dict(self.connection.execute("SELECT image_id, key FROM image_keys"))
+
+    def keep_keys(self, keys: dict[int, str]) -> None:
+        """Record ``keys`` for images done before keys were kept (their records are trusted)."""
+        with self.connection:
+            self.connection.executemany("INSERT OR IGNORE INTO image_keys VALUES (?, ?)", keys.items())
+
+    def forget_images(self, image_ids: Iterable[int]) -> int:
+        """Drop the records (and keys) of ``image_ids``, so that they are made again."""
+        ids = [(int(i),) for i in image_ids]
+        with self.connection:
+            self.connection.execute("BEGIN")
+            before = self.connection.total_changes
+            self.connection.executemany("DELETE FROM predictions WHERE image_id = ?", ids)
+            removed = self.connection.total_changes - before
+            self.connection.executemany("DELETE FROM image_keys WHERE image_id = ?", ids)
+            return removed
 
     def records(self, sent_ids: Optional[set[int]] = None) -> list[dict[str, Any]]:
         rows = self.connection.execute("SELECT sent_id, record FROM predictions ORDER BY sent_id")
@@ -145,6 +177,10 @@ CREATE TABLE IF NOT EXISTS pairs (
     expression TEXT NOT NULL,
     ok INTEGER NOT NULL,
     record TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS image_keys (
+    image TEXT PRIMARY KEY,
+    key TEXT NOT NULL
 );
 """
 
@@ -161,15 +197,33 @@ class BatchStore(RunStore):
         """Each done pair's id -> (image, expression as JSON)."""
         return {row[0]: (row[1], row[2]) for row in self.connection.execute("SELECT id, image, expression FROM pairs")}
 
-    def add(self, rows: Iterable[tuple[str, int, str, Any, bool, dict[str, Any]]]) -> int:
-        """Commit ``(id, position, image, expression, ok, record)`` rows atomically; returns how many were new."""
+    def add(self, rows: Iterable[tuple[str, int, str, Any, bool, dict[str, Any]]],
+            keys: Optional[dict[str, str]] = None) -> int:
+        """Commit ``(id, position, image, expression, ok, record)`` rows, and the content keys of
+        their image files (``keys``), atomically; returns how many rows were new."""
         values = [(pair_id, position, image, json.dumps(expression), int(ok), json.dumps(record))
                   for pair_id, position, image, expression, ok, record in rows]
         with self.connection:
             self.connection.execute("BEGIN")
             before = self.connection.total_changes
             self.connection.executemany("INSERT OR IGNORE INTO pairs VALUES (?, ?, ?, ?, ?, ?)", values)
-            return self.connection.total_changes - before
+            added = self.connection.total_changes - before
+            self.connection.executemany("INSERT OR REPLACE INTO image_keys VALUES (?, ?)", (keys or {}).items())
+            return added
+
+    def image_keys(self) -> dict[str, str]:
+        return dict(self.connection.execute("SELECT image, key FROM image_keys"))
+
+    def forget_images(self, images: Iterable[str]) -> int:
+        """Drop every pair of ``images`` (and their keys), so that they are made again; returns how many."""
+        names = [(image,) for image in images]
+        with self.connection:
+            self.connection.execute("BEGIN")
+            before = self.connection.total_changes
+            self.connection.executemany("DELETE FROM pairs WHERE image = ?", names)
+            removed = self.connection.total_changes - before
+            self.connection.executemany("DELETE FROM image_keys WHERE image = ?", names)
+            return removed
 
     def records(self, ok: bool) -> list[dict[str, Any]]:
         """The results (``ok``) or the failures, in input order."""

@@ -13,10 +13,12 @@ expression) gets an error and the job goes on.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import shutil
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional, Sequence
@@ -24,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional, Sequence
 import numpy as np
 
 from ..engine import Engine, ImageTask, Prepared, Preparer
-from ..errors import ZsrisError, failure_reason
+from ..errors import ZsrisError, ZsrisWarning, failure_reason
 from ..records import PairRecord
 from ..text import check_expression
 from ..types import DEFAULT_TOP_K, ImageFeatures
@@ -322,6 +324,7 @@ class BatchJob:
         with BatchStore(out / STORE, run_settings, on_locked=clear) as store, \
                 self.execution.session():
             _check_same_pairs(out, pairs, store.done())
+            _forget_changed_images(store, pairs)
             retried = store.forget_failed() if self.retry_failed else 0
             _write_atomic(out / SETTINGS, json.dumps(run_settings, indent=2))
             outputs = Outputs(out, self.save_masks, self.save_overlays, segmenter.backbone.is_random)
@@ -340,7 +343,9 @@ class BatchJob:
             def commit(records: Sequence[PairRecord], pixels: Optional[np.ndarray], image: bool) -> None:
                 outputs.pictures(by_id, records, pixels)
                 rows = [(r.id, position[r.id], r.image, r.expression, r.ok, r.to_dict()) for r in records]
-                store.add(rows)
+                files = {by_id[r.id].image: by_id[r.id].path for r in records if r.ok}
+                keys = {image: file_key(path) for image, path in files.items()}  # once an image, read just now
+                store.add(rows, {image: key for image, key in keys.items() if key is not None})
                 outputs.append([row[5] for row in rows if row[4]], [row[5] for row in rows if not row[4]])
                 counts["done"] += sum(r.ok for r in records)
                 counts["failed"] += sum(not r.ok for r in records)
@@ -374,6 +379,41 @@ class BatchJob:
         return BatchSummary(len(pairs), counts["done"], counts["failed"], len(pairs) - len(pending), retried,
                             len(pending_images), round(seconds / max(len(pending_images), 1), 3), failed_overall,
                             written, timing)
+
+
+def file_key(path: str | Path) -> Optional[str]:
+    """The SHA-256 of a file's bytes (None where it cannot be read): what a result was made from."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as file:
+            for block in iter(lambda: file.read(1 << 20), b""):
+                digest.update(block)
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
+def _forget_changed_images(store: Any, pairs: Sequence[Pair]) -> None:
+    """Pairs whose image file changed since their results were saved (another photo under the
+    same name) are made again, with a warning; images done before keys were kept are trusted."""
+    stored = store.image_keys()
+    done_images = {image for image, _ in store.done().values()}
+    paths = {pair.image: pair.path for pair in pairs if pair.error is None and pair.image in done_images}
+    changed, untracked = [], {}
+    for image, path in paths.items():
+        key = file_key(path)
+        if key is None:
+            continue
+        if image not in stored:
+            untracked[image] = key
+        elif stored[image] != key:
+            changed.append(image)
+    if changed:
+        store.forget_images(changed)
+        warnings.warn(f"zsris: {len(changed)} image(s) changed since their results were saved (the first: "
+                      f"{changed[0]}): their pairs are segmented again", ZsrisWarning, stacklevel=3)
+    if untracked:
+        store.add([], untracked)
 
 
 def _check_same_pairs(out: Path, pairs: Sequence[Pair], done: dict[str, tuple[str, str]]) -> None:

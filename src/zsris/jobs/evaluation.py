@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Optional
@@ -20,7 +23,7 @@ from ..cache import ProposalCache
 from ..config import DEFAULT_MAX_PIXELS, SegmenterConfig
 from ..datasets import GENERALIZED, Ref, ReferDataset
 from ..engine import Engine, ImageTask, Prepared, StageTimes, image_task, load_task_image
-from ..errors import DatasetError, ExpressionError, NoProposalsError, ZsrisError
+from ..errors import DatasetError, ExpressionError, NoProposalsError, ZsrisError, ZsrisWarning
 from ..masks import iou_matrix
 from ..metrics import intersection_union, iou, proposal_quality
 from ..records import SentenceRecord
@@ -197,6 +200,22 @@ def dataset_task(dataset: ReferDataset, image_id: int) -> ImageTask:
     return image_task(image_id, dataset.image_path(image_id), info.file_name, (info.height, info.width))
 
 
+def image_content_key(dataset: ReferDataset, image_id: int, refs: list[Ref]) -> str:
+    """What an image's records were made from: its file's bytes, its sentences (ids and text,
+    with the objects they name) and its annotations (ids, categories, polygons or RLE). A resume
+    redoes an image whose key changed, instead of keeping records of data that is no longer there."""
+    digest = hashlib.sha256()
+    try:
+        digest.update(dataset.image_path(image_id).read_bytes())
+    except OSError as error:  # the image fails when evaluated, saying why
+        digest.update(f"unreadable: {error.strerror}".encode())
+    sentences = [(ref.ref_id, list(ref.ann_ids), [(s.sent_id, s.text) for s in ref.sentences]) for ref in refs]
+    annotations = [(a, dataset.annotations[a].get("category_id"), dataset.annotations[a].get("segmentation"))
+                   for a in sorted(dataset.annotation_ids(image_id))]
+    digest.update(json.dumps([sentences, annotations], sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
 def pending_images(groups: dict[int, list[Ref]], done: set[int]) -> list[int]:
     return [image_id for image_id, refs in groups.items()
             if any(s.sent_id not in done for ref in refs for s in ref.sentences)]
@@ -207,13 +226,14 @@ def sentence_ids(groups: dict[int, list[Ref]]) -> set[int]:
 
 
 def run_local(evaluator: ImageEvaluator, groups: dict[int, list[Ref]], pending: Iterable[int],
-              store: PredictionStore, progress: tqdm, engine: Engine) -> StageTimes:
+              store: PredictionStore, progress: tqdm, engine: Engine, keys: Optional[dict[int, str]] = None
+              ) -> StageTimes:
     """The pending images through ``engine``: decoding and proposals in its workers, CLIP here
     (the job's images per pass at a time), each image's records committed to the store
     as soon as they exist."""
     tasks = [dataset_task(evaluator.dataset, image_id) for image_id in pending]
     for prepared, features in prepared_features(evaluator.segmenter, engine, tasks):
-        store.add(evaluator.evaluate_prepared(prepared, groups[prepared.key], features))
+        store.add(evaluator.evaluate_prepared(prepared, groups[prepared.key], features), keys)
         progress.update(1)
     return engine.times
 
@@ -386,7 +406,9 @@ class EvalJob:
         check_split_images(self.dataset, groups, self.split)
         out, settings = self.out, self.settings()
         title = f"{self.data.dataset} {self.split} ({settings['backbone']}, {settings['proposals']['name']})"
+        keys = {image_id: image_content_key(self.dataset, image_id, refs) for image_id, refs in groups.items()}
         with PredictionStore(out / "predictions.sqlite", settings) as store, self.execution.session():
+            self._forget_changed(store, keys)
             pending = pending_images(groups, store.done())
 
             def saved() -> str:
@@ -398,7 +420,7 @@ class EvalJob:
                               saved) as bar:
                 if self.execution.engine == "ray":
                     def commit(records: list[dict[str, Any]]) -> None:
-                        store.add(records)
+                        store.add(records, keys)
                         bar.update(1)
 
                     run_ray(functools.partial(build_evaluator, self.segmenter.config, self.data),
@@ -407,7 +429,7 @@ class EvalJob:
                 else:
                     engine = self.data.engine(self.execution, self.segmenter.proposals,
                                               self.segmenter.config.max_pixels)
-                    timing = run_local(self.evaluator, groups, pending, store, bar, engine).summary()
+                    timing = run_local(self.evaluator, groups, pending, store, bar, engine, keys).summary()
             records = store.records(sentence_ids(groups))
         summary = summarize(records)
         if self.segmenter.config.from_preset == "paper":  # both accountings, and the figures to compare with
@@ -421,6 +443,19 @@ class EvalJob:
         if self.calibrate:
             self._calibrate(outcome)
         return outcome
+
+    def _forget_changed(self, store: PredictionStore, keys: dict[int, str]) -> None:
+        """Images whose file, sentences or annotations changed since their records were made are
+        evaluated again (with a warning); records made before keys were kept are trusted."""
+        stored = store.image_keys()
+        changed = sorted(i for i, key in keys.items() if i in stored and stored[i] != key)
+        if changed:
+            store.forget_images(changed)
+            warnings.warn(f"zsris: {len(changed)} image(s) changed since their results were saved (the image "
+                          f"file, a sentence or an annotation; the first: image {changed[0]}): they are "
+                          f"evaluated again", ZsrisWarning, stacklevel=3)
+        with_records = {int(r["image_id"]) for r in store.records()}
+        store.keep_keys({i: key for i, key in keys.items() if i not in stored and i in with_records})
 
     def _calibrate(self, outcome: EvalOutcome) -> None:
         from ..calibration import calibrate
