@@ -249,7 +249,8 @@ def test_a_resumed_batch_redoes_the_pairs_of_a_replaced_image(tmp_path, capsys):
     assert main(command) == 0
 
     def results():
-        return {json.loads(line)["image"]: json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()}
+        lines = (out / "results.jsonl").read_text().splitlines()
+        return {json.loads(line)["image"]: json.loads(line) for line in lines}
 
     before = results()
     assert main(command) == 0 and "changed since" not in capsys.readouterr().err
