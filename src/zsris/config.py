@@ -9,6 +9,7 @@ run must match. This module imports nothing heavy, so the command line can build
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -49,6 +50,11 @@ DEFAULT_TEXT_CACHE = 16_384
 #: expressions describe more context, so the global feature weighs less there (docs/method.md).
 PAPER_ALPHA = {"refcoco": 0.95, "refcoco+": 0.95, "refcocog": 0.85}
 DEFAULT_ALPHA = 0.95
+
+
+#: Named settings (:meth:`SegmenterConfig.preset`): where the function that gives a preset's
+#: fields for a dataset lives, imported when the preset is asked for.
+PRESETS = {"paper": "zsris.paper:paper_settings"}
 
 
 def paper_alpha(dataset: Optional[str] = None) -> float:
@@ -146,9 +152,11 @@ class SegmenterConfig:
         """A named setting: ``"paper"`` is the paper's (:mod:`zsris.paper`: ViT-B/32, FreeSOLO,
         the authors' image path, their alpha for ``dataset``, beta 0.5, k 3, ``en_core_web_lg``),
         with ``changes`` on top (``weights``, ``device``, ``freesolo_checkpoint`` ...)."""
-        from .paper import preset_settings
-
-        return cls(**preset_settings(name, dataset), from_preset=name).replace(**changes)
+        if name not in PRESETS:
+            raise ZsrisError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+        module, _, function = PRESETS[name].partition(":")
+        settings = getattr(importlib.import_module(module), function)(dataset)
+        return cls(**settings, from_preset=name).replace(**changes)
 
     def replace(self, **changes: Any) -> "SegmenterConfig":
         """A copy with ``changes``. The proposal generator may be given by name, and its settings

@@ -17,6 +17,7 @@ covers. They differ for about 1% of sentences; ``refer`` reproduces the paper's 
 """
 from __future__ import annotations
 
+import importlib
 import io
 import json
 import pickle
@@ -39,6 +40,8 @@ SPLIT_BYS = {"refcoco": ("unc", "google"), "refcoco+": ("unc",), "refcocog": ("u
 GENERALIZED = ("grefcoco",)
 SPLITS = ("val", "testA", "testB", "test", "train", "miniv")
 GT_MASKS = ("refer", "union")
+#: Datasets in a layout of their own, read by a ReferDataset subclass imported when asked for.
+OTHER_LAYOUTS = {"phrasecut": "zsris.phrasecut:PhraseCutDataset"}
 IMAGE_FOLDERS = ("images/train2014", "images/mscoco/images/train2014", "train2014", "images")
 
 
@@ -240,6 +243,19 @@ class ReferDataset:
                                     gt_mask or self.gt_mask)
 
 
+def read_json_list(path: Path, what: str) -> list[Any]:
+    """The JSON list of ``what`` (refs, tasks, images ...) in ``path``, or one line saying why not."""
+    if not path.is_file():
+        raise DatasetError(f"{path}: no such {what} file")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DatasetError(f"{path}: not readable JSON ({error})") from None
+    if not isinstance(data, list):
+        raise DatasetError(f"{path}: expected a list of {what}, found {type(data).__name__}")
+    return data
+
+
 def segmentation_to_mask(segmentation: Any, height: int, width: int, what: str = "segmentation",
                          overlaps: str = "union") -> np.ndarray:
     """Rasterise COCO polygons, uncompressed RLE or compressed RLE into a boolean mask.
@@ -283,16 +299,7 @@ class GRefDataset(ReferDataset):
         return f"grefs({self.split_by}).json"
 
     def _read_refs(self) -> list[Ref]:
-        path = self.refs_path
-        if not path.is_file():
-            raise DatasetError(f"{path}: no such refs file")
-        try:
-            raw = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise DatasetError(f"{path}: not readable JSON ({error})") from None
-        if not isinstance(raw, list):
-            raise DatasetError(f"{path}: expected a list of refs, found {type(raw).__name__}")
-        return [self._ref(item, index) for index, item in enumerate(raw)]
+        return [self._ref(item, index) for index, item in enumerate(read_json_list(self.refs_path, "refs"))]
 
     def _ref(self, item: Any, index: int) -> Ref:
         where = f"{self.refs_path}: ref #{index}"
@@ -331,10 +338,9 @@ class GRefDataset(ReferDataset):
 def open_dataset(data_root: str | Path, dataset: str = "refcoco", split_by: Optional[str] = None,
                  images: Optional[str | Path] = None, gt_mask: Optional[str] = None) -> ReferDataset:
     """The dataset ``dataset`` names, in its own layout (gRefCOCO's, PhraseCut's or REFER's)."""
-    if dataset == "phrasecut":
-        from .phrasecut import PhraseCutDataset
-
-        return PhraseCutDataset(data_root, dataset, split_by, images, gt_mask or "union")
+    if dataset in OTHER_LAYOUTS:
+        module, _, name = OTHER_LAYOUTS[dataset].partition(":")
+        return getattr(importlib.import_module(module), name)(data_root, dataset, split_by, images, gt_mask or "union")
     if dataset in GENERALIZED:
         return GRefDataset(data_root, dataset, split_by, images, gt_mask or "union")
     return ReferDataset(data_root, dataset, split_by, images, gt_mask or "refer")

@@ -11,7 +11,9 @@ import os
 import warnings
 from typing import Any, Optional
 
-from .errors import ZsrisError, ZsrisWarning
+from .config import PRESETS, paper_alpha
+from .errors import ZsrisWarning
+from .proposals.registry import ProposalSpec
 
 #: The paper's Table 1 (ViT-B/32, FreeSOLO): (oIoU, mIoU) per dataset and split.
 PAPER_RESULTS = {
@@ -33,7 +35,7 @@ PAPER_BACKBONES = ("ViT-B/32", "RN50")
 #: RefCOCOg as the paper evaluates it.
 PAPER_SPLIT_BY = {"refcocog": "umd"}
 PAPER_PHRASECUT_SUBSET = "unseen"
-PRESETS = ("paper",)
+__all__ = ["AUTHORS_RERUN", "PAPER_RESULTS", "PRESETS", "comparison", "paper_settings"]
 
 
 def paper_spacy_model() -> Optional[str]:
@@ -52,13 +54,8 @@ def paper_spacy_model() -> Optional[str]:
     return None
 
 
-def preset_settings(name: str, dataset: Optional[str] = None) -> dict[str, Any]:
-    """The :class:`~zsris.config.SegmenterConfig` fields a preset sets, for ``dataset``."""
-    from .config import paper_alpha
-    from .proposals.registry import ProposalSpec
-
-    if name not in PRESETS:
-        raise ZsrisError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+def paper_settings(dataset: Optional[str] = None) -> dict[str, Any]:
+    """The :class:`~zsris.config.SegmenterConfig` fields of the ``paper`` preset, for ``dataset``."""
     return {"backbone": PAPER_BACKBONES[0], "pretrained": "openai", "alpha": paper_alpha(dataset), "beta": 0.5,
             "k": 3, "fusion": "reference", "preprocess": "paper", "proposals": ProposalSpec("freesolo", 100),
             "spatial": "off", "no_target_threshold": None, "multi_target": False,

@@ -17,14 +17,13 @@ in file order, per split.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .datasets import ImageInfo, Ref, ReferDataset, Sentence
+from .datasets import ImageInfo, Ref, ReferDataset, Sentence, read_json_list
 from .errors import DatasetError
 
 PHRASECUT_SPLITS = ("train", "val", "test", "miniv")
@@ -88,12 +87,7 @@ class PhraseCutDataset(ReferDataset):
 
     @staticmethod
     def _read_images(path: Path) -> tuple[dict[int, ImageInfo], dict[int, str]]:
-        try:
-            entries = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise DatasetError(f"{path}: not readable JSON ({error})") from None
-        if not isinstance(entries, list):
-            raise DatasetError(f"{path}: expected a list of images, found {type(entries).__name__}")
+        entries = read_json_list(path, "images")
         images, splits = {}, {}
         for index, entry in enumerate(entries):
             for key in ("image_id", "width", "height", "split"):
@@ -116,14 +110,7 @@ class PhraseCutDataset(ReferDataset):
         if split not in PHRASECUT_SPLITS:
             raise DatasetError(f"phrasecut has no split {split!r}; choose one of {', '.join(PHRASECUT_SPLITS)}")
         path = self.root / f"refer_{split}.json"
-        if not path.is_file():
-            raise DatasetError(f"{path}: no such PhraseCut tasks file")
-        try:
-            tasks = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise DatasetError(f"{path}: not readable JSON ({error})") from None
-        if not isinstance(tasks, list):
-            raise DatasetError(f"{path}: expected a list of tasks, found {type(tasks).__name__}")
+        tasks = read_json_list(path, "PhraseCut tasks")
         base = (PHRASECUT_SPLITS.index(split) + 1) * _ID_BLOCK
         names = {name: index for index, name in self.categories.items()}
         next_ann = base

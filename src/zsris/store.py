@@ -105,6 +105,18 @@ class RunStore:
                 f"{self.new_run_hint}"
             )
 
+    def _forget(self, table: str, column: str, images: list[Any]) -> int:
+        """Delete the records of ``images`` from ``table`` and their content keys, in one
+        transaction (both keyed by ``column``); returns how many records went."""
+        rows = [(image,) for image in images]
+        with self.connection:
+            self.connection.execute("BEGIN")
+            before = self.connection.total_changes
+            self.connection.executemany(f"DELETE FROM {table} WHERE {column} = ?", rows)
+            removed = self.connection.total_changes - before
+            self.connection.executemany(f"DELETE FROM image_keys WHERE {column} = ?", rows)
+            return removed
+
     def close(self) -> None:
         """Close the database and release the run's lock (idempotent)."""
         if self._lock >= 0:
@@ -155,14 +167,7 @@ class PredictionStore(RunStore):
 
     def forget_images(self, image_ids: Iterable[int]) -> int:
         """Drop the records (and keys) of ``image_ids``, so that they are made again."""
-        ids = [(int(i),) for i in image_ids]
-        with self.connection:
-            self.connection.execute("BEGIN")
-            before = self.connection.total_changes
-            self.connection.executemany("DELETE FROM predictions WHERE image_id = ?", ids)
-            removed = self.connection.total_changes - before
-            self.connection.executemany("DELETE FROM image_keys WHERE image_id = ?", ids)
-            return removed
+        return self._forget("predictions", "image_id", [int(i) for i in image_ids])
 
     def records(self, sent_ids: Optional[set[int]] = None) -> list[dict[str, Any]]:
         rows = self.connection.execute("SELECT sent_id, record FROM predictions ORDER BY sent_id")
@@ -216,14 +221,7 @@ class BatchStore(RunStore):
 
     def forget_images(self, images: Iterable[str]) -> int:
         """Drop every pair of ``images`` (and their keys), so that they are made again; returns how many."""
-        names = [(image,) for image in images]
-        with self.connection:
-            self.connection.execute("BEGIN")
-            before = self.connection.total_changes
-            self.connection.executemany("DELETE FROM pairs WHERE image = ?", names)
-            removed = self.connection.total_changes - before
-            self.connection.executemany("DELETE FROM image_keys WHERE image = ?", names)
-            return removed
+        return self._forget("pairs", "image", list(images))
 
     def records(self, ok: bool) -> list[dict[str, Any]]:
         """The results (``ok``) or the failures, in input order."""

@@ -21,14 +21,20 @@ from .flags import (
 def data_spec_from_args(args: argparse.Namespace):
     from ..jobs.evaluation import DataSpec
 
-    split_by = args.phrasecut_subset if args.dataset == "phrasecut" else args.split_by
-    return DataSpec(args.data, args.dataset, split_by, args.images, args.gt_mask, args.cache, args.no_cache,
+    return DataSpec(args.data, args.dataset, split_by_from_args(args), args.images, args.gt_mask, args.cache,
+                    args.no_cache,
                     getattr(args, "gt_proposals", False))
 
 
-def _add_data_flags(parser: argparse.ArgumentParser) -> None:
-    data = parser.add_argument_group("data")
-    data.add_argument("--data", required=True, metavar="DIR",
+def split_by_from_args(args: argparse.Namespace) -> str | None:
+    """--split-by, or for PhraseCut --phrasecut-subset (its dataset reads the subset there)."""
+    return args.phrasecut_subset if args.dataset == "phrasecut" else args.split_by
+
+
+def add_split_flags(data: argparse._ArgumentGroup, required: bool = True) -> None:
+    """Which images of which dataset: the flags ``eval``, ``calibrate``, ``proposals-eval`` and
+    ``proposals`` share."""
+    data.add_argument("--data", required=required, default=None, metavar="DIR",
                       help="REFER data root (holds refcoco/, refcoco+/ ...); for phrasecut, VGPhraseCut_v0")
     data.add_argument("--dataset", choices=tuple(DATASETS), default="refcoco", help="(default: %(default)s)")
     data.add_argument("--split", choices=SPLITS, default="val", help="(default: %(default)s)")
@@ -38,11 +44,16 @@ def _add_data_flags(parser: argparse.ArgumentParser) -> None:
                            "paper's setting, and --preset paper's) or seen")
     data.add_argument("--images", default=None, metavar="DIR",
                       help="COCO train2014 folder (default: found under --data)")
+    data.add_argument("--limit", type=positive_int, default=None, metavar="N", help="only the first N images")
+
+
+def _add_data_flags(parser: argparse.ArgumentParser) -> None:
+    data = parser.add_argument_group("data")
+    add_split_flags(data)
     data.add_argument("--gt-mask", choices=GT_MASKS, default=None,
                       help="where a referred object's polygons overlap: 'refer' drops the overlap as the "
                            "authors' code reads REFER (default; reproduces the paper), 'union' keeps it "
                            "(the default for grefcoco, as ReLA reads it)")
-    data.add_argument("--limit", type=positive_int, default=None, metavar="N", help="only the first N images")
     data.add_argument("--cache", default=None, metavar="DIR",
                       help="proposal cache folder (default: $ZSRIS_CACHE/proposals or ~/.cache/zsris/proposals)")
     data.add_argument("--no-cache", action="store_true", help="do not read or write the proposal cache")

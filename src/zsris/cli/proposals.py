@@ -6,8 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..datasets import DATASETS, SPLITS
-from .flags import add_engine_flags, add_proposal_flags, execution_from_args, positive_int, proposal_spec_from_args
+from .evaluate import add_split_flags, split_by_from_args
+from .flags import add_engine_flags, add_proposal_flags, execution_from_args, proposal_spec_from_args
 
 #: The exit status when some images failed (their reasons are printed).
 SOME_FAILED = 3
@@ -28,7 +28,7 @@ def cmd_proposals(args: argparse.Namespace) -> int:
     if args.data:
         from ..jobs.evaluation import DataSpec
 
-        dataset = DataSpec(args.data, args.dataset, args.split_by, args.images).open()
+        dataset = DataSpec(args.data, args.dataset, split_by_from_args(args), args.images).open()
         tasks, exif = split_tasks(dataset, args.split, args.limit), False
     else:
         tasks, exif = image_tasks([Path(p) for p in args.inputs], IMAGE_SUFFIXES), True
@@ -57,13 +57,7 @@ def register(commands) -> None:
     )
     proposals.add_argument("inputs", nargs="*", metavar="IMAGE|FOLDER", help="images, or folders searched recursively")
     proposals.add_argument("-o", "--output", required=True, metavar="FILE", help="the proposals file to write")
-    data = proposals.add_argument_group("a dataset split instead of images")
-    data.add_argument("--data", default=None, metavar="DIR", help="REFER data root")
-    data.add_argument("--dataset", choices=tuple(DATASETS), default="refcoco", help="(default: %(default)s)")
-    data.add_argument("--split", choices=SPLITS, default="val", help="(default: %(default)s)")
-    data.add_argument("--split-by", default=None, help="unc, umd or google (default: the dataset's usual one)")
-    data.add_argument("--images", default=None, metavar="DIR", help="COCO train2014 folder (default: under --data)")
-    data.add_argument("--limit", type=positive_int, default=None, metavar="N", help="only the first N images")
+    add_split_flags(proposals.add_argument_group("a dataset split instead of images"), required=False)
     add_engine_flags(proposals, model_stage=False)
     add_proposal_flags(proposals)
     proposals.set_defaults(run=cmd_proposals)
