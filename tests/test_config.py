@@ -25,7 +25,8 @@ def test_settings_are_asdict_less_the_runtime_fields():
     config = SegmenterConfig(device="cpu", batch_size=7, proposals=ProposalSpec("sam", options={"model": "vit_b"}))
     settings = config.settings()
     assert settings == {k: v for k, v in dataclasses.asdict(config).items()
-                        if k not in ("device", "batch_size", "max_pixels", "images_per_pass", "text_cache_size")}
+                        if k not in ("device", "batch_size", "max_pixels", "images_per_pass", "text_cache_size",
+                                      "from_preset")}
     # the generator's own settings, every one spelled out with its default
     assert settings["proposals"] == {"name": "sam", "max_proposals": 100,
                                      "options": {"checkpoint": None, "model": "vit_b"}}

@@ -297,16 +297,17 @@ def test_a_run_held_by_a_live_process_is_refused_then_free_after_it_ends(tmp_pat
 
 
 # -- 8. the Python API's inputs ----------------------------------------------------------------
-@pytest.mark.parametrize("array, message", [
-    (np.ones((4, 4, 3), bool), "integers or floats, not bool"),
-    (np.ones((4, 4, 3), np.complex64), "not complex64"),
-    (-np.ones((4, 4, 3), np.float32), "not -1..-1"),
-    (np.full((4, 4), 300.0), "0..1 or 0..255"),
-    (-np.ones((4, 4, 3), np.int16), "0..255"),
+@pytest.mark.parametrize("array, scale, message", [
+    (np.ones((4, 4, 3), bool), None, "integers or floats, not bool"),
+    (np.ones((4, 4, 3), np.complex64), None, "not complex64"),
+    (-np.ones((4, 4, 3), np.float32), 1.0, "not -1..-1"),
+    (np.full((4, 4), 300.0), 255.0, "in 0..255, not 300..300"),
+    (np.full((4, 4), 0.5), None, "ambiguous"),
+    (-np.ones((4, 4, 3), np.int16), None, "0..255"),
 ])
-def test_arrays_that_are_not_images_are_refused(array, message):
+def test_arrays_that_are_not_images_are_refused(array, scale, message):
     with pytest.raises(ImageError, match=message):
-        load_image(array)
+        load_image(array, float_scale=scale)
 
 
 @pytest.mark.parametrize("text", ["\u200b", "\x00\x00", " \u200d\ufeff\u2060 ", "\u200b\n\x00"])
