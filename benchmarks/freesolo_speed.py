@@ -39,7 +39,7 @@ def main() -> None:
     torch.set_grad_enabled(False)
     dataset = open_dataset(data, "refcoco")
     groups = dataset.refs_by_image("train", args.images)
-    generator = create_proposals("freesolo", device, checkpoint="random")
+    generator = create_proposals("freesolo", device, freesolo_checkpoint="random")
     trunk = torchvision.models.resnet101().eval().to(device)
     ours, floor, counts, oracle = [], [], [], []
     for image_id, refs in groups.items():

@@ -156,7 +156,7 @@ def test_a_checkpoint_holding_code_is_refused(tmp_path):
     path = tmp_path / "evil.pth"
     torch.save({"model": {"x": torch.zeros(1)}, "hook": Image.Image}, path)
     with pytest.raises(WeightsError, match="not plain weights"):
-        create_proposals("freesolo", checkpoint=str(path))
+        create_proposals("freesolo", freesolo_checkpoint=str(path))
 
 
 def test_a_missing_checkpoint_says_where_to_get_it(monkeypatch, tmp_path):
@@ -174,7 +174,7 @@ def test_a_missing_checkpoint_says_where_to_get_it(monkeypatch, tmp_path):
 @pytest.mark.slow
 def test_random_freesolo_gives_proposals_in_its_order_with_its_boxes(real_image_path):
     pixels = np.asarray(Image.open(real_image_path).convert("RGB"))
-    generator = create_proposals("freesolo", checkpoint="random", max_proposals=20)
+    generator = create_proposals("freesolo", freesolo_checkpoint="random", max_proposals=20)
     proposals = generator(pixels)
     out = generator.run(pixels)
     assert len(proposals) == 20 and proposals.image_size == pixels.shape[:2]

@@ -65,7 +65,7 @@ def test_what_the_preset_leaves_open_is_taken():
                       "--weights", "random", "--freesolo-checkpoint", "fs.pth", "--beta", "0.5",
                       "--device", "cpu"])
     assert (config.backbone, config.weights, config.device) == ("RN50", "random", "cpu")
-    assert config.proposals.options["checkpoint"] == "fs.pth" and config.preprocess == "paper"
+    assert config.proposals.options["freesolo_checkpoint"] == "fs.pth" and config.preprocess == "paper"
     written = _config(["eval", "--data", "d", "--out", "o", "--preset", "paper", "--proposals", "file",
                        "--proposals-path", "fs.json"])
     assert written.proposals.name == "file" and written.proposals.options["path"] == "fs.json"

@@ -35,7 +35,7 @@ DEFAULTS = SegmenterConfig()
 #: Flags for the built-in generators' own settings: flag destination -> (generator, option).
 #: Any registered generator's options can also be set with --proposal-option NAME=VALUE.
 OPTION_FLAGS = {"sam_checkpoint": ("sam", "checkpoint"), "sam_model": ("sam", "model"),
-                "freesolo_checkpoint": ("freesolo", "checkpoint"), "proposals_path": ("file", "path")}
+                "freesolo_checkpoint": ("freesolo", "freesolo_checkpoint"), "proposals_path": ("file", "path")}
 
 EPILOG = f"""\
 weights: no pretrained weights ship with zsris. The default loads OpenAI's ViT-B/32 from the

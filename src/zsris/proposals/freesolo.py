@@ -480,7 +480,7 @@ class FreeSoloProposals:
         base = config or FreeSoloConfig()
         self.config = FreeSoloConfig(**{**base.__dict__, **overrides})
         check_max_proposals(self.config.max_proposals)
-        self.spec = ProposalSpec(self.name, self.config.max_proposals, {"checkpoint": checkpoint})
+        self.spec = ProposalSpec(self.name, self.config.max_proposals, {"freesolo_checkpoint": checkpoint})
         self.model, self.checkpoint = build_freesolo(checkpoint, device, self.config)
         self.device = torch.device(device)
 
@@ -508,5 +508,5 @@ class FreeSoloProposals:
 
 
 def from_spec(spec: ProposalSpec, device: torch.device) -> FreeSoloProposals:
-    """The registry's factory: FreeSOLO with the spec's ``checkpoint``, on ``device``."""
-    return FreeSoloProposals(spec.options.get("checkpoint"), device=device, max_proposals=spec.max_proposals)
+    """The registry's factory: FreeSOLO with the spec's ``freesolo_checkpoint``, on ``device``."""
+    return FreeSoloProposals(spec.options.get("freesolo_checkpoint"), device=device, max_proposals=spec.max_proposals)

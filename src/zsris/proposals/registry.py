@@ -25,7 +25,7 @@ class ProposalSpec:
 
     ``name`` is a key of :data:`zsris.proposals.PROPOSAL_REGISTRY`; ``max_proposals`` caps the
     proposals per image (None: no cap); ``options`` are the generator's own settings, as its
-    registry entry names them (``sam``: ``checkpoint``, ``model``; ``freesolo``: ``checkpoint``;
+    registry entry names them (``sam``: ``checkpoint``, ``model``; ``freesolo``: ``freesolo_checkpoint``;
     ``file``: ``path``), so a new
     generator needs no new field here. A spec inside a :class:`SegmenterConfig` has every
     option of its generator spelled out (:func:`zsris.proposals.canonical_spec`).
@@ -63,8 +63,8 @@ PROPOSAL_REGISTRY: dict[str, GeneratorEntry] = {
     "classical": GeneratorEntry("zsris.proposals.classical:from_spec", summary="needs no weights"),
     "sam": GeneratorEntry("zsris.proposals.sam:from_spec", {"checkpoint": None, "model": "vit_h"},
                           in_model_process=True, summary="SAM's automatic mask generator"),
-    "freesolo": GeneratorEntry("zsris.proposals.freesolo:from_spec", {"checkpoint": None}, in_model_process=True,
-                               summary="FreeSOLO, the paper's proposals (ResNet-101 SOLOv2)"),
+    "freesolo": GeneratorEntry("zsris.proposals.freesolo:from_spec", {"freesolo_checkpoint": None},
+                               in_model_process=True, summary="FreeSOLO, the paper's proposals (ResNet-101 SOLOv2)"),
     "file": GeneratorEntry("zsris.proposals.file:from_spec", {"path": None},
                            summary="precomputed masks: COCO RLE JSON or PNG folders"),
 }
