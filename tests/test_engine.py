@@ -257,6 +257,27 @@ def test_one_rule_says_where_proposals_are_made(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_worker_stuck_on_one_image_is_stopped_and_the_others_go_on(images, monkeypatch, tmp_path):
+    """#26: an image whose preparation never ends used to block its worker and every image behind it."""
+    from zsris.engine import engine_for
+    from zsris.proposals import PROPOSAL_REGISTRY, create_proposals, register_generator
+
+    monkeypatch.setitem(PROPOSAL_REGISTRY, "hangs", None)
+    register_generator("hangs", "hanging_generator:factory")
+    stuck = tmp_path / "hang.png"
+    stuck.write_bytes(Path(images[0]).read_bytes())
+    tasks = [image_task(0, stuck), image_task(1, images[0]), image_task(2, images[1])]
+    engine = engine_for(create_proposals("hangs"), 1, image_timeout=15)  # the workers' start-up counts too
+    assert engine.workers == 1
+    started = time.perf_counter()
+    prepared, _ = _run(engine, tasks)
+    assert time.perf_counter() - started < 90
+    assert [p.key for p in prepared] == [0, 1, 2]
+    assert "took over 15 s (--image-timeout)" in prepared[0].error
+    assert prepared[1].error is None and prepared[2].error is None and len(prepared[2].proposals) > 0
+
+
+@pytest.mark.slow
 def test_a_generator_registered_at_run_time_is_rebuilt_in_the_workers(images, monkeypatch):
     """The workers learn a generator their parent registered (its entry travels with the spec);
     one whose factory cannot travel (a lambda) runs here instead."""

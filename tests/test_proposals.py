@@ -311,3 +311,17 @@ def test_rle_round_trip_and_nms():
     masks[2, 5:] = True
     keep = mask_nms(masks, np.array([0.9, 0.8, 0.7]), 0.8)
     assert keep.tolist() == [0, 2]
+
+
+def test_a_huge_image_keeps_the_best_proposals_that_fit_the_mask_budget(monkeypatch, rng):
+    """#26: 100 masks of a 36 MP image took 3.6 GB; over the budget the best that fit are kept, and it says so."""
+    import zsris.proposals.classical as classical
+
+    image = (rng.random((120, 160, 3)) * 255).astype(np.uint8)
+    image[20:80, 30:90] = (250, 20, 20)
+    everything = classical.ClassicalProposals(max_proposals=20)(image)
+    assert len(everything) > 3
+    monkeypatch.setattr(classical, "MASK_BYTES", 3 * 120 * 160)
+    with pytest.warns(UserWarning, match=r"keeps its best 3 of \d+ proposals, so that their masks fit"):
+        few = classical.ClassicalProposals(max_proposals=20)(image)
+    assert np.array_equal(few.masks, everything.masks[:3]) and np.allclose(few.scores, everything.scores[:3])

@@ -42,6 +42,9 @@ SPATIAL_MODES = ("off", "on")
 #: Images with more pixels than this are refused: proposals and masks are computed at full
 #: resolution, and a 20000 x 20000 image would need tens of GiB. ``max_pixels`` changes it.
 DEFAULT_MAX_PIXELS = 40_000_000
+#: Seconds a worker process may spend preparing one image (decoding and proposals) once the
+#: model stage waits for it: a 40 MP image's classical proposals take about a minute on one core.
+DEFAULT_IMAGE_TIMEOUT = 600.0
 #: Parsed expressions and text features kept per segmenter: a RefCOCO split's distinct
 #: sentences (about 10,000 in val) fit; a long-running server stays bounded.
 DEFAULT_TEXT_CACHE = 16_384

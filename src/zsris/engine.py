@@ -26,6 +26,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +34,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional
 
 import numpy as np
 
-from .config import DEFAULT_MAX_PIXELS, ProposalSpec
+from .config import DEFAULT_IMAGE_TIMEOUT, DEFAULT_MAX_PIXELS, ProposalSpec
 from .errors import DatasetError, ZsrisError, failure_reason
 from .proposals import PROPOSAL_REGISTRY, GeneratorEntry, ProposalGenerator, runs_in_model_process
 from .types import Proposals
@@ -263,10 +264,15 @@ class Engine:
     model already loaded here, run in a thread) ``ahead`` of the consumer (0 with a loaded
     generator: no thread, each image prepared when asked for). ``stop``, once set, ends the
     run between two images as a Ctrl-C would: the command line sets it on Ctrl-C, for the rare
-    KeyboardInterrupt that lands inside a finaliser and is lost there."""
+    KeyboardInterrupt that lands inside a finaliser and is lost there. ``image_timeout``: a
+    worker process still preparing an image that many seconds after the model stage began to
+    wait for it (for the first images, the workers' start-up counts too) is stopped, and that
+    image fails saying so (a file that blocks, a decoder that never ends); the other images go on
+    in fresh workers. None waits for ever. Images prepared in this process have no limit."""
 
     def __init__(self, preparer: Preparer, workers: int = 0, ahead: Optional[int] = None,
-                 generator: Optional[ProposalGenerator] = None, stop: Optional[threading.Event] = None) -> None:
+                 generator: Optional[ProposalGenerator] = None, stop: Optional[threading.Event] = None,
+                 image_timeout: Optional[float] = DEFAULT_IMAGE_TIMEOUT) -> None:
         if workers < 0:
             raise ZsrisError(f"proposal workers must be 0 or more, not {workers}")
         if generator is not None and workers:
@@ -276,6 +282,7 @@ class Engine:
         self.generator = generator
         self.ahead = ahead if ahead is not None else max(2, 2 * workers)
         self.stop = stop
+        self.image_timeout = image_timeout
         self.times = StageTimes(workers=workers)
 
     def run(self, tasks: Iterable[ImageTask], consume: Callable[[Prepared], None]) -> StageTimes:
@@ -391,13 +398,19 @@ class Engine:
                 task, future = pending[0]
                 waited = time.perf_counter()
                 try:
-                    prepared = _receive(future.result())
-                except BrokenProcessPool:
+                    prepared = _receive(future.result(timeout=self.image_timeout))
+                except (BrokenProcessPool, FutureTimeout) as error:
                     pending.popleft()
                     for other, _ in reversed(pending):
                         queue.appendleft(other)
                     pending.clear()
-                    yield Prepared(task.key, error="the worker process preparing this image died")
+                    if isinstance(error, BrokenProcessPool):
+                        yield Prepared(task.key, error="the worker process preparing this image died")
+                        return
+                    for process in list(getattr(pool, "_processes", {}).values()):  # the stuck one among them
+                        process.kill()
+                    yield Prepared(task.key, error=f"preparing this image took over {self.image_timeout:g} s "
+                                                   f"(--image-timeout), so its worker was stopped")
                     return
                 self.times.waiting_seconds += time.perf_counter() - waited
                 pending.popleft()
@@ -412,7 +425,8 @@ class Engine:
 
 def engine_for(generator: Optional[ProposalGenerator], workers: int, cache_root: Optional[str] = None,
                max_pixels: int = DEFAULT_MAX_PIXELS, exif_transpose: bool = True,
-               stop: Optional[threading.Event] = None) -> Engine:
+               stop: Optional[threading.Event] = None, image_timeout: Optional[float] = DEFAULT_IMAGE_TIMEOUT
+               ) -> Engine:
     """The engine that makes ``generator``'s proposals ahead of the model stage: the one rule of
     where proposals are made. With ``workers`` and a generator that can be rebuilt from its spec
     (classical, file), the workers rebuild it and do the work; a model on the device (SAM), a
@@ -420,11 +434,13 @@ def engine_for(generator: Optional[ProposalGenerator], workers: int, cache_root:
     generator given runs here, one image ahead in a thread. No generator: the workers only
     decode (ground-truth proposals come later)."""
     if generator is None:
-        return Engine(Preparer(None, cache_root, max_pixels, exif_transpose), workers, stop=stop)
+        return Engine(Preparer(None, cache_root, max_pixels, exif_transpose), workers, stop=stop,
+                      image_timeout=image_timeout)
     if workers and not runs_in_model_process(generator):
         entry = PROPOSAL_REGISTRY[generator.spec.name]
         if _shippable(entry):
-            return Engine(Preparer(generator.spec, cache_root, max_pixels, exif_transpose, entry), workers, stop=stop)
+            return Engine(Preparer(generator.spec, cache_root, max_pixels, exif_transpose, entry), workers, stop=stop,
+                          image_timeout=image_timeout)
     return Engine(Preparer(None, cache_root, max_pixels, exif_transpose), 0, generator=generator, stop=stop)
 
 

@@ -12,6 +12,7 @@ import warnings
 from typing import Any, Optional
 
 from ..config import (
+    DEFAULT_IMAGE_TIMEOUT,
     FREESOLO_CHECKPOINT_ENV,
     FREESOLO_FILE,
     FUSIONS,
@@ -176,6 +177,9 @@ def add_engine_flags(parser: argparse.ArgumentParser, model_stage: bool = True) 
     engine.add_argument("--proposal-workers", type=non_negative_int, default=None, metavar="N",
                         help="processes that decode images and make proposals ahead of the model stage "
                              "(default: cores minus one; 0: all in one process)")
+    engine.add_argument("--image-timeout", type=float, default=DEFAULT_IMAGE_TIMEOUT, metavar="SECONDS",
+                        help="a worker still preparing one image this long after it is needed is stopped and "
+                             "the image fails (a file that blocks, a decoder that never ends; default: %(default)g)")
     if model_stage:
         engine.add_argument("--images-per-pass", type=positive_int, default=None, metavar="N",
                             help="images whose proposals go through CLIP together, in consecutive groups "
@@ -198,7 +202,7 @@ def execution_from_args(args: argparse.Namespace):
 
     return Execution(engine=getattr(args, "engine", "local"), proposal_workers=args.proposal_workers,
                      ray_workers=getattr(args, "workers", 2), ray_address=getattr(args, "ray_address", None),
-                     stop=getattr(args, "stop", None))
+                     stop=getattr(args, "stop", None), image_timeout=args.image_timeout)
 
 
 def proposal_spec_from_args(args: argparse.Namespace) -> ProposalSpec:

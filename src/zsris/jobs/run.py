@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional, Sequence
 
-from ..config import DEFAULT_MAX_PIXELS, SegmenterConfig
+from ..config import DEFAULT_IMAGE_TIMEOUT, DEFAULT_MAX_PIXELS, SegmenterConfig
 from ..engine import Engine, ImageTask, Prepared, default_workers, engine_for
 from ..errors import ZsrisError
 
@@ -36,7 +36,8 @@ class Execution:
     processes (None: cores minus one; 0: all in this process) decode images and make proposals
     ahead of the model stage here; "ray": ``ray_workers`` Ray actors, each with its own models
     (on a cluster at ``ray_address``, else a local one). ``progress`` draws a bar; ``stop``,
-    once set, ends the run between two images as Ctrl-C does."""
+    once set, ends the run between two images as Ctrl-C does; ``image_timeout`` bounds a worker
+    process's time on one image (:class:`zsris.engine.Engine`)."""
 
     engine: str = "local"
     proposal_workers: Optional[int] = None
@@ -44,6 +45,7 @@ class Execution:
     ray_address: Optional[str] = None
     progress: bool = True
     stop: Optional[threading.Event] = None
+    image_timeout: Optional[float] = DEFAULT_IMAGE_TIMEOUT
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
@@ -52,6 +54,8 @@ class Execution:
             raise ZsrisError(f"proposal workers must be 0 or more, not {self.proposal_workers}")
         if self.ray_workers < 1:
             raise ZsrisError(f"Ray workers must be 1 or more, not {self.ray_workers}")
+        if self.image_timeout is not None and not self.image_timeout > 0:
+            raise ZsrisError(f"the image timeout must be a positive number of seconds, not {self.image_timeout}")
 
     @property
     def workers(self) -> int:
@@ -76,7 +80,8 @@ class Execution:
                    exif_transpose: bool = True) -> Engine:
         """The local engine for ``generator`` (:func:`zsris.engine.engine_for`, the one rule of
         where proposals are made)."""
-        return engine_for(generator, self.workers, cache_root, max_pixels, exif_transpose, self.stop)
+        return engine_for(generator, self.workers, cache_root, max_pixels, exif_transpose, self.stop,
+                          self.image_timeout)
 
     @contextlib.contextmanager
     def session(self) -> Iterator[None]:
