@@ -86,6 +86,14 @@ def _files(root: Path) -> dict[str, Path]:
     (data / "instances.json").write_text("[]")
     (root / "data" / "images").mkdir()
     files["malformed dataset"] = root / "data"
+    torch.save({"model": {"backbone.bottom_up.stem.conv1.weight": torch.zeros(64, 3, 7, 7)}}, root / "fs.pth")
+    files["not FreeSOLO's checkpoint"] = root / "fs.pth"
+    phrasecut = root / "phrasecut"
+    (phrasecut / "images").mkdir(parents=True)
+    (phrasecut / "image_data_split.json").write_text(json.dumps([{"image_id": 1, "width": 8, "height": 8,
+                                                                  "split": "val"}]))
+    (phrasecut / "refer_val.json").write_text(json.dumps([{"image_id": 1, "phrase": "a cat"}]))
+    files["PhraseCut task without Polygons"] = phrasecut
     return files
 
 
@@ -127,6 +135,21 @@ def cli_cases(files: dict[str, Path], out: Path) -> list[tuple[str, list[str]]]:
                                   "--weights", "random"]),
         ("eval: --workers 0", ["eval", "--data", str(out), "--out", str(out / "run"), "--workers", "0"]),
         ("proposals-eval: malformed refs", ["proposals-eval", "--data", str(files["malformed dataset"])]),
+        ("freesolo: not its checkpoint", [*segment, *FAST, "--proposals", "freesolo", "--freesolo-checkpoint",
+                                          str(files["not FreeSOLO's checkpoint"])]),
+        ("freesolo: malicious pickle", [*segment, *FAST, "--proposals", "freesolo", "--freesolo-checkpoint",
+                                        str(files["malicious checkpoint"])]),
+        ("freesolo: missing checkpoint", [*segment, *FAST, "--proposals", "freesolo", "--freesolo-checkpoint",
+                                          str(out / "nope.pth")]),
+        ("preset: contradicting --alpha", ["eval", "--data", str(out), "--out", str(out / "run"), "--preset", "paper",
+                                           "--alpha", "0.3"]),
+        ("preset: contradicting --proposals", [*segment, "--preset", "paper", "--proposals", "sam"]),
+        ("phrasecut: task without Polygons", ["eval", "--data", str(files["PhraseCut task without Polygons"]),
+                                              "--dataset", "phrasecut", "--out", str(out / "run"), *FAST]),
+        ("proposals: images and a dataset", ["proposals", str(EXAMPLE), "--data", str(out), "-o", str(out / "p.json")]),
+        ("proposals: no such image", ["proposals", str(out / "nope.png"), "-o", str(out / "p.json")]),
+        ("proposals: --proposals file", ["proposals", str(EXAMPLE), "--proposals", "file", "-o", str(out / "p.json")]),
+        ("flag: --image-timeout 0", ["eval", "--data", str(out), "--out", str(out / "run"), "--image-timeout", "0"]),
     ]
     for name in ("rle 100000x100000", "rle negative counts", "rle huge counts", "no proposals", "rle without counts",
                  "score not a number", "proposals not JSON"):
@@ -143,9 +166,9 @@ def api_cases() -> list[tuple[str, Callable[[], object]]]:
     return [
         ("api: bool array", lambda: load_image(np.ones((8, 8, 3), bool))),
         ("api: complex array", lambda: load_image(np.ones((8, 8, 3), np.complex64))),
-        ("api: negative floats", lambda: load_image(-np.ones((8, 8, 3), np.float32))),
-        ("api: floats over 255", lambda: load_image(np.full((8, 8, 3), 300.0))),
-        ("api: NaN", lambda: load_image(np.full((8, 8, 3), np.nan))),
+        ("api: negative floats", lambda: load_image(-np.ones((8, 8, 3), np.float32), float_scale=1.0)),
+        ("api: floats over 255", lambda: load_image(np.full((8, 8, 3), 300.0), float_scale=255.0)),
+        ("api: NaN", lambda: load_image(np.full((8, 8, 3), np.nan), float_scale=1.0)),
         ("api: float image without its scale (near-black 0..255)",
          lambda: load_image(np.full((8, 8, 3), 0.8, np.float32))),
         ("api: 2-channel array", lambda: load_image(np.zeros((8, 8, 2), np.uint8))),
