@@ -128,3 +128,18 @@ def test_help_reads_well():
     assert proc.returncode == 0
     for flag in ("--backbone", "--weights", "--proposals", "--alpha", "--beta", "--device", "--top-k", "-o"):
         assert flag in proc.stdout
+
+
+def test_a_second_image_is_not_taken_for_an_expression(tmp_path, capsys):
+    """#25: `zsris segment a.png b.jpg "the dot"` segmented "b.jpg" as text, without a word."""
+    from PIL import Image
+
+    from zsris import EXAMPLE_IMAGE
+
+    other = tmp_path / "b.jpg"
+    Image.new("RGB", (16, 16)).save(other)
+    code = main(["segment", str(EXAMPLE_IMAGE), str(other), "the dot", "-o", str(tmp_path / "out"),
+                 "--weights", "random", "--max-proposals", "3"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and err[-1].startswith(f"zsris: error: '{other}' is an image file, not an expression")
+    assert not (tmp_path / "out").exists()

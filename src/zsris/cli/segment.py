@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 from typing import Iterator
 
+from ..errors import ZsrisError
 from .flags import EPILOG, add_model_flags, add_top_k_flag, build_segmenter, config_from_args
 
 STAGES = ("proposals", "visual features", "scoring")
@@ -58,6 +59,14 @@ def _slug(text: str, limit: int = 40) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit] or "expression"
 
 
+def _names_an_image(text: str) -> bool:
+    """Whether ``text`` is the path of an existing image file (a second image given by mistake)."""
+    from ..jobs.pairs import IMAGE_SUFFIXES
+
+    path = Path(text.strip())
+    return path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
+
+
 def cmd_segment(args: argparse.Namespace) -> int:
     from ..images import load_image
     from ..records import result_record, settings
@@ -68,6 +77,9 @@ def cmd_segment(args: argparse.Namespace) -> int:
     image = load_image(args.image, config.max_pixels)
     for expression in args.expressions:
         check_expression(expression)
+        if _names_an_image(expression):
+            raise ZsrisError(f"{expression!r} is an image file, not an expression: segment takes one image and "
+                             f"its expressions (zsris batch takes a folder or a list of images)")
     segmenter = build_segmenter(config)
     image_id = Path(args.image).name
     progress = StageProgress(sys.stderr.isatty())
