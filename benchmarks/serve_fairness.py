@@ -12,16 +12,13 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
-import subprocess
-import sys
 import threading
 import time
 
 import numpy as np
 from PIL import Image
 
-from serve_memory import REPO, _free_port
+from serve_memory import REPO, start_server
 
 
 def _giant_image(side: int) -> bytes:
@@ -40,23 +37,8 @@ def main() -> int:
     args = parser.parse_args()
     import httpx
 
-    port = _free_port()
-    command = [sys.executable, "-m", "zsris.cli", "serve", "--port", str(port), "--weights", "random",
-               "--max-proposals", str(args.max_proposals)]
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              env={**os.environ, "PYTHONPATH": str(REPO / "src")})
-    url = f"http://127.0.0.1:{port}"
+    server, url = start_server("serve_fairness.py", "--max-proposals", str(args.max_proposals))
     try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                if httpx.get(f"{url}/api/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.time() > deadline or server.poll() is not None:
-                sys.exit("serve_fairness.py: the server did not start")
-            time.sleep(0.5)
         small = (REPO / "src" / "zsris" / "examples" / "shapes.png").read_bytes()
         giant = _giant_image(4000)
 

@@ -29,6 +29,29 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+def start_server(name: str, *flags: str) -> tuple[subprocess.Popen, str]:
+    """`zsris serve` (random weights, ``flags``) on a free loopback port, and its URL, once its
+    health check answers; the script ``name`` exits with one line if it never does."""
+    import httpx
+
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "zsris.cli", "serve", "--port", str(port), "--weights", "random",
+                               *flags], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 180
+    while True:
+        try:
+            if httpx.get(f"{url}/api/health", timeout=2).status_code == 200:
+                return server, url
+        except httpx.HTTPError:
+            pass
+        if time.time() > deadline or server.poll() is not None:
+            server.kill()
+            sys.exit(f"{name}: the server did not start")
+        time.sleep(0.5)
+
+
 def _rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -51,23 +74,9 @@ def main() -> int:
     args = parser.parse_args()
     import httpx
 
-    port = _free_port()
-    command = [sys.executable, "-m", "zsris.cli", "serve", "--port", str(port), "--weights", "random",
-               "--max-proposals", str(args.max_proposals), "--text-cache", str(args.text_cache)]
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              env={**os.environ, "PYTHONPATH": str(REPO / "src")})
-    url = f"http://127.0.0.1:{port}"
+    server, url = start_server("serve_memory.py", "--max-proposals", str(args.max_proposals),
+                               "--text-cache", str(args.text_cache))
     try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                if httpx.get(f"{url}/api/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.time() > deadline or server.poll() is not None:
-                sys.exit("serve_memory.py: the server did not start")
-            time.sleep(0.5)
         image = (REPO / "src" / "zsris" / "examples" / "shapes.png").read_bytes()
         print(f"server pid {server.pid}, text cache {args.text_cache} entries each (parser, text features); "
               f"RSS at start {_rss_mb(server.pid):.1f} MB")
