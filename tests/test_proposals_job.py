@@ -50,7 +50,7 @@ def test_written_proposals_read_back_exactly_with_their_boxes(tmp_path):
     folder = _images(tmp_path)
     generator = ShiftedBoxes()
     out = tmp_path / "props.json"
-    summary = ProposalsJob(generator, image_tasks([folder], (".png",)), out, Execution(progress=False)).run()
+    summary = ProposalsJob(generator, image_tasks([folder]), out, Execution(progress=False)).run()
     assert summary.images == 3 and summary.made == 3 and not summary.failed
     assert not (tmp_path / "props.json.partial.jsonl").exists()
     reader = FileProposals(out)
@@ -64,7 +64,7 @@ def test_written_proposals_read_back_exactly_with_their_boxes(tmp_path):
 
 def test_an_interrupted_run_goes_on_where_it_stopped(tmp_path):
     folder = _images(tmp_path)
-    tasks = image_tasks([folder], (".png",))
+    tasks = image_tasks([folder])
     out = tmp_path / "props.json"
     first = ShiftedBoxes()
     ProposalsJob(first, tasks[:1], out, Execution(progress=False)).run()

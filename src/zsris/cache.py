@@ -22,15 +22,19 @@ from .proposals import Proposals
 DEFAULT_CACHE = Path(os.environ.get("ZSRIS_CACHE", Path.home() / ".cache" / "zsris")) / "proposals"
 
 
-def image_key(path: str | Path) -> str:
-    """``<stem>-<sha256 of the file's bytes, 16 hex digits>``: two images that share a file name
-    in different folders get different entries, and an edited image never meets its old ones."""
-    path = Path(path)
+def file_digest(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes (hex), read a megabyte at a time."""
     digest = hashlib.sha256()
     with open(path, "rb") as stream:
         for block in iter(lambda: stream.read(1 << 20), b""):
             digest.update(block)
-    return f"{path.stem}-{digest.hexdigest()[:16]}"
+    return digest.hexdigest()
+
+
+def image_key(path: str | Path) -> str:
+    """``<stem>-<sha256 of the file's bytes, 16 hex digits>``: two images that share a file name
+    in different folders get different entries, and an edited image never meets its old ones."""
+    return f"{Path(path).stem}-{file_digest(path)[:16]}"
 
 
 class ProposalCache:

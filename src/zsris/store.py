@@ -160,6 +160,10 @@ class PredictionStore(RunStore):
     def image_keys(self) -> dict[int, str]:
         return dict(self.connection.execute("SELECT image_id, key FROM image_keys"))
 
+    def image_ids(self) -> set[int]:
+        """The images that have records."""
+        return {row[0] for row in self.connection.execute("SELECT DISTINCT image_id FROM predictions")}
+
     def keep_keys(self, keys: dict[int, str]) -> None:
         """Record ``keys`` for images done before keys were kept (their records are trusted)."""
         with self.connection:

@@ -205,13 +205,15 @@ def execution_from_args(args: argparse.Namespace):
                      stop=getattr(args, "stop", None), image_timeout=args.image_timeout)
 
 
-def proposal_spec_from_args(args: argparse.Namespace) -> ProposalSpec:
-    """The chosen generator with its settings: the built-in flags that belong to it, then
-    --proposal-option; an option the generator does not have is refused in one line."""
+def proposal_spec_from_args(args: argparse.Namespace, name: Optional[str] = None) -> ProposalSpec:
+    """The chosen generator (``name``, else --proposals) with its settings: the built-in flags
+    that belong to it, then --proposal-option; an option the generator does not have is refused
+    in one line."""
+    name = name or args.proposals
     options = {option: getattr(args, dest) for dest, (generator, option) in OPTION_FLAGS.items()
-               if generator == args.proposals and getattr(args, dest, None) is not None}
+               if generator == name and getattr(args, dest, None) is not None}
     options.update(getattr(args, "proposal_option", None) or [])
-    return canonical_spec(ProposalSpec(args.proposals, args.max_proposals), **options)
+    return canonical_spec(ProposalSpec(name, args.max_proposals), **options)
 
 
 #: What --preset leaves to the user: flags whose value, where given, must agree with the preset's
@@ -260,14 +262,10 @@ def _preset_config(args: argparse.Namespace) -> SegmenterConfig:
             raise ZsrisError(f"--preset {args.preset} evaluates PhraseCut's {PAPER_PHRASECUT_SUBSET} phrases, as the "
                              f"paper does; it contradicts --phrasecut-subset {subset}")
         args.phrasecut_subset = PAPER_PHRASECUT_SUBSET
-    options = {option: getattr(args, dest) for dest, (generator, option) in OPTION_FLAGS.items()
-               if generator == "freesolo" and getattr(args, dest, None) is not None}
     if getattr(args, "gt_proposals", False):
         proposals = ProposalSpec("classical", args.max_proposals)
-    elif args.proposals == "file":
-        proposals = proposal_spec_from_args(args)
-    else:
-        proposals = canonical_spec(ProposalSpec("freesolo", args.max_proposals), **options)
+    else:  # FreeSOLO, or its proposals written once to a file
+        proposals = proposal_spec_from_args(args, "file" if args.proposals == "file" else "freesolo")
     return config.replace(
         backbone=args.backbone if args.backbone in PAPER_BACKBONES else config.backbone,
         spacy_model=args.spacy_model or config.spacy_model, weights=args.weights, proposals=proposals,

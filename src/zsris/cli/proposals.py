@@ -16,7 +16,6 @@ SOME_FAILED = 3
 def cmd_proposals(args: argparse.Namespace) -> int:
     from ..backbones import resolve_device
     from ..errors import ZsrisError
-    from ..jobs.pairs import IMAGE_SUFFIXES
     from ..jobs.proposals import ProposalsJob, image_tasks, split_tasks
     from ..jobs.run import writable_folder
     from ..proposals import create_proposals
@@ -31,7 +30,7 @@ def cmd_proposals(args: argparse.Namespace) -> int:
         dataset = DataSpec(args.data, args.dataset, split_by_from_args(args), args.images).open()
         tasks, exif = split_tasks(dataset, args.split, args.limit), False
     else:
-        tasks, exif = image_tasks([Path(p) for p in args.inputs], IMAGE_SUFFIXES), True
+        tasks, exif = image_tasks([Path(p) for p in args.inputs]), True
     writable_folder(Path(args.output).parent)
     generator = create_proposals(proposal_spec_from_args(args), resolve_device(args.device))
     summary = ProposalsJob(generator, tasks, Path(args.output), execution_from_args(args), exif).run()

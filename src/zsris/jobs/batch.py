@@ -13,7 +13,6 @@ expression) gets an error and the job goes on.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 import shutil
@@ -25,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
+from ..cache import file_digest
 from ..engine import Engine, ImageTask, Prepared, Preparer
 from ..errors import ZsrisError, ZsrisWarning, failure_reason
 from ..records import PairRecord
@@ -383,14 +383,10 @@ class BatchJob:
 
 def file_key(path: str | Path) -> Optional[str]:
     """The SHA-256 of a file's bytes (None where it cannot be read): what a result was made from."""
-    digest = hashlib.sha256()
     try:
-        with open(path, "rb") as file:
-            for block in iter(lambda: file.read(1 << 20), b""):
-                digest.update(block)
+        return file_digest(path)
     except OSError:
         return None
-    return digest.hexdigest()
 
 
 def _forget_changed_images(store: Any, pairs: Sequence[Pair]) -> None:

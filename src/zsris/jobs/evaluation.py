@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Optional
 import numpy as np
 from tqdm import tqdm
 
-from ..cache import ProposalCache
+from ..cache import ProposalCache, file_digest
 from ..config import DEFAULT_MAX_PIXELS, SegmenterConfig
 from ..datasets import GENERALIZED, Ref, ReferDataset
 from ..engine import Engine, ImageTask, Prepared, StageTimes, image_task, load_task_image
@@ -206,7 +206,7 @@ def image_content_key(dataset: ReferDataset, image_id: int, refs: list[Ref]) -> 
     redoes an image whose key changed, instead of keeping records of data that is no longer there."""
     digest = hashlib.sha256()
     try:
-        digest.update(dataset.image_path(image_id).read_bytes())
+        digest.update(file_digest(dataset.image_path(image_id)).encode())
     except OSError as error:  # the image fails when evaluated, saying why
         digest.update(f"unreadable: {error.strerror}".encode())
     sentences = [(ref.ref_id, list(ref.ann_ids), [(s.sent_id, s.text) for s in ref.sentences]) for ref in refs]
@@ -454,7 +454,7 @@ class EvalJob:
             warnings.warn(f"zsris: {len(changed)} image(s) changed since their results were saved (the image "
                           f"file, a sentence or an annotation; the first: image {changed[0]}): they are "
                           f"evaluated again", ZsrisWarning, stacklevel=3)
-        with_records = {int(r["image_id"]) for r in store.records()}
+        with_records = store.image_ids()
         store.keep_keys({i: key for i, key in keys.items() if i not in stored and i in with_records})
 
     def _calibrate(self, outcome: EvalOutcome) -> None:

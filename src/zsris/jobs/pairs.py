@@ -64,18 +64,24 @@ class PairResult:
 
 
 # -- inputs -------------------------------------------------------------------------------
+def images_under(folder: Path) -> list[Path]:
+    """Every image file under ``folder`` (recursively, by suffix, case-insensitive), in path order;
+    a folder without any is refused."""
+    images = sorted((p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()),
+                    key=lambda p: p.relative_to(folder).as_posix())
+    if not images:
+        raise ManifestError(f"{folder} holds no images ({', '.join(s[1:] for s in IMAGE_SUFFIXES)})")
+    return images
+
+
 def folder_pairs(folder: str | Path, expressions: Sequence[str]) -> list[Pair]:
     """Every image under ``folder`` (recursively, by suffix, case-insensitive) against every
     expression, in path order; ids are ``relative/path.jpg#N`` (N counts the expressions from 1)."""
     folder = Path(folder)
     if not expressions:
         raise ManifestError("a folder needs expressions: give one or more -e EXPRESSION")
-    images = sorted((p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()),
-                    key=lambda p: p.relative_to(folder).as_posix())
-    if not images:
-        raise ManifestError(f"{folder} holds no images ({', '.join(s[1:] for s in IMAGE_SUFFIXES)})")
     pairs = []
-    for image in images:
+    for image in images_under(folder):
         relative = image.relative_to(folder).as_posix()
         for number, expression in enumerate(expressions, 1):
             pairs.append(Pair(f"{relative}#{number}", relative, str(image), expression, f"e{number}"))

@@ -114,18 +114,16 @@ class ProposalsJob:
                                 seconds / made if made else 0.0, self.out)
 
 
-def image_tasks(paths: Sequence[Path], suffixes: Sequence[str]) -> list[ImageTask]:
-    """A task for every image file given, or found (recursively, in name order) in a folder given;
+def image_tasks(paths: Sequence[Path]) -> list[ImageTask]:
+    """A task for every image file given, or found (recursively, in path order) in a folder given;
     keyed by file name, which is how proposal files are read."""
     from ..engine import image_task
+    from .pairs import images_under
 
     files: list[Path] = []
     for path in paths:
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in suffixes and p.is_file())
-            if not found:
-                raise ZsrisError(f"{path} holds no images ({', '.join(s[1:] for s in suffixes)})")
-            files += found
+            files += images_under(path)
         elif path.is_file():
             files.append(path)
         else:
