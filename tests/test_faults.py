@@ -8,6 +8,29 @@ led a manifest row out of its folder; an unusable output folder was found after 
 eval with no images exited 0 with metrics; an empty sentence or a malformed polygon stopped the
 whole split; a state dict that did not fit named nothing; a full disk under the store was a
 traceback.
+
+Where the test of each of #26's cases is (those not in this file sit beside the code they test):
+ 1 --overwrite under another run: test_batch::test_overwrite_deletes_nothing_while_another_process_holds_the_folder
+ 2 short compressed RLE: here, test_compressed_rle_counts_that_do_not_cover_the_mask_are_refused
+ 3 GELU checkpoints: here, test_a_local_checkpoint_takes_its_activation_from_its_pretrained_tag
+ 4 FileProposals in workers: test_batch::test_file_proposals_given_as_an_object_reach_the_worker_processes
+ 5 --max-proposals for files: test_proposals::test_file_proposals_keep_the_cap_by_score_before_decoding
+ 6, 14 repeated sentence ids, a ref of another image: here, test_datasets_that_would_lose_or_break_sentences_...
+ 7 no images: here, test_an_eval_whose_images_are_missing_or_all_fail_is_no_result
+ 8 one pair's bad text: here, test_one_pairs_text_does_not_fail_its_neighbours
+ 9 float images: test_images::test_a_float_images_scale_is_given_never_guessed
+10 resumes of changed data: here, test_a_resumed_eval_redoes_... and test_a_resumed_batch_redoes_...
+11 FIFOs and stuck workers: here, test_a_pipe_is_refused_before_it_is_opened; test_engine (the image timeout)
+12, 16 overlong expressions: here, test_expressions_have_a_length_limit; test_service::test_malformed_requests (422)
+13 bounded caches: test_text::test_text_caches_are_bounded_least_recently_used_first (and benchmarks/serve_memory.py)
+15 deep manifest lines: here, test_a_manifest_line_nested_too_deeply_is_one_line
+17 full disk: here, test_a_full_disk_under_the_store_is_one_line_and_keeps_what_was_committed
+18 empty sentence, bad polygon: here, test_an_empty_sentence_or_a_malformed_polygon_fails_alone_...
+19 unusable -o: here, test_an_unusable_output_folder_is_found_before_the_work
+20 links out of a manifest: here, test_a_link_out_of_the_manifest_folder_is_refused_like_dot_dot
+21 state dicts that do not fit: here, test_a_state_dict_that_does_not_fit_names_the_first_tensors
+22 36 MP images: test_proposals (the mask budget); here, test_the_server_has_its_own_lower_pixel_limit
+and a small request behind a giant one: test_service_fairness (and benchmarks/serve_fairness.py).
 """
 from __future__ import annotations
 

@@ -7,9 +7,10 @@ running it over many images (batch jobs, evaluation) is :mod:`zsris.jobs`'.
 """
 from __future__ import annotations
 
+import contextlib
 import warnings
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, ContextManager, Optional, Sequence
 
 import numpy as np
 import torch
@@ -26,7 +27,7 @@ from .errors import NoProposalsError, ZsrisError, ZsrisWarning
 from .fusion import fuse_text, fuse_visual
 from .images import ImageInput, load_image
 from .precision import check_precision, compute_precision, weight_dtype
-from .proposals import ProposalGenerator, create_proposals
+from .proposals import ProposalGenerator, create_proposals, runs_in_model_process
 from .text import ExpressionParser, ParsedExpression, TextEncoder, check_expression
 from .types import ImageFeatures, Proposals, Scores, SegmentResult
 
@@ -34,6 +35,10 @@ RANDOM_WEIGHTS_WARNING = "zsris: CLIP has RANDOM weights (--weights random): its
 #: Mask pixels (bytes, as bool) of the images whose proposals share CLIP passes: 100 masks of
 #: eight 640 x 480 images; larger images go alone, so grouping never raises the peak memory.
 MASK_PIXELS_PER_PASS = 2 ** 28
+#: Mask pixels (proposals x image pixels) of one step of :meth:`Segmenter.image_features` when it
+#: runs in steps: about two seconds of CPU work (8 proposals of a 16 MP image); every proposal of
+#: an image up to 1.3 MP goes in one step.
+STEP_MASK_PIXELS = 2 ** 27
 
 
 class Segmenter:
@@ -165,13 +170,41 @@ class Segmenter:
                            self.backbone.is_vit)
 
     def image_features(self, image: ImageInput, image_id: Optional[str] = None,
-                       proposals: Optional[Proposals] = None) -> ImageFeatures:
-        """Proposals and their global, local and fused features: the per-image work."""
+                       proposals: Optional[Proposals] = None,
+                       step: Optional[Callable[[], ContextManager[Any]]] = None,
+                       step_pixels: Optional[int] = None) -> ImageFeatures:
+        """Proposals and their global, local and fused features: the per-image work.
+
+        ``step`` (a service passes its model lock) splits the work into steps, each run inside
+        ``step()``, so that other callers of the model can run between a large image's steps
+        instead of waiting for all of it: the image tensors, then the proposals' features
+        ``step_pixels`` (default :data:`STEP_MASK_PIXELS`) mask pixels (proposals x image
+        pixels) at a time, and the proposals
+        themselves when their generator is a model (a weights-free generator runs outside).
+        An image whose proposals fit in one step is computed exactly as without ``step``; one
+        split into several equals it up to float rounding (other forward-pass batches).
+        """
         pixels, image_id = self._load(image, image_id)
         if proposals is None:
-            proposals = self.proposals(pixels, image_id)
+            on_model = step is not None and runs_in_model_process(self.proposals)
+            with step() if on_model else contextlib.nullcontext():
+                proposals = self.proposals(pixels, image_id)
         self._check_proposals(pixels, proposals, image_id)
-        return self._features([(pixels, proposals)])[0]
+        if step is None:
+            return self._features([(pixels, proposals)])[0]
+        per_step = max(1, (step_pixels or STEP_MASK_PIXELS) // max(1, pixels.shape[0] * pixels.shape[1]))
+        if per_step >= len(proposals):
+            with step():
+                return self._features([(pixels, proposals)])[0]
+        with step():
+            tensors = self.image_tensors(pixels)
+        parts = []
+        for start in range(0, len(proposals), per_step):
+            with step():
+                part = proposals.select(np.arange(start, min(start + per_step, len(proposals))))
+                parts.append(self._features_of([tensors], [part])[0])
+        return ImageFeatures(proposals, *(torch.cat([getattr(f, name) for f in parts]) for name in
+                                          ("global_features", "local_features", "visual_features")))
 
     def image_features_many(
         self, images: Sequence[tuple[Optional[np.ndarray], Optional[Proposals]]]
@@ -210,12 +243,17 @@ class Segmenter:
     def _features(self, images: Sequence[tuple[np.ndarray, Proposals]]) -> list[ImageFeatures]:
         if not images:
             return []
-        tensors, clip_inputs = zip(*(self.image_tensors(pixels) for pixels, _ in images))
-        masks = [torch.from_numpy(proposals.masks).to(self.device) for _, proposals in images]  # once, as bool
-        boxes = [torch.from_numpy(proposals.boxes) for _, proposals in images]
+        return self._features_of([self.image_tensors(pixels) for pixels, _ in images],
+                                 [proposals for _, proposals in images])
+
+    def _features_of(self, image_tensors: Sequence[tuple[Tensor, Tensor]],
+                     proposals: Sequence[Proposals]) -> list[ImageFeatures]:
+        """Features of each image's proposals from its :meth:`image_tensors`."""
+        tensors, clip_inputs = zip(*image_tensors)
+        masks = [torch.from_numpy(p.masks).to(self.device) for p in proposals]  # once, as bool
+        boxes = [torch.from_numpy(p.boxes) for p in proposals]
         g, loc = self._visual_features(tensors, clip_inputs, masks, boxes)
-        return [ImageFeatures(proposals, gi, li, self.fuse_visual(gi, li))
-                for (_, proposals), gi, li in zip(images, g, loc)]
+        return [ImageFeatures(p, gi, li, self.fuse_visual(gi, li)) for p, gi, li in zip(proposals, g, loc)]
 
     def _load(self, image: ImageInput, image_id: Optional[str]) -> tuple[np.ndarray, Optional[str]]:
         if image_id is None and isinstance(image, (str, Path)):

@@ -1,9 +1,14 @@
 """`zsris serve`: a Gradio demo page and a JSON HTTP API over one loaded segmenter.
 
-Models load once at start. Requests are served one at a time through a lock (CPU inference
-gains nothing from running two at once, and it keeps results from ever mixing); waiting
-requests queue. The API answers clear 4xx errors for oversized requests, unreadable images
-and empty expressions; the page shows the same messages.
+Models load once at start. The model serves one request at a time through a lock (CPU
+inference gains nothing from running two at once, and it keeps results from ever mixing),
+granted in the order it was asked for. A large image's work is split into steps of about
+two seconds that each take the lock anew (:meth:`zsris.segmenter.Segmenter.image_features`'s
+``step``), and weights-free proposals are made outside it, in threads of lower CPU priority
+(on Linux), so that a small request waits behind one step of a giant one, not all of it, and
+its model work is not slowed by the giant's proposals (``benchmarks/serve_fairness.py``). The API
+answers clear 4xx errors for oversized requests, unreadable images and empty expressions; the
+page shows the same messages.
 
 What an untrusted client can make the server hold is bounded: an image's size is read from
 its header and refused before any pixel is decoded; at most ``decode_slots`` decoded images
@@ -17,16 +22,19 @@ they were written.
 import atexit
 import contextlib
 import json
+import os
 import shutil
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Optional
 
 from .errors import ExpressionError, ImageError, ImageTooLargeError, ProposalError, ZsrisError
 from .extras import require_extra
 from .images import load_image
+from .proposals.registry import runs_in_model_process
 from .types import DEFAULT_TOP_K
 
 EXAMPLES = Path(__file__).parent / "examples"
@@ -37,6 +45,8 @@ DEFAULT_FILE_TTL = 600
 #: The server's own pixel limit, below the command line's 40 MP: any client may send an image,
 #: and the masks of 100 proposals of a 36 MP image take 3.6 GB (16 MP: 1.6 GB).
 DEFAULT_SERVE_MAX_PIXELS = 16_000_000
+#: How much lower the CPU priority (niceness) of the threads making weights-free proposals is.
+PROPOSAL_NICENESS = 10
 
 #: HTTP status of each error a request can cause, most specific class first.
 ERROR_STATUS: tuple[tuple[type[ZsrisError], int], ...] = (
@@ -55,18 +65,49 @@ def http_status(error: ZsrisError) -> int:
     return 500
 
 
+class FairLock:
+    """A lock granted in the order it was asked for. ``threading.Lock`` promises no order: a
+    thread that releases it and at once asks again (a large request between its steps) mostly
+    gets it back, and the request that was waiting goes on waiting."""
+
+    def __init__(self) -> None:
+        self._turn = threading.Condition()
+        self._tickets = 0
+        self._serving = 0
+
+    def __enter__(self) -> "FairLock":
+        with self._turn:
+            ticket = self._tickets
+            self._tickets += 1
+            self._turn.wait_for(lambda: self._serving == ticket)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        with self._turn:
+            self._serving += 1
+            self._turn.notify_all()
+
+
+def _lower_priority() -> None:
+    """Lower this thread's CPU priority (Linux: a thread id is a process id to setpriority)."""
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), PROPOSAL_NICENESS)
+
+
 class SegmentationService:
     """Thread-safe access to one segmenter, with request limits."""
 
     def __init__(self, segmenter, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
                  max_expressions: int = DEFAULT_MAX_EXPRESSIONS, decode_slots: int = DEFAULT_DECODE_SLOTS,
-                 file_ttl: float = DEFAULT_FILE_TTL) -> None:
+                 file_ttl: float = DEFAULT_FILE_TTL, step_pixels: Optional[int] = None) -> None:
         self.segmenter = segmenter
+        self.step_pixels = step_pixels
         self.max_request_bytes = max_request_bytes
         self.max_expressions = max_expressions
         self.file_ttl = file_ttl
-        self._lock = threading.Lock()
+        self._lock = FairLock()
         self._slots = threading.BoundedSemaphore(decode_slots)
+        self._proposal_threads = ThreadPoolExecutor(decode_slots, "zsris-proposals", initializer=_lower_priority)
         self.output_root = Path(tempfile.mkdtemp(prefix="zsris-serve-"))
         atexit.register(shutil.rmtree, self.output_root, ignore_errors=True)
 
@@ -82,6 +123,7 @@ class SegmentationService:
         return Path(tempfile.mkdtemp(dir=self.output_root))
 
     def close(self) -> None:
+        self._proposal_threads.shutdown(wait=False, cancel_futures=True)
         shutil.rmtree(self.output_root, ignore_errors=True)
 
     def parse_expressions(self, text_or_list: Any) -> list[str]:
@@ -110,13 +152,21 @@ class SegmentationService:
 
         ``image`` is a path or the bytes of an image file; ``name`` stands for it in error messages.
         A decode slot is held from decoding to the answer, so that queued requests cannot pile
-        up decoded images.
+        up decoded images. The model lock is taken per step (see the module's docstring).
         """
         with self._slots:
             pixels = load_image(image, self.segmenter.config.max_pixels, name=name)
+            proposals = None
+            if not runs_in_model_process(self.segmenter.proposals):
+                proposals = self._proposal_threads.submit(self.segmenter.proposals, pixels, None).result()
+            features = self.segmenter.image_features(pixels, proposals=proposals, step=self.model_turn,
+                                                     step_pixels=self.step_pixels)
             with self._lock:
-                features = self.segmenter.image_features(pixels)
                 return pixels, features.proposals, self.segmenter.score(features, expressions)
+
+    def model_turn(self) -> FairLock:
+        """The model lock, for one step of a request's work."""
+        return self._lock
 
 
 def create_app(service: SegmentationService):
