@@ -192,10 +192,11 @@ def test_batch_answers_equal_segment_answers(folder_run, photos, tmp_path, capsy
     image = photos / "sub" / "b.JPG"
     assert main(["segment", str(image), "the red circle", "the big box", "-o", str(tmp_path), "--top-k", "3",
                  *FAST]) == 0
-    single = sorted(tmp_path.glob("*.json"))
+    single = {record["expression"]: record for record in (json.loads(p.read_text()) for p in tmp_path.glob("*.json"))}
     batch = [r for r in _results(folder_run) if r["image"] == "sub/b.JPG"]
-    for one, many in zip(single, batch):
-        one = json.loads(one.read_text())
+    assert len(single) == len(batch) == 2
+    for many in batch:
+        one = single[many["expression"]]
         for key in ("expression", "mask", "score", "box", "top_proposals", "noun_phrase"):
             assert one[key] == many[key], key
 

@@ -127,7 +127,7 @@ def test_segment_shows_its_stages_on_a_terminal_only(tmp_path):
     shown = _segment_stderr(True, tmp_path / "tty")
     for stage in ("segment: proposals", "segment: visual features", "segment: scoring"):
         assert stage in shown, shown
-    assert re.search(r"\d/3 stages", shown)
+    assert re.search(r"\d/3 stages", shown) and ": :" not in shown
     assert "stages" not in _segment_stderr(False, tmp_path / "pipe")
 
 

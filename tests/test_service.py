@@ -110,26 +110,50 @@ def test_openapi_schema(server):
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
 def test_page_in_headless_chromium(server, real_image_path, tmp_path):
+    """Two expressions on a real photo: one overlay with a legend entry each, a tab each with its
+    own mask, ranking and explanation, downloads named after them; then the errors."""
     from playwright.sync_api import sync_playwright
 
     corrupt = tmp_path / "corrupt.jpg"
     corrupt.write_bytes(real_image_path.read_bytes()[:3000])
+    expressions = ["the elephant on the left", "the baby elephant"]
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=CHROMIUM, headless=True,
             args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                   "--disable-sync", "--no-first-run", "--disable-quic"])
         page = browser.new_page(viewport={"width": 1300, "height": 1000})
-        page.goto(server + "/", wait_until="networkidle")
+        page.goto(server + "/", wait_until="load")
+        page.wait_for_selector("#zsris-submit", timeout=60_000)
+        assert "the red circle on the left\nthe blue square" in page.inner_text("#zsris-examples")  # one per line
         page.set_input_files("#zsris-image input[type=file]", str(real_image_path))
-        page.wait_for_selector("#zsris-preview img", timeout=60_000)
-        page.fill("#zsris-expressions textarea", "the elephant on the left")
+        page.wait_for_selector("#zsris-image img", timeout=60_000)
+        page.fill("#zsris-expressions textarea", "\n".join(expressions))
         page.click("#zsris-submit")
-        page.wait_for_selector("#zsris-overlay img", timeout=120_000)
-        page.wait_for_function("document.querySelector('#zsris-status').innerText.includes('Segmented 1')",
-                               timeout=60_000)
-        assert page.locator("#zsris-ranked img").count() >= 1
-        page.reload(wait_until="networkidle")  # a fresh page: the file box holds one upload
+        page.wait_for_function("document.querySelector('#zsris-status').innerText.includes('Segmented 2')",
+                               timeout=120_000)
+        page.wait_for_selector("#zsris-tabs", timeout=60_000)
+        page.screenshot(path=str(tmp_path / "two-expressions.png"), full_page=True)
+        legend = page.inner_text("#zsris-overlay")
+        assert all(f"{n}. {e}" in legend for n, e in enumerate(expressions, start=1)), legend
+        tabs = page.locator("#zsris-tabs button[role=tab]")
+        assert [tabs.nth(i).inner_text() for i in range(tabs.count())] == ["1. the elephant on the left",
+                                                                             "2. the baby elephant"]
+        for number, expression in enumerate(expressions, start=1):
+            tabs.nth(number - 1).click()
+            panel = page.locator(f"#zsris-tab-{number}")
+            panel.wait_for(state="visible", timeout=30_000)
+            assert expression in panel.inner_text() and "fused score" in panel.inner_text()
+            assert panel.locator("img").count() >= 2  # its mask and its ranked proposals
+        downloads = page.inner_text("#zsris-files").replace("\n.", ".")  # the page breaks names before the suffix
+        for name in ("the-elephant-on-the-left.mask.png", "the-elephant-on-the-left.json",
+                     "the-baby-elephant.mask.png", "the-baby-elephant.json"):
+            assert name in downloads, downloads
+        page.set_input_files("#zsris-image input[type=file]", str(EXAMPLE))  # a second image replaces the first
+        page.wait_for_function("document.querySelector('#zsris-image img') && "
+                               "document.querySelector('#zsris-image img').src.includes('shapes')", timeout=60_000)
+        page.reload(wait_until="load")
+        page.wait_for_selector("#zsris-submit", timeout=60_000)
         page.fill("#zsris-expressions textarea", "the elephant on the left")
         page.set_input_files("#zsris-image input[type=file]", str(corrupt))
         page.wait_for_function("document.querySelector('#zsris-status').innerText.includes('truncated')",
@@ -138,9 +162,10 @@ def test_page_in_headless_chromium(server, real_image_path, tmp_path):
         page.wait_for_function("document.querySelector('#zsris-status').innerText.includes('Error')",
                                timeout=60_000)
         assert "truncated" in page.inner_text("#zsris-status")
-        page.reload(wait_until="networkidle")
+        page.reload(wait_until="load")
+        page.wait_for_selector("#zsris-submit", timeout=60_000)
         page.set_input_files("#zsris-image input[type=file]", str(real_image_path))
-        page.wait_for_selector("#zsris-preview img", timeout=60_000)
+        page.wait_for_selector("#zsris-image img", timeout=60_000)
         page.fill("#zsris-expressions textarea", "   ")
         page.click("#zsris-submit")
         page.wait_for_function("document.querySelector('#zsris-status').innerText.includes('non-empty expression')",

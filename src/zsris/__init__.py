@@ -5,6 +5,10 @@
 >>> result = segmenter.segment("photo.jpg", "the cat lying on the scooter seat")
 >>> result.mask.shape, result.score, result.box
 >>> result.ranked(3)                                     # the three best proposals and their scores
+>>> result.save("out/", image="photo.jpg")              # JSON record, mask PNG and overlay PNG
+
+Several questions about one image: :class:`zsris.Predictor` (``set_image`` once, ``predict``
+in milliseconds), or ``segmenter(image, [...])``, which keeps the last image's features.
 
 Over many images, with outputs that resume: :class:`zsris.BatchJob` and :class:`zsris.EvalJob`
 (the jobs layer, :mod:`zsris.jobs`), or :func:`zsris.segment_pairs` to stream answers.
@@ -32,7 +36,8 @@ _EXPORTS = {
     "DatasetError": "errors", "ExpressionError": "errors", "ImageError": "errors", "NoProposalsError": "errors",
     "ProposalError": "errors", "WeightsError": "errors", "ZsrisError": "errors", "ZsrisWarning": "errors",
     "ImageFeatures": "types", "RankedProposal": "types", "SegmentResult": "types", "Scores": "types",
-    "Segmenter": "segmenter", "create_segmenter": "segmenter", "Policy": "decide", "decide": "decide",
+    "Segmenter": "segmenter", "create_segmenter": "segmenter", "Predictor": "predictor",
+    "Policy": "decide", "decide": "decide",
     "BatchJob": "jobs", "EvalJob": "jobs", "DataSpec": "jobs", "Execution": "jobs", "segment_pairs": "jobs",
     "folder_pairs": "jobs", "read_manifest": "jobs", "JobInterrupted": "jobs",
     "ProposalSpec": "config", "SegmenterConfig": "config", "paper_alpha": "config",

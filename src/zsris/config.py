@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from .errors import ZsrisError
+from .images import DEFAULT_MAX_PIXELS
 from .proposals.registry import ProposalSpec, canonical_spec, generator_entry
 
 DEFAULT_BACKBONE = "ViT-B/32"
@@ -39,9 +40,6 @@ SCORE_RANGE = (-1.0, 1.0)
 DEFAULT_MULTI_TARGET_MARGIN = 0.01
 #: "on" re-ranks by the target's position, order and size words (zsris.spatial); "off" is the paper.
 SPATIAL_MODES = ("off", "on")
-#: Images with more pixels than this are refused: proposals and masks are computed at full
-#: resolution, and a 20000 x 20000 image would need tens of GiB. ``max_pixels`` changes it.
-DEFAULT_MAX_PIXELS = 40_000_000
 #: Seconds a worker process may spend preparing one image (decoding and proposals) once the
 #: model stage waits for it: a 40 MP image's classical proposals take about a minute on one core.
 DEFAULT_IMAGE_TIMEOUT = 600.0

@@ -15,8 +15,11 @@ from typing import BinaryIO, Optional, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .config import DEFAULT_MAX_PIXELS
 from .errors import ImageError, ImageTooLargeError
+
+#: Images with more pixels than this are refused: proposals and masks are computed at full
+#: resolution, and a 20000 x 20000 image would need tens of GiB. ``max_pixels`` changes it.
+DEFAULT_MAX_PIXELS = 40_000_000
 
 ImageInput = Union[str, Path, bytes, BinaryIO, Image.Image, np.ndarray]
 

@@ -5,8 +5,11 @@ import textwrap
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+from scipy.ndimage import binary_erosion
 
 MASK_COLOUR = (255, 64, 64)
+#: The mask's outline, at full strength over the tint: a red tint alone vanishes on a red object.
+OUTLINE_COLOUR = (0, 255, 255)
 BOX_COLOUR = (255, 220, 0)
 WARNING_COLOUR = (255, 80, 80)
 RANDOM_WEIGHTS_NOTE = "RANDOM WEIGHTS: this mask means nothing"
@@ -26,15 +29,17 @@ def _font(size: int) -> ImageFont.ImageFont:
 
 def overlay(image: np.ndarray, mask: np.ndarray, box: tuple[int, int, int, int], caption: str,
             opacity: float = 0.5, warning: str = "") -> Image.Image:
-    """The image with the mask tinted, its box outlined and ``caption`` in a band below it;
-    ``warning`` (such as "random weights") is written under the caption in red, so that a
-    picture shared without its JSON still says it."""
+    """The image with the mask tinted and outlined, its box drawn and ``caption`` in a band
+    below it; ``warning`` (such as "random weights") is written under the caption in red, so
+    that a picture shared without its JSON still says it."""
     height, width = mask.shape
+    line = max(1, round(min(height, width) / 200))
+    mask = np.asarray(mask, dtype=bool)
     tinted = image.astype(np.float32)
     tinted[mask] = (1 - opacity) * tinted[mask] + opacity * np.array(MASK_COLOUR, np.float32)
+    tinted[mask & ~binary_erosion(mask, iterations=line, border_value=0)] = OUTLINE_COLOUR
     picture = Image.fromarray(np.clip(tinted, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(picture)
-    line = max(1, round(min(height, width) / 200))
     x1, y1, x2, y2 = box
     if x2 > x1 and y2 > y1:
         draw.rectangle([x1, y1, x2 - 1, y2 - 1], outline=BOX_COLOUR, width=line)

@@ -6,7 +6,9 @@ can use them without loading a model library.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
@@ -15,6 +17,7 @@ from .errors import ProposalError
 from .masks import encode_rle, masks_boxes
 
 if TYPE_CHECKING:
+    from PIL import Image
     from torch import Tensor
 
     from .spatial import SpatialDecision
@@ -158,6 +161,31 @@ class SegmentResult:
         fused, order = self.scores.fused, self.scores.order
         best = float(fused[order[0]])
         return [int(i) for i in order if float(fused[i]) >= best - margin]
+
+    def overlay(self, image: Any, warning: str = "") -> "Image.Image":
+        """The image (a path, PIL image or ``[H, W, 3]`` array) with the mask tinted and outlined,
+        its box drawn and the expression in a band below (what `zsris segment` saves)."""
+        from .images import load_image
+        from .render import overlay
+
+        return overlay(load_image(image), self.mask, self.box, self.caption, warning=warning)
+
+    def save(self, folder: "str | Path", image: Any = None, top_k: Optional[int] = DEFAULT_TOP_K) -> "Path":
+        """Write ``EXPRESSION.json`` and ``EXPRESSION.mask.png`` (and ``EXPRESSION.overlay.png``
+        when ``image`` is given) into ``folder``, the expression as a slug; a name already there
+        gets ``-2``, ``-3`` ... (:mod:`zsris.names`). Returns the files' common path stem."""
+        from .names import claim_stem, slug
+        from .render import mask_image
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        base = claim_stem(folder, slug(self.expression), (".json", ".mask.png", ".overlay.png"))
+        name = str(image) if isinstance(image, (str, Path)) else None
+        Path(f"{base}.json").write_text(json.dumps(self.to_dict(name, top_k), indent=2))
+        mask_image(self.mask).save(f"{base}.mask.png")
+        if image is not None:
+            self.overlay(image).save(f"{base}.overlay.png")
+        return base
 
     def to_dict(self, image: Optional[str] = None, top_k: Optional[int] = DEFAULT_TOP_K) -> dict[str, Any]:
         """The JSON record (what `zsris segment` writes and the API returns): COCO RLE mask, box

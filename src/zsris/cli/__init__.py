@@ -1,4 +1,5 @@
-"""The `zsris` command line: segment, batch, eval, calibrate, proposals, proposals-eval, serve, weights.
+"""The `zsris` command line: segment, batch, eval, calibrate, proposals, proposals-eval, serve, weights,
+example-image.
 
 One module per subcommand, each with a ``register(commands)``; shared flags and the flags ->
 SegmenterConfig step live in :mod:`zsris.cli.flags`. Heavy imports happen inside the commands.
@@ -17,10 +18,10 @@ import warnings
 from typing import Iterator, Optional, Sequence
 
 from ..errors import ZsrisError, ZsrisWarning
-from . import batch, evaluate, proposals, segment, serve, weights
+from . import batch, evaluate, example, proposals, segment, serve, weights
 from .flags import EPILOG
 
-SUBCOMMANDS = (segment, batch, evaluate, proposals, serve, weights)
+SUBCOMMANDS = (segment, batch, evaluate, proposals, serve, weights, example)
 
 
 def make_parser() -> argparse.ArgumentParser:

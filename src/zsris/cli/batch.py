@@ -35,6 +35,10 @@ def _read_pairs(args: argparse.Namespace):
     return read_manifest(source, args.allow_outside)
 
 
+#: Runs of fewer images print their per-stage timing only with -v: on a few images it is noise.
+TIMING_TABLE_IMAGES = 20
+
+
 def cmd_batch(args: argparse.Namespace) -> int:
     from ..jobs.batch import ERRORS, BatchJob, check_output_folder
     from ..jobs.run import writable_folder
@@ -53,7 +57,10 @@ def cmd_batch(args: argparse.Namespace) -> int:
     summary = job.run()
     print(table(summary.table(), "batch"))
     if summary.timing and summary.timing["images"]:
-        print("\n" + table(summary.timing, "time (this run)"))
+        if args.verbose or summary.timing["images"] >= TIMING_TABLE_IMAGES:
+            print("\n" + table(summary.timing, "time (this run)"))
+        else:
+            print("(zsris -v batch ... adds the time of each stage)")
     print(f"\nwrote {', '.join(str(path) for path in summary.written)}")
     if summary.failed_overall:
         print(f"zsris: {summary.failed_overall} pair(s) failed; the reasons are in {out / ERRORS} "

@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import re
 import sys
 import threading
 from pathlib import Path
@@ -14,6 +13,8 @@ from ..errors import ZsrisError
 from .flags import EPILOG, add_model_flags, add_top_k_flag, build_segmenter, config_from_args
 
 STAGES = ("proposals", "visual features", "scoring")
+#: The files of each result; the first is claimed before any is written (see :mod:`zsris.names`).
+OUTPUT_SUFFIXES = (".json", ".mask.png", ".overlay.png")
 
 
 class StageProgress:
@@ -35,7 +36,7 @@ class StageProgress:
         if self.bar is None:
             yield
             return
-        self.bar.set_description(f"segment: {name}")
+        self.bar.set_description_str(f"segment: {name}")  # set_description would add a second ": "
         done = threading.Event()
         ticker = threading.Thread(target=self._tick, args=(done,), daemon=True)
         ticker.start()
@@ -55,10 +56,6 @@ class StageProgress:
             self.bar.close()
 
 
-def _slug(text: str, limit: int = 40) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit] or "expression"
-
-
 def _names_an_image(text: str) -> bool:
     """Whether ``text`` is the path of an existing image file (a second image given by mistake)."""
     from ..jobs.pairs import IMAGE_SUFFIXES
@@ -69,6 +66,7 @@ def _names_an_image(text: str) -> bool:
 
 def cmd_segment(args: argparse.Namespace) -> int:
     from ..images import load_image
+    from ..names import claim_stem, file_part, run_tag, slug
     from ..records import result_record, settings
     from ..render import RANDOM_WEIGHTS_NOTE, mask_image, overlay
     from ..text import check_expression
@@ -94,14 +92,15 @@ def cmd_segment(args: argparse.Namespace) -> int:
         progress.close()
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    stem = Path(args.image).stem
+    run = settings(segmenter)
     note = RANDOM_WEIGHTS_NOTE if segmenter.backbone.is_random else ""
-    for number, result in enumerate(results):
-        base = out / f"{stem}-{number:02d}-{_slug(result.expression)}"
+    for result in results:
+        stem = f"{file_part(Path(args.image).name)}--{slug(result.expression)}--{run_tag(run)}"
+        base = claim_stem(out, stem, OUTPUT_SUFFIXES)
+        record = {**result_record(result, str(args.image), args.top_k), "settings": run}
+        Path(f"{base}.json").write_text(json.dumps(record, indent=2))
         mask_image(result.mask).save(f"{base}.mask.png")
         overlay(image, result.mask, result.box, result.caption, warning=note).save(f"{base}.overlay.png")
-        record = {**result_record(result, str(args.image), args.top_k), "settings": settings(segmenter)}
-        Path(f"{base}.json").write_text(json.dumps(record, indent=2))
         if not result.found:
             print(f"{result.expression!r} -> no such object: the best score {result.score:.4f} is below the "
                   f"no-target threshold {segmenter.config.no_target_threshold}: {base}.{{mask.png,overlay.png,json}}")
@@ -116,7 +115,9 @@ def cmd_segment(args: argparse.Namespace) -> int:
 def register(commands) -> None:
     segment = commands.add_parser(
         "segment", help="segment the object an expression refers to",
-        description="Write, per expression, the mask PNG, an overlay PNG and a JSON record.",
+        description="Write, per expression, the mask PNG, an overlay PNG and a JSON record, named "
+                    "IMAGE--EXPRESSION--RUN.{json,mask.png,overlay.png} (RUN: a hash of the settings; "
+                    "a name already taken gets -2, -3 ...: nothing is overwritten).",
         epilog=EPILOG + '\nexample:\n  zsris segment photo.jpg "the man on the left" "the red car" -o out/',
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -406,6 +406,8 @@ class EvalJob:
         check_split_images(self.dataset, groups, self.split)
         out, settings = self.out, self.settings()
         title = f"{self.data.dataset} {self.split} ({settings['backbone']}, {settings['proposals']['name']})"
+        if self.segmenter.backbone.is_random:  # the table, report.md and the histogram say so
+            title += ", RANDOM WEIGHTS: these figures mean nothing"
         keys = {image_id: image_content_key(self.dataset, image_id, refs) for image_id, refs in groups.items()}
         with PredictionStore(out / "predictions.sqlite", settings) as store, self.execution.session():
             self._forget_changed(store, keys)

@@ -185,12 +185,13 @@ def group_by_image(pairs: Iterable[Pair]) -> dict[str, list[Pair]]:
 
 def output_name(pair: Pair) -> str:
     """A file name (no folder, no suffix) for the pair's mask and overlay: the image's relative
-    path (an absolute one's file name: the pair's id keeps it apart) with every run of other
+    path with its extension (``bars.jpg`` and ``bars.png`` in one folder are two images; an
+    absolute path's file name: the pair's id keeps it apart) with every run of other
     characters than letters, digits, ``.``, ``-`` and ``_`` made ``_`` (so
     ``/`` and ``..`` cannot lead out of the output folder), then ``--`` and the pair's label.
     Where anything was replaced or cut, a hash of the original keeps two names apart."""
     image = Path(pair.image)
-    stem = str((Path(image.name) if image.is_absolute() else image).with_suffix("")) if pair.image else "image"
+    stem = str(Path(image.name) if image.is_absolute() else image) if pair.image else "image"
     original = f"{stem}--{pair.label}"
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", original).lstrip(".") or "pair"
     if name != original or len(name) > 150:

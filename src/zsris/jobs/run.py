@@ -134,14 +134,27 @@ def quiet_segmenter(config: SegmenterConfig) -> "Segmenter":
         return create_segmenter(config)
 
 
+#: What a job's progress bar says until its first image is done.
+STARTING = "starting: loading the workers and preparing the first images"
+
+
 @contextlib.contextmanager
 def progress_bar(total: int, initial: int, desc: str, enabled: bool,
                  saved: Callable[[], str]) -> Iterator["tqdm"]:
     """A progress bar over a job's images; a Ctrl-C inside the block closes it and becomes
-    :class:`JobInterrupted` with the message ``saved`` returns (after making the outputs whole)."""
+    :class:`JobInterrupted` with the message ``saved`` returns (after making the outputs whole).
+    Until the first image is done it says that the run is starting (workers load their models
+    and prepare the first images: tens of seconds with nothing counted)."""
     from tqdm import tqdm
 
-    bar = tqdm(total=total, initial=initial, unit="image", desc=desc, dynamic_ncols=True, disable=not enabled)
+    class StartingBar(tqdm):
+        def update(self, n: float = 1) -> Optional[bool]:
+            if getattr(self, "postfix", None):  # (a disabled bar has none)
+                self.set_postfix_str("", refresh=False)
+            return super().update(n)
+
+    bar = StartingBar(total=total, initial=initial, unit="image", desc=desc, dynamic_ncols=True,
+                      disable=not enabled, postfix=STARTING if initial < total else None)
     try:
         yield bar
     except KeyboardInterrupt:
