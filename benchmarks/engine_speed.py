@@ -10,8 +10,8 @@ Prints, each labelled with the device it was measured on (GPU rows only where CU
    image per stage and end to end.
 2. The authors' per-object loop (proposals and visual features recomputed for each referred
    object with their per-proposal crops, each sentence parsed and encoded alone), the same loop
-   on zsris's steps, and zsris, on a RefCOCO-val-shaped workload: 2.5 referred objects and
-   about 7.5 sentences per image.
+   on zsris's steps, and zsris (in fp32, and in bf16 where the CPU or GPU has bf16 units), on a
+   RefCOCO-val-shaped workload: 2.5 referred objects and about 7.5 sentences per image.
 3. The visual step for 100 proposals per backbone and precision (random weights: the real
    FLOPs), beside open_clip's plain encode_image over the same 100 crops (its floor); 3b where
    its time goes; 3c several images' proposals sharing forward passes (--images-per-pass).
@@ -38,7 +38,9 @@ from zsris.backbones import load_backbone
 from zsris.config import ProposalSpec, SegmenterConfig
 from zsris.datasets import ReferDataset
 from zsris.engine import Engine, Preparer, default_workers
+from zsris.jobs import Execution
 from zsris.jobs.evaluation import ImageEvaluator, dataset_task, load_dataset_image, run_local
+from zsris.precision import cpu_bf16_units
 from zsris.proposals import ClassicalProposals, Proposals
 from zsris.report import LABELS
 from zsris.segmenter import Segmenter
@@ -48,7 +50,8 @@ from common import add_data_flag, require_data
 
 CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")
-LABEL = torch.cuda.get_device_name(0) if CUDA else f"CPU ({torch.get_num_threads()} threads)"
+LABEL = (torch.cuda.get_device_name(0) if CUDA else
+         f"CPU ({torch.get_num_threads()} threads{', ' + ' and '.join(cpu_bf16_units()) if cpu_bf16_units() else ''})")
 
 
 def _sync() -> None:
@@ -126,22 +129,42 @@ KEYS = ["seconds_per_image", "seconds_per_image_running", "seconds_to_first_imag
         "model_seconds_per_image", "waiting_seconds_per_image", "busy_workers", "busy_model"]
 
 
-def engines(dataset: ReferDataset, images: int, serial_images: int, workers: int) -> None:
-    segmenter = _segmenter()
-    evaluator = ImageEvaluator(segmenter, dataset)
+def engines(dataset: ReferDataset, images: int, serial_images: int, workers: int, precisions: list[str],
+            freesolo_images: int) -> None:
+    """Eval's work end to end: serial against pipelined (fp32), pipelined in bf16 where the
+    device has bf16 units, and FreeSOLO's proposals (random weights; on the device, one image
+    ahead of CLIP) in place of the classical ones."""
+    from zsris.proposals import create_proposals
+
+    runs = [("serial", 0, serial_images, "fp32", None),
+            (f"pipelined, {workers} workers", workers, images, "fp32", None)]
+    runs += [(f"pipelined, {precision}", workers, images, precision, None) for precision in precisions
+             if precision == "bf16"]
+    if freesolo_images:
+        torch.manual_seed(0)
+        freesolo = create_proposals("freesolo", freesolo_checkpoint="random", device=DEVICE)
+        runs.append(("FreeSOLO, fp32", workers, freesolo_images, "fp32", freesolo))
     rows = {}
-    for name, count, limit in (("serial", 0, serial_images), (f"pipelined, {workers} workers", workers, images)):
+    for name, count, limit, precision, generator in runs:
+        segmenter = _segmenter(precision=precision, proposals=generator)
+        evaluator = ImageEvaluator(segmenter, dataset)
         groups = dataset.refs_by_image("train", limit)
-        engine = Engine(Preparer(ProposalSpec(max_proposals=100), None, exif_transpose=False), count)
+        if generator is None:
+            engine = Engine(Preparer(ProposalSpec(max_proposals=100), None, exif_transpose=False), count)
+        else:
+            engine = Execution(proposal_workers=count).engine_for(generator, exif_transpose=False)
         with tempfile.TemporaryDirectory() as folder, PredictionStore(Path(folder) / "p.sqlite", {}) as store:
             times = run_local(evaluator, groups, list(groups), store, _NoBar(), engine)
         rows[f"{name} ({len(groups)} images)"] = times.summary()
-    print(f"\n1. eval on refcoco-mini images, ViT-B/32, 100 classical proposals [{LABEL}, {os.cpu_count()} CPUs]")
+    print(f"\n1. eval on refcoco-mini images, ViT-B/32, 100 classical proposals unless FreeSOLO "
+          f"[{LABEL}, {os.cpu_count()} CPUs]")
     print(f"   {'':48}" + "".join(f"{name:>34}" for name in rows))
     for key in KEYS:
         print(f"   {LABELS[key]:48}" + "".join(f"{row[key]:>34}" for row in rows.values()))
-    serial, pipelined = (row["seconds_per_image"] for row in rows.values())
+    serial, pipelined, *others = (row["seconds_per_image"] for row in rows.values())
     print(f"   end to end: pipelined x{serial / pipelined:.2f} faster than serial [{LABEL}]")
+    for name, seconds in zip(list(rows)[2:], others):
+        print(f"   end to end: {name} {seconds:.3f} s/image, x{serial / seconds:.2f} against serial fp32 [{LABEL}]")
 
 
 def _authors_visual(segmenter: Segmenter, pixels: np.ndarray, proposals: Proposals) -> torch.Tensor:
@@ -182,7 +205,7 @@ def _authors_sentence(segmenter: Segmenter, sentence: str, fused: torch.Tensor) 
     return int((text @ fused.T).argmax())
 
 
-def per_object_loop(dataset: ReferDataset, images: int) -> None:
+def per_object_loop(dataset: ReferDataset, images: int, precisions: list[str]) -> None:
     """RefCOCO val has 2.54 referred objects and 7.22 sentences per image: objects alternate 3, 2
     (2.5 per image), each with the next 3 sentences of the dataset (7.5 per image). Three ways:
     the authors' loop (proposals and visual features for each referred object, their per-proposal
@@ -214,15 +237,30 @@ def per_object_loop(dataset: ReferDataset, images: int) -> None:
                     segmenter.text_encoder._cache.clear()  # encoded anew, one at a time
                     segmenter.score(features, [sentence])
 
-    def ours() -> None:
+    def ours(segmenter: Segmenter) -> None:
         segmenter.parser._cache.clear()
         segmenter.text_encoder._cache.clear()
         for pixels, objects in workload:
             segmenter.score(segmenter.image_features(pixels), [s for group in objects for s in group])
 
+    def pipelined(segmenter: Segmenter) -> float:
+        """Seconds per image of eval's engine (proposals in a worker process ahead of CLIP, as
+        `zsris eval` runs), once the first image is ready (the workers' start-up left out)."""
+        segmenter.parser._cache.clear()
+        segmenter.text_encoder._cache.clear()
+        engine = Engine(Preparer(ProposalSpec(max_proposals=100), None, exif_transpose=False), 1)
+        first = None
+        for prepared, (_, objects) in zip(engine.iterate(dataset_task(dataset, i) for i in ids), workload):
+            features = segmenter.image_features(prepared.pixels, proposals=prepared.proposals)
+            segmenter.score(features, [s for group in objects for s in group])
+            first = first or time.perf_counter()
+        return (time.perf_counter() - first) / max(len(workload) - 1, 1)
+
     _, t_authors = _timed(authors)
     _, t_loop = _timed(loop_on_zsris_steps)
-    _, t_ours = _timed(ours)
+    _, t_ours = _timed(lambda: ours(segmenter))
+    reduced = [(p, _timed(lambda: ours(_segmenter(precision=p)))[1]) for p in precisions if p in ("bf16", "tf32")]
+    engine_rows = [(p, pipelined(_segmenter(precision=p))) for p in precisions if p in ("fp32", "bf16")]
     count = len(workload)
     print(f"\n2. RefCOCO-val-shaped workload: {count} images, "
           f"{sum(len(o) for _, o in workload) / count:.2f} objects and "
@@ -232,6 +270,12 @@ def per_object_loop(dataset: ReferDataset, images: int) -> None:
           f"   x{t_authors / t_loop:.2f} [{LABEL}]")
     print(f"   zsris, per image                                     {t_ours / count:7.3f} s/image"
           f"   x{t_authors / t_ours:.2f} [{LABEL}]")
+    for precision, seconds in reduced:
+        print(f"   zsris, per image, --precision {precision:5}                 {seconds / count:7.3f} s/image"
+              f"   x{t_authors / seconds:.2f} against the authors' fp32 loop [{LABEL}]")
+    for precision, seconds in engine_rows:
+        print(f"   zsris eval's engine (1 proposal worker), {precision:5}     {seconds:7.3f} s/image"
+              f"   x{t_authors / count / seconds:.2f} against the authors' fp32 loop, once running [{LABEL}]")
 
 
 def breakdown(image: np.ndarray, proposals: Proposals, precision: str = "fp32") -> None:
@@ -401,6 +445,7 @@ def main() -> None:
     parser.add_argument("--precision-images", type=int, default=20)
     parser.add_argument("--pass-images", type=int, default=8, help="images for the images-per-pass rows (3c)")
     parser.add_argument("--sam-images", type=int, default=8)
+    parser.add_argument("--freesolo-images", type=int, default=8, help="images for the FreeSOLO eval row (0: none)")
     parser.add_argument("--sam-model", default="vit_h")
     parser.add_argument("--workers", type=int, default=default_workers())
     parser.add_argument("--backbones", nargs="+", default=["ViT-B/32", "ViT-B/16", "ViT-L/14", "RN50"])
@@ -408,7 +453,7 @@ def main() -> None:
     args = parser.parse_args()
     require_data(args.data)
     dataset = ReferDataset(args.data, "refcoco")
-    precisions = ["fp32", "tf32", "bf16", "fp16"] if CUDA else ["fp32"]
+    precisions = ["fp32", "tf32", "bf16", "fp16"] if CUDA else ["fp32", "bf16"] if cpu_bf16_units() else ["fp32"]
     print(f"device: {LABEL}; torch {torch.__version__}; {os.cpu_count()} CPUs"
           + ("" if CUDA else "; no GPU here: CUDA rows not run"))
     needed = max(args.precision_images if 4 in args.only else 1, args.sam_images if 5 in args.only else 1,
@@ -418,21 +463,21 @@ def main() -> None:
     if CUDA and 0 in args.only:
         exactness(image, proposals)
     if 1 in args.only:
-        engines(dataset, args.images, args.serial_images, args.workers)
+        engines(dataset, args.images, args.serial_images, args.workers, precisions, args.freesolo_images)
     if 2 in args.only:
-        per_object_loop(dataset, args.loop_images)
+        per_object_loop(dataset, args.loop_images, precisions)
     if 3 in args.only:
         visual_step(image, proposals, args.backbones if CUDA else args.backbones[:1], precisions)
         for precision in precisions[::2]:
             breakdown(image, proposals, precision)
         images_per_pass(prepared[:args.pass_images], precisions[::2])
     if 4 in args.only:
-        if CUDA:
+        if len(precisions) > 1:
             groups = dataset.refs_by_image("train", args.precision_images)
             work = [(i, p, q, [s.text for r in groups[i] for s in r.sentences]) for i, p, q in prepared if i in groups]
             precision_effect(work, precisions)
         else:
-            print("\n4. reduced precision: no GPU here (the CPU computes in fp32 only)")
+            print("\n4. reduced precision: neither a GPU nor a CPU with bf16 units here")
     if 5 in args.only:
         if CUDA:
             sam_engine(dataset, prepared[:args.sam_images], args.sam_model)

@@ -106,10 +106,15 @@ def test_create_segmenter_builds_what_the_config_names(tmp_path):
     assert settings(given)["proposals"]["name"] == "file"
 
 
-def test_reduced_precision_is_refused_off_cuda(tiny_vit):
+def test_cuda_only_precisions_are_refused_on_the_cpu_and_bf16_without_its_units(tiny_vit, monkeypatch):
+    from zsris import precision as precision_module
     from zsris.proposals import ClassicalProposals
     from zsris.segmenter import Segmenter
 
-    for precision in ("tf32", "bf16", "fp16"):
-        with pytest.raises(ZsrisError, match=f"--precision {precision} needs a CUDA device"):
+    for precision in ("tf32", "fp16"):
+        with pytest.raises(ZsrisError, match=f"--precision {precision} needs a CUDA device; the CPU computes in "
+                                             f"fp32 or bf16"):
             Segmenter(tiny_vit, ClassicalProposals(max_proposals=3), precision=precision)
+    monkeypatch.setattr(precision_module, "cpu_bf16_units", lambda: ())
+    with pytest.raises(ZsrisError, match="needs bf16 instructions \\(AVX512-BF16 or AMX-BF16\\), which this CPU lacks"):
+        Segmenter(tiny_vit, ClassicalProposals(max_proposals=3), precision="bf16")

@@ -188,6 +188,9 @@ def add_engine_flags(parser: argparse.ArgumentParser, model_stage: bool = True) 
                             help="'ray' spreads images over Ray workers (needs the 'ray' extra)")
         engine.add_argument("--workers", type=positive_int, default=2, help="Ray workers (default: %(default)s)")
         engine.add_argument("--ray-address", default=None, help="an existing Ray cluster (default: start a local one)")
+        engine.add_argument("--gpus-per-worker", type=float, default=None, metavar="G",
+                            help="GPUs each Ray worker asks for, and uses, on its node; a fraction shares one "
+                                 "(default: 1 when --device is CUDA, else 0)")
 
 
 def add_top_k_flag(parser: argparse.ArgumentParser, what: str) -> None:
@@ -202,7 +205,8 @@ def execution_from_args(args: argparse.Namespace):
 
     return Execution(engine=getattr(args, "engine", "local"), proposal_workers=args.proposal_workers,
                      ray_workers=getattr(args, "workers", 2), ray_address=getattr(args, "ray_address", None),
-                     stop=getattr(args, "stop", None), image_timeout=args.image_timeout)
+                     stop=getattr(args, "stop", None), image_timeout=args.image_timeout,
+                     gpus_per_worker=getattr(args, "gpus_per_worker", None))
 
 
 def proposal_spec_from_args(args: argparse.Namespace, name: Optional[str] = None) -> ProposalSpec:

@@ -360,9 +360,13 @@ class BatchJob:
                     refused = refused_results(pending)
                     if refused:
                         commit([answer.record(self.top_k) for answer in refused], None, False)
+                    def failed(job: tuple, reason: str) -> None:
+                        _, image_pairs = job
+                        commit([PairResult(pair, error=reason).record(self.top_k) for pair in image_pairs], None, True)
+
                     run_ray(functools.partial(make_image_job, segmenter.config, self.top_k, self.save_overlays),
                             list(pending_images.items()), lambda done: commit(*done, True),
-                            self.execution.ray_workers)
+                            self.execution.ray_workers, self.execution.ray_gpus(segmenter.device), failed)
                 else:
                     engine = self.execution.engine_for(segmenter.proposals, max_pixels=segmenter.config.max_pixels)
                     for answers, pixels in run_pairs(segmenter, pending, engine):

@@ -425,9 +425,14 @@ class EvalJob:
                         store.add(records, keys)
                         bar.update(1)
 
+                    here = ImageEvaluator(self.segmenter, self.dataset)  # the records of an image that failed
+
+                    def failed(job: tuple, reason: str) -> None:
+                        commit(here.failed(*job, reason))
+
                     run_ray(functools.partial(build_evaluator, self.segmenter.config, self.data),
                             [(image_id, groups[image_id]) for image_id in pending], commit,
-                            self.execution.ray_workers)
+                            self.execution.ray_workers, self.execution.ray_gpus(self.segmenter.device), failed)
                 else:
                     engine = self.data.engine(self.execution, self.segmenter.proposals,
                                               self.segmenter.config.max_pixels)

@@ -35,7 +35,8 @@ class Execution:
     """How a job runs, apart from what it computes. ``engine`` "local": ``proposal_workers``
     processes (None: cores minus one; 0: all in this process) decode images and make proposals
     ahead of the model stage here; "ray": ``ray_workers`` Ray actors, each with its own models
-    (on a cluster at ``ray_address``, else a local one). ``progress`` draws a bar; ``stop``,
+    (on a cluster at ``ray_address``, else a local one) and ``gpus_per_worker`` GPUs (None: one
+    when the model's device is CUDA, else none; a fraction shares a GPU). ``progress`` draws a bar; ``stop``,
     once set, ends the run between two images as Ctrl-C does; ``image_timeout`` bounds a worker
     process's time on one image (:class:`zsris.engine.Engine`)."""
 
@@ -46,8 +47,11 @@ class Execution:
     progress: bool = True
     stop: Optional[threading.Event] = None
     image_timeout: Optional[float] = DEFAULT_IMAGE_TIMEOUT
+    gpus_per_worker: Optional[float] = None
 
     def __post_init__(self) -> None:
+        if self.gpus_per_worker is not None and not self.gpus_per_worker >= 0:
+            raise ZsrisError(f"GPUs per worker must be 0 or more, not {self.gpus_per_worker}")
         if self.engine not in ENGINES:
             raise ZsrisError(f"unknown engine {self.engine!r}; choose one of {', '.join(ENGINES)}")
         if self.proposal_workers is not None and self.proposal_workers < 0:
@@ -56,6 +60,12 @@ class Execution:
             raise ZsrisError(f"Ray workers must be 1 or more, not {self.ray_workers}")
         if self.image_timeout is not None and not self.image_timeout > 0:
             raise ZsrisError(f"the image timeout must be a positive number of seconds, not {self.image_timeout}")
+
+    def ray_gpus(self, device: Any) -> float:
+        """GPUs per Ray actor for a model on ``device``: the setting, else 1 on CUDA and 0 elsewhere."""
+        if self.gpus_per_worker is not None:
+            return self.gpus_per_worker
+        return 1.0 if getattr(device, "type", str(device)).startswith("cuda") else 0.0
 
     @property
     def workers(self) -> int:
@@ -166,16 +176,23 @@ def progress_bar(total: int, initial: int, desc: str, enabled: bool,
 
 class RayWorker:
     """A Ray actor body: builds its worker (an image evaluator, a batch job ...) once, models
-    included, then runs jobs on request."""
+    included, then runs jobs on request. An actor given GPUs sees only those (Ray sets
+    ``CUDA_VISIBLE_DEVICES``), so a config's ``cuda`` device is the actor's own GPU."""
 
     def __init__(self, build: Callable[[], Callable[..., Any]], threads: int = 1) -> None:
+        import ray
         import torch
 
         torch.set_num_threads(threads)
+        self.gpus = [str(gpu) for gpu in ray.get_gpu_ids()]
         self.worker = build()
 
     def run(self, *job: Any) -> Any:
         return self.worker(*job)
+
+    def gpu_ids(self) -> list[str]:
+        """The GPUs Ray assigned to this actor."""
+        return self.gpus
 
 
 @contextlib.contextmanager
@@ -199,28 +216,85 @@ def ray_session(workers: int, address: Optional[str] = None, enabled: bool = Tru
             ray.shutdown()
 
 
-def run_ray(build: Callable[[], Callable[..., Any]], jobs: Iterable[tuple], on_result: Callable[[Any], None],
-            workers: int = 2) -> None:
-    """Spread ``jobs`` (argument tuples) over ``workers`` Ray actors, each with the worker that
-    ``build`` makes (models loaded once each), in a :func:`ray_session`; ``on_result`` gets each
-    job's answer as it finishes (committing it at once, so an interrupted Ray run resumes like a
-    local one)."""
+def check_ray_resources(workers: int, gpus_per_worker: float) -> None:
+    """Refuse, before any actor starts, a Ray cluster without the CPUs (one per actor) or the
+    GPUs the actors ask for: Ray would wait for them for ever."""
     import ray
 
-    actor_class = ray.remote(num_cpus=1)(RayWorker)
+    resources = ray.cluster_resources()
+    cpus = float(resources.get("CPU", 0))
+    if cpus < workers:
+        raise ZsrisError(f"{workers} Ray workers need a CPU each; the Ray cluster has {cpus:g} (use fewer --workers)")
+    if gpus_per_worker <= 0:
+        return
+    have = float(resources.get("GPU", 0))
+    needed = workers * gpus_per_worker
+    if have < needed:
+        raise ZsrisError(f"{workers} Ray workers with --gpus-per-worker {gpus_per_worker:g} need {needed:g} GPUs; "
+                         f"the Ray cluster has {have:g} (use fewer --workers, a fraction of a GPU each, "
+                         f"or --gpus-per-worker 0 for CPU actors)")
+
+
+def run_ray(build: Callable[[], Callable[..., Any]], jobs: Iterable[tuple], on_result: Callable[[Any], None],
+            workers: int = 2, gpus_per_worker: float = 0.0,
+            on_failure: Optional[Callable[[tuple, str], None]] = None) -> None:
+    """Spread ``jobs`` (argument tuples) over ``workers`` Ray actors, each with the worker that
+    ``build`` makes (models loaded once each) and ``gpus_per_worker`` GPUs of its own (a
+    fraction shares one), in a :func:`ray_session`; ``on_result`` gets each job's answer as it
+    finishes (committing it at once, so an interrupted Ray run resumes like a local one).
+
+    An actor that dies (out of memory, a lost node) is replaced, and each job it held is tried
+    once more on another actor; a job that fails twice so goes to ``on_failure`` with the
+    reason (without one it raises), and the run goes on."""
+    import ray
+    from ray.exceptions import RayActorError
+
+    check_ray_resources(workers, gpus_per_worker)
+    # SPREAD: on a cluster, actors go to different nodes first (each node's cores and GPUs used)
+    actor_class = ray.remote(num_cpus=1, num_gpus=gpus_per_worker, scheduling_strategy="SPREAD")(RayWorker)
     actors = [actor_class.remote(build) for _ in range(workers)]
-    queue = deque(jobs)
-    in_flight: dict[Any, Any] = {}
+    replacements = 2 * workers  # actors that may be started in place of dead ones
+    queue = deque((job, 0) for job in jobs)
+    in_flight: dict[Any, tuple[Any, tuple, int]] = {}
+    dead: set[Any] = set()
 
     def submit(actor) -> None:
-        if queue:
-            in_flight[actor.run.remote(*queue.popleft())] = actor
+        if queue and actor not in dead:
+            job, tries = queue.popleft()
+            in_flight[actor.run.remote(*job)] = (actor, job, tries)
 
     for actor in actors:
         for _ in range(2):  # one running, one queued per actor
             submit(actor)
     while in_flight:
         ready, _ = ray.wait(list(in_flight), num_returns=1)
-        actor = in_flight.pop(ready[0])
-        on_result(ray.get(ready[0]))
+        actor, job, tries = in_flight.pop(ready[0])
+        try:
+            answer = ray.get(ready[0])
+        except RayActorError as error:
+            reason = f"its Ray actor died ({_first_line(error)})"
+            if tries == 0:
+                queue.appendleft((job, 1))
+            elif on_failure is None:
+                raise ZsrisError(f"a job failed twice: {reason}") from None
+            else:
+                on_failure(job, f"failed twice: {reason}")
+            if actor not in dead:
+                dead.add(actor)
+                if replacements:
+                    replacements -= 1
+                    actor = actor_class.remote(build)
+                    submit(actor)
+                    submit(actor)
+            continue
+        on_result(answer)
         submit(actor)
+    for job, _ in queue:  # every actor died and none could replace them
+        if on_failure is None:
+            raise ZsrisError("every Ray actor died, and as many again that replaced them")
+        on_failure(job, "no Ray actor was left to run it: every one died")
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0][:200] if text else type(error).__name__

@@ -1,0 +1,61 @@
+"""bf16 on the CPU (#23): on cores with bf16 units the segmenter computes with a bf16 copy of
+CLIP; its features are the fp32 ones to bf16's precision, and the method's properties hold."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from zsris import visual
+from zsris.precision import cpu_bf16_units
+from zsris.proposals import ClassicalProposals
+from zsris.segmenter import Segmenter
+
+pytestmark = pytest.mark.skipif(not cpu_bf16_units(), reason="this CPU has no bf16 units (AVX512-BF16 or AMX)")
+
+
+def _image(seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    image = np.zeros((96, 128, 3), np.uint8)
+    for _ in range(5):
+        y, x = rng.integers(0, 64, 2)
+        image[y:y + 32, x:x + 48] = rng.integers(0, 255, 3)
+    return image
+
+
+@pytest.fixture(scope="module")
+def pair(vit_b32):
+    with pytest.warns(Warning):
+        return (Segmenter(vit_b32, ClassicalProposals(max_proposals=8)),
+                Segmenter(vit_b32, ClassicalProposals(max_proposals=8), precision="bf16"))
+
+
+def test_the_bf16_segmenter_computes_with_a_bf16_copy(pair):
+    fp32, bf16 = pair
+    assert next(bf16.model.parameters()).dtype == torch.bfloat16
+    assert next(fp32.model.parameters()).dtype == torch.float32  # the fp32 model is left as it was
+
+
+def test_bf16_features_are_the_fp32_ones_to_bf16_precision(pair):
+    fp32, bf16 = pair
+    image = _image()
+    proposals = fp32.proposals(image)
+    a, b = (s.image_features(image, proposals=proposals) for s in pair)
+    assert b.visual_features.dtype == torch.float32  # handed on in fp32
+    for name in ("global_features", "local_features"):
+        cosine = F.cosine_similarity(getattr(a, name), getattr(b, name), dim=-1)
+        assert cosine.min() > 0.99, (name, cosine)
+    text_a, _ = fp32.text_features(["the red box on the left"])
+    text_b, _ = bf16.text_features(["the red box on the left"])
+    assert F.cosine_similarity(text_a, text_b).item() > 0.99
+
+
+def test_an_all_ones_mask_gives_the_plain_image_feature_in_bf16(pair):
+    _, bf16 = pair
+    clip_input = bf16.clip_input(bf16.image_tensor(_image(1)))
+    masks = torch.ones(2, 96, 128, dtype=torch.bool)
+    with torch.inference_mode():
+        features = visual.global_features(bf16.model, clip_input, masks, k=3)
+        plain = bf16.model.encode_image(clip_input.to(torch.bfloat16))
+    torch.testing.assert_close(features.float(), plain.float().expand(2, -1), rtol=2e-2, atol=2e-2)
