@@ -63,6 +63,8 @@ def test_serve_help_shows_the_port_and_the_extra():
     ("ray", ["eval", "--data", "nowhere", "--out", "nowhere", "--engine", "ray"], "ray"),
     ("segment_anything", ["segment", str(EXAMPLE_IMAGE), "a dog", "--proposals", "sam", "--sam-checkpoint", "random",
                           "--weights", "random"], "sam"),
+    ("transformers", ["segment", str(EXAMPLE_IMAGE), "a dog", "--backbone", "hf:openai/clip-vit-base-patch32",
+                      "--weights", "random"], "hf"),
 ])
 def test_a_missing_extra_is_one_line_naming_it(module, args, extra):
     proc = _zsris(*args, prelude=f"sys.modules[{module!r}] = None  # as if not installed")

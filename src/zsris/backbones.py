@@ -1,5 +1,6 @@
 """CLIP backbones through open_clip: named models with pretrained tags, local checkpoints, or
-random weights of the real architecture.
+random weights of the real architecture; and CLIPs in the transformers format (``hf:``, see
+:mod:`zsris.hf_clip`), converted into open_clip's.
 
 Weights are resolved in this order: an explicit ``weights`` argument (a path, or ``"random"``),
 the ``ZSRIS_CLIP_WEIGHTS`` environment variable, then the pretrained tag (default ``openai``)
@@ -25,9 +26,11 @@ from torch import nn
 from .checkpoints import read_state_dict, refusal
 from .config import DEFAULT_BACKBONE, DEFAULT_PRETRAINED, WEIGHTS_ENV
 from .errors import WeightsError, ZsrisError
+from .hf_clip import hub_id, is_hf_name, load_converted
 from .visual import is_vit
 
 RANDOM = "random"
+HF = "transformers"  # a WeightsSource kind: a CLIP in the transformers format (hf:...)
 
 #: ImageNet statistics. The reference implementation normalises with these (not CLIP's own)
 #: and fills the background of local crops with the mean *in normalised space*.
@@ -232,8 +235,9 @@ class WeightsSource:
     """Where the weights of a CLIP backbone come from, decided without loading anything.
 
     ``kind`` is ``random``, ``path`` (a local checkpoint named by --weights or the environment),
-    or ``pretrained`` (an open_clip tag: ``hub`` is its Hugging Face repository, ``url`` the
-    original release, ``path`` the local copy when one is cached).
+    ``pretrained`` (an open_clip tag: ``hub`` is its Hugging Face repository, ``url`` the
+    original release, ``path`` the local copy when one is cached), or ``transformers`` (an
+    ``hf:`` backbone: ``tag`` its hub id or folder, ``path`` its config.json when here).
     """
 
     backbone: str
@@ -254,6 +258,8 @@ def weights_source(name: str = DEFAULT_BACKBONE, pretrained: str = DEFAULT_PRETR
                    weights: Optional[str] = None) -> WeightsSource:
     """Resolve ``weights`` (a path or ``"random"``), then ``$ZSRIS_CLIP_WEIGHTS``, then the
     pretrained tag, as :func:`load_backbone` does; unknown backbones and tags are refused."""
+    if is_hf_name(name):
+        return _hf_weights_source(name, weights)
     arch = canonical_name(name)
     weights = weights or os.environ.get(WEIGHTS_ENV) or None
     openai_gelu = bool((open_clip.get_pretrained_cfg(arch, "openai") or {}).get("quick_gelu", False))
@@ -270,6 +276,21 @@ def weights_source(name: str = DEFAULT_BACKBONE, pretrained: str = DEFAULT_PRETR
     hub = (cfg.get("hf_hub") or "").rstrip("/")
     return WeightsSource(arch, "pretrained", pretrained, cached_pretrained_file(cfg), hub, cfg.get("url") or "",
                          bool(cfg.get("quick_gelu", False)))
+
+
+def _hf_weights_source(name: str, weights: Optional[str]) -> WeightsSource:
+    """Where a transformers CLIP (``hf:...``) comes from: random, a local folder, or the hub id's
+    copy in the Hugging Face cache (its folder, when there)."""
+    where = hub_id(name)
+    if weights == RANDOM:
+        return WeightsSource(name, RANDOM, RANDOM)
+    folder = Path(where).expanduser()
+    if folder.is_dir():
+        return WeightsSource(name, HF, where, folder / "config.json")
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(where, "config.json")
+    return WeightsSource(name, HF, where, Path(found) if isinstance(found, str) else None, where)
 
 
 def _load_pretrained(source: WeightsSource) -> nn.Module:
@@ -299,6 +320,10 @@ def load_backbone(
     ``weights`` is a checkpoint path, ``"random"`` (the real architecture with random weights,
     seeded, for tests and speed measurements) or None (``$ZSRIS_CLIP_WEIGHTS``, then ``pretrained``).
     """
+    if is_hf_name(name):
+        model, tag = load_converted(name, weights, network=_network_reachable(), seed=seed)
+        return _ready(model, device, open_clip.tokenizer.SimpleTokenizer(context_length=model.context_length),
+                      name, tag)
     source = weights_source(name, pretrained, weights)
     if source.kind == RANDOM:
         torch.manual_seed(seed)
@@ -307,12 +332,17 @@ def load_backbone(
         model = _load_from_path(source.backbone, source.path, source.quick_gelu)
     else:
         model = _load_pretrained(source)
+    return _ready(model, device, open_clip.get_tokenizer(source.backbone), source.backbone, source.tag)
+
+
+def _ready(model: nn.Module, device: str | torch.device, tokenizer: Callable, name: str, weights: str) -> ClipBackbone:
+    """The backbone of a built model: fp32, eval mode, frozen, on ``device``."""
     model = model.float().eval().to(device)
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     size = model.visual.image_size
     input_size = int(size[0] if isinstance(size, (tuple, list)) else size)
-    return ClipBackbone(model, open_clip.get_tokenizer(source.backbone), source.backbone, source.tag, input_size)
+    return ClipBackbone(model, tokenizer, name, weights, input_size)
 
 
 def resolve_device(device: str = "auto") -> torch.device:

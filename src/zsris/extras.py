@@ -10,6 +10,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "serve": ("gradio", "fastapi", "uvicorn", "multipart"),
     "ray": ("ray",),
     "sam": ("segment_anything",),
+    "hf": ("transformers",),
 }
 
 

@@ -121,8 +121,9 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
                             "alpha for the dataset, beta 0.5, k 3, spaCy en_core_web_lg); flags that contradict it "
                             "are refused; eval then reports both accountings and the paper's figures")
     model.add_argument("--backbone", default=DEFAULTS.backbone,
-                       help="CLIP architecture in open_clip's names: ViT-B/32 (paper), RN50, ViT-B/16 ... "
-                            "(default: %(default)s)")
+                       help="CLIP architecture in open_clip's names: ViT-B/32 (paper), RN50, ViT-B/16 ...; "
+                            "or a CLIP in the transformers format: hf:openai/clip-vit-base-patch32 (a hub id) "
+                            "or hf:/path/to/folder (default: %(default)s)")
     model.add_argument("--pretrained", default=DEFAULTS.pretrained,
                        help="open_clip pretrained tag (default: %(default)s)")
     model.add_argument("--weights", default=None, metavar="PATH|random",

@@ -23,12 +23,17 @@ from ..proposals import PROPOSAL_REGISTRY
 def _clip_lines(args: argparse.Namespace) -> tuple[list[str], bool]:
     from huggingface_hub.constants import HF_HUB_CACHE
 
-    from ..backbones import HF_WEIGHT_FILES, RANDOM, weights_source
+    from ..backbones import HF, HF_WEIGHT_FILES, RANDOM, weights_source
 
     source = weights_source(args.backbone, args.pretrained, args.weights)
     lines = [f"CLIP {source.backbone}"]
     if source.kind == RANDOM:
         lines.append("  weights: random (untrained, for tests and timing: its masks mean nothing)")
+    elif source.kind == HF:
+        state = f"{source.path}: found" if source.available else (
+            "MISSING: download it once with `hf download " + source.tag + "` (or give a folder: hf:/path)")
+        kind = "Hugging Face repository" if source.hub else "folder"
+        lines.append(f"  transformers CLIP ({kind}): {source.tag}; config {state}")
     elif source.kind == "path":
         origin = "--weights" if args.weights else f"${WEIGHTS_ENV}"
         state = "found" if source.available else "MISSING"
