@@ -4,6 +4,7 @@ saying what was saved)."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import tempfile
 import threading
 import warnings
@@ -243,52 +244,59 @@ def run_ray(build: Callable[[], Callable[..., Any]], jobs: Iterable[tuple], on_r
     fraction shares one), in a :func:`ray_session`; ``on_result`` gets each job's answer as it
     finishes (committing it at once, so an interrupted Ray run resumes like a local one).
 
-    An actor that dies (out of memory, a lost node) is replaced, and each job it held is tried
-    once more on another actor; a job that fails twice so goes to ``on_failure`` with the
-    reason (without one it raises), and the run goes on."""
+    An actor that dies (out of memory, a lost node) is replaced. The job it was running (its
+    oldest unfinished one: an actor runs its jobs in order) is tried once more on another actor,
+    and goes to ``on_failure`` with the reason if that actor dies on it too (without
+    ``on_failure`` it raises); the jobs only queued behind it go back to the queue as they were,
+    not charged for a death they did not cause. The run goes on."""
     import ray
     from ray.exceptions import RayActorError
 
     check_ray_resources(workers, gpus_per_worker)
     # SPREAD: on a cluster, actors go to different nodes first (each node's cores and GPUs used)
     actor_class = ray.remote(num_cpus=1, num_gpus=gpus_per_worker, scheduling_strategy="SPREAD")(RayWorker)
-    actors = [actor_class.remote(build) for _ in range(workers)]
-    replacements = 2 * workers  # actors that may be started in place of dead ones
+    alive = [actor_class.remote(build) for _ in range(workers)]
+    replacements = 2 * workers + 2  # actors that may be started in place of dead ones
     queue = deque((job, 0) for job in jobs)
-    in_flight: dict[Any, tuple[Any, tuple, int]] = {}
-    dead: set[Any] = set()
+    in_flight: dict[Any, tuple[Any, tuple, int, int]] = {}  # ref -> actor, job, tries, submission number
+    culprit: dict[Any, int] = {}  # a dead actor -> the submission number of the job it died running
+    submitted = itertools.count()
 
-    def submit(actor) -> None:
-        if queue and actor not in dead:
-            job, tries = queue.popleft()
-            in_flight[actor.run.remote(*job)] = (actor, job, tries)
+    def refill() -> None:
+        """Give every live actor work until it has two jobs (one running, one queued)."""
+        for actor in alive:
+            held = sum(1 for a, _, _, _ in in_flight.values() if a is actor)
+            for _ in range(2 - held):
+                if not queue:
+                    return
+                job, tries = queue.popleft()
+                in_flight[actor.run.remote(*job)] = (actor, job, tries, next(submitted))
 
-    for actor in actors:
-        for _ in range(2):  # one running, one queued per actor
-            submit(actor)
+    refill()
     while in_flight:
         ready, _ = ray.wait(list(in_flight), num_returns=1)
-        actor, job, tries = in_flight.pop(ready[0])
+        actor, job, tries, number = in_flight.pop(ready[0])
         try:
             answer = ray.get(ready[0])
         except RayActorError as error:
-            reason = f"its Ray actor died ({_first_line(error)})"
-            if tries == 0:
-                queue.appendleft((job, 1))
-            elif on_failure is None:
-                raise ZsrisError(f"a job failed twice: {reason}") from None
-            else:
-                on_failure(job, f"failed twice: {reason}")
-            if actor not in dead:
-                dead.add(actor)
+            if actor not in culprit:  # the first of its jobs to report: name the one it was running
+                culprit[actor] = min([number] + [n for a, _, _, n in in_flight.values() if a is actor])
+                alive.remove(actor)
                 if replacements:
                     replacements -= 1
-                    actor = actor_class.remote(build)
-                    submit(actor)
-                    submit(actor)
-            continue
-        on_result(answer)
-        submit(actor)
+                    alive.append(actor_class.remote(build))
+            if number != culprit[actor]:
+                queue.appendleft((job, tries))  # only queued behind the job that killed it
+            elif tries == 0:
+                queue.appendleft((job, 1))
+            else:
+                reason = f"failed twice: its Ray actor died ({_first_line(error)})"
+                if on_failure is None:
+                    raise ZsrisError(f"a job {reason}") from None
+                on_failure(job, reason)
+        else:
+            on_result(answer)
+        refill()
     for job, _ in queue:  # every actor died and none could replace them
         if on_failure is None:
             raise ZsrisError("every Ray actor died, and as many again that replaced them")
