@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 SLUG_CHARS = 40
+#: The files of one result; the first is claimed before any is written (:func:`claim_stem`).
+RESULT_SUFFIXES = (".json", ".mask.png", ".overlay.png")
 
 
 def short_hash(text: str, length: int = 6) -> str:

@@ -7,7 +7,6 @@ running it over many images (batch jobs, evaluation) is :mod:`zsris.jobs`'.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import warnings
 from pathlib import Path
@@ -28,7 +27,7 @@ from .errors import NoProposalsError, ZsrisError, ZsrisWarning
 from .fusion import fuse_text, fuse_visual
 from .images import ImageInput, load_image
 from .precision import check_precision, compute_precision, weight_dtype
-from .proposals import ProposalGenerator, create_proposals, runs_in_model_process
+from .proposals import ProposalGenerator, create_proposals
 from .text import ExpressionParser, ParsedExpression, TextEncoder, check_expression
 from .types import ImageFeatures, Proposals, Scores, SegmentResult
 
@@ -177,20 +176,18 @@ class Segmenter:
                        step_pixels: Optional[int] = None) -> ImageFeatures:
         """Proposals and their global, local and fused features: the per-image work.
 
-        ``step`` (a service passes its model lock) splits the work into steps, each run inside
-        ``step()``, so that other callers of the model can run between a large image's steps
-        instead of waiting for all of it: the image tensors, then the proposals' features
+        ``step`` (a service passes its model lock) splits the visual work into steps, each run
+        inside ``step()``, so that other callers of the model can run between a large image's
+        steps instead of waiting for all of it: the image tensors, then the proposals' features
         ``step_pixels`` (default :data:`STEP_MASK_PIXELS`) mask pixels (proposals x image
-        pixels) at a time, and the proposals
-        themselves when their generator is a model (a weights-free generator runs outside).
-        An image whose proposals fit in one step is computed exactly as without ``step``; one
-        split into several equals it up to float rounding (other forward-pass batches).
+        pixels) at a time. Proposals made here are made outside the steps: a caller that shares
+        a model generator passes them in. An image whose proposals fit in one step is computed
+        exactly as without ``step``; one split into several equals it up to float rounding
+        (other forward-pass batches).
         """
         pixels, image_id = self._load(image, image_id)
         if proposals is None:
-            on_model = step is not None and runs_in_model_process(self.proposals)
-            with step() if on_model else contextlib.nullcontext():
-                proposals = self.proposals(pixels, image_id)
+            proposals = self.proposals(pixels, image_id)
         self._check_proposals(pixels, proposals, image_id)
         if step is None:
             return self._features([(pixels, proposals)])[0]

@@ -21,7 +21,6 @@ they were written.
 
 import atexit
 import contextlib
-import json
 import os
 import shutil
 import tempfile
@@ -158,9 +157,12 @@ class SegmentationService:
         """
         with self._slots:
             pixels = load_image(image, self.segmenter.config.max_pixels, name=name)
-            proposals = None
-            if not runs_in_model_process(self.segmenter.proposals):
-                proposals = self._proposal_threads.submit(self.segmenter.proposals, pixels, None).result()
+            generator = self.segmenter.proposals
+            if runs_in_model_process(generator):  # a model (SAM, FreeSOLO): a step of its own
+                with self._lock:
+                    proposals = generator(pixels, None)
+            else:
+                proposals = self._proposal_threads.submit(generator, pixels, None).result()
             features = self.segmenter.image_features(pixels, proposals=proposals, step=self.model_turn,
                                                      step_pixels=self.step_pixels)
             with self._lock:
@@ -321,9 +323,7 @@ def build_demo(service: SegmentationService):
     its ranked proposals and what decided it; downloads named after the expressions."""
     import gradio as gr
 
-    from .names import claim_stem, slug
-    from .records import result_record
-    from .render import RANDOM_WEIGHTS_NOTE, mask_image, overlay
+    from .render import RANDOM_WEIGHTS_NOTE, overlay
 
     examples = sorted(str(p) for p in EXAMPLES.glob("*.png"))
     random_weights = service.segmenter.backbone.is_random
@@ -345,12 +345,10 @@ def build_demo(service: SegmentationService):
         progress(0.9, desc="pictures and downloads")
         out = service.output_folder()
         files, answers = [], []
+        note = RANDOM_WEIGHTS_NOTE if random_weights else ""
         for number, result in enumerate(results, start=1):
-            base = claim_stem(out, slug(result.expression), (".json", ".mask.png"))
-            Path(f"{base}.json").write_text(json.dumps(result_record(result, path.name, int(top_k)), indent=2))
-            mask_image(result.mask).save(f"{base}.mask.png")
+            base = result.save(out, top_k=int(top_k), name=path.name)  # the mask and the record, no overlay
             files += [f"{base}.mask.png", f"{base}.json"]
-            note = RANDOM_WEIGHTS_NOTE if random_weights else ""
             gallery = [(overlay(pixels, proposals.masks[p.index], p.box, f"#{rank} fused {p.score:.3f}", warning=note),
                         f"#{rank}: {p.score:.3f}")
                        for rank, p in enumerate(result.ranked(int(top_k)), start=1)]

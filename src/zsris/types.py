@@ -168,23 +168,29 @@ class SegmentResult:
         from .images import load_image
         from .render import overlay
 
-        return overlay(load_image(image), self.mask, self.box, self.caption, warning=warning)
+        pixels = load_image(image, max_pixels=max(self.mask.size, 1))  # the image the mask is of, no larger
+        return overlay(pixels, self.mask, self.box, self.caption, warning=warning)
 
-    def save(self, folder: "str | Path", image: Any = None, top_k: Optional[int] = DEFAULT_TOP_K) -> "Path":
-        """Write ``EXPRESSION.json`` and ``EXPRESSION.mask.png`` (and ``EXPRESSION.overlay.png``
-        when ``image`` is given) into ``folder``, the expression as a slug; a name already there
-        gets ``-2``, ``-3`` ... (:mod:`zsris.names`). Returns the files' common path stem."""
-        from .names import claim_stem, slug
+    def save(self, folder: "str | Path", image: Any = None, top_k: Optional[int] = DEFAULT_TOP_K, *,
+             stem: Optional[str] = None, name: Optional[str] = None, extra: Optional[dict[str, Any]] = None,
+             warning: str = "") -> "Path":
+        """Write ``STEM.json`` and ``STEM.mask.png`` (and ``STEM.overlay.png`` when ``image`` is
+        given) into ``folder``; ``stem`` defaults to the expression as a slug, and a name already
+        there gets ``-2``, ``-3`` ... (:mod:`zsris.names`). ``name`` is the image in the record
+        (default: ``image`` where it is a path), ``extra`` joins the record (a run's settings),
+        ``warning`` is written on the overlay. Returns the files' common path stem."""
+        from .names import RESULT_SUFFIXES, claim_stem, slug
         from .render import mask_image
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        base = claim_stem(folder, slug(self.expression), (".json", ".mask.png", ".overlay.png"))
-        name = str(image) if isinstance(image, (str, Path)) else None
-        Path(f"{base}.json").write_text(json.dumps(self.to_dict(name, top_k), indent=2))
+        base = claim_stem(folder, stem or slug(self.expression), RESULT_SUFFIXES)
+        if name is None and isinstance(image, (str, Path)):
+            name = str(image)
+        Path(f"{base}.json").write_text(json.dumps({**self.to_dict(name, top_k), **(extra or {})}, indent=2))
         mask_image(self.mask).save(f"{base}.mask.png")
         if image is not None:
-            self.overlay(image).save(f"{base}.overlay.png")
+            self.overlay(image, warning).save(f"{base}.overlay.png")
         return base
 
     def to_dict(self, image: Optional[str] = None, top_k: Optional[int] = DEFAULT_TOP_K) -> dict[str, Any]:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sys
 import threading
 from pathlib import Path
@@ -13,8 +12,6 @@ from ..errors import ZsrisError
 from .flags import EPILOG, add_model_flags, add_top_k_flag, build_segmenter, config_from_args
 
 STAGES = ("proposals", "visual features", "scoring")
-#: The files of each result; the first is claimed before any is written (see :mod:`zsris.names`).
-OUTPUT_SUFFIXES = (".json", ".mask.png", ".overlay.png")
 
 
 class StageProgress:
@@ -66,9 +63,9 @@ def _names_an_image(text: str) -> bool:
 
 def cmd_segment(args: argparse.Namespace) -> int:
     from ..images import load_image
-    from ..names import claim_stem, file_part, run_tag, slug
-    from ..records import result_record, settings
-    from ..render import RANDOM_WEIGHTS_NOTE, mask_image, overlay
+    from ..names import file_part, run_tag, slug
+    from ..records import settings
+    from ..render import RANDOM_WEIGHTS_NOTE
     from ..text import check_expression
 
     config = config_from_args(args)
@@ -91,16 +88,12 @@ def cmd_segment(args: argparse.Namespace) -> int:
     finally:
         progress.close()
     out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
     run = settings(segmenter)
     note = RANDOM_WEIGHTS_NOTE if segmenter.backbone.is_random else ""
     for result in results:
         stem = f"{file_part(Path(args.image).name)}--{slug(result.expression)}--{run_tag(run)}"
-        base = claim_stem(out, stem, OUTPUT_SUFFIXES)
-        record = {**result_record(result, str(args.image), args.top_k), "settings": run}
-        Path(f"{base}.json").write_text(json.dumps(record, indent=2))
-        mask_image(result.mask).save(f"{base}.mask.png")
-        overlay(image, result.mask, result.box, result.caption, warning=note).save(f"{base}.overlay.png")
+        base = result.save(out, image, args.top_k, stem=stem, name=str(args.image), extra={"settings": run},
+                           warning=note)
         if not result.found:
             print(f"{result.expression!r} -> no such object: the best score {result.score:.4f} is below the "
                   f"no-target threshold {segmenter.config.no_target_threshold}: {base}.{{mask.png,overlay.png,json}}")

@@ -12,12 +12,12 @@ import csv
 import hashlib
 import json
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional, Sequence
 
 from ..errors import ZsrisError
+from ..names import file_part
 from ..records import PairRecord
 from ..types import DEFAULT_TOP_K, SegmentResult
 
@@ -193,7 +193,7 @@ def output_name(pair: Pair) -> str:
     image = Path(pair.image)
     stem = str(Path(image.name) if image.is_absolute() else image) if pair.image else "image"
     original = f"{stem}--{pair.label}"
-    name = re.sub(r"[^A-Za-z0-9._-]+", "_", original).lstrip(".") or "pair"
+    name = file_part(original)
     if name != original or len(name) > 150:
         name = f"{name[:150]}-{hashlib.sha1(original.encode()).hexdigest()[:8]}"
     return name

@@ -181,19 +181,13 @@ class RayWorker:
     ``CUDA_VISIBLE_DEVICES``), so a config's ``cuda`` device is the actor's own GPU."""
 
     def __init__(self, build: Callable[[], Callable[..., Any]], threads: int = 1) -> None:
-        import ray
         import torch
 
         torch.set_num_threads(threads)
-        self.gpus = [str(gpu) for gpu in ray.get_gpu_ids()]
         self.worker = build()
 
     def run(self, *job: Any) -> Any:
         return self.worker(*job)
-
-    def gpu_ids(self) -> list[str]:
-        """The GPUs Ray assigned to this actor."""
-        return self.gpus
 
 
 @contextlib.contextmanager
