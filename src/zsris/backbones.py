@@ -266,9 +266,13 @@ def weights_source(name: str = DEFAULT_BACKBONE, pretrained: str = DEFAULT_PRETR
     if weights == RANDOM:
         return WeightsSource(arch, RANDOM, RANDOM, quick_gelu=openai_gelu)
     cfg = open_clip.get_pretrained_cfg(arch, pretrained)
+    tags = [tag for model, tag in open_clip.list_pretrained() if model == arch]
+    if not cfg and pretrained == DEFAULT_PRETRAINED and tags:  # not an OpenAI model: its own first tag
+        pretrained = tags[0]
+        cfg = open_clip.get_pretrained_cfg(arch, pretrained)
     if not cfg:
-        tags = ", ".join(tag for model, tag in open_clip.list_pretrained() if model == arch) or "none"
-        raise WeightsError(f"CLIP {arch} has no pretrained tag {pretrained!r} (known tags: {tags}); with "
+        known = ", ".join(tags) or "none"
+        raise WeightsError(f"CLIP {arch} has no pretrained tag {pretrained!r} (known tags: {known}); with "
                            f"--weights FILE the tag says how the file was trained (its activation)")
     if weights:
         return WeightsSource(arch, "path", str(weights), Path(weights).expanduser(),
@@ -332,7 +336,47 @@ def load_backbone(
         model = _load_from_path(source.backbone, source.path, source.quick_gelu)
     else:
         model = _load_pretrained(source)
-    return _ready(model, device, open_clip.get_tokenizer(source.backbone), source.backbone, source.tag)
+    return _ready(model, device, text_tokenizer(source.backbone, model, source.kind == RANDOM), source.backbone,
+                  source.tag)
+
+
+class StandInTokenizer:
+    """OpenAI's BPE with its ids folded into a smaller vocabulary, padded to the model's context:
+    text for a randomly initialised model whose own tokenizer (a SentencePiece vocabulary on the
+    hub, such as SigLIP's) is not on this machine. The model's work per sentence is the same;
+    what the ids mean is not, which random weights make moot."""
+
+    def __init__(self, context_length: int, vocab_size: int) -> None:
+        self.inner = open_clip.tokenizer.SimpleTokenizer(context_length=context_length)
+        self.context_length, self.vocab_size = context_length, vocab_size
+
+    def __call__(self, texts: str | list[str], context_length: Optional[int] = None) -> torch.Tensor:
+        return self.inner(texts, context_length or self.context_length) % self.vocab_size
+
+    def encode(self, text: str) -> list[int]:
+        """The BPE ids of ``text`` before folding (their count is what the context must hold)."""
+        return self.inner.encode(text)
+
+
+def text_tokenizer(arch: str, model: nn.Module, random: bool) -> Callable:
+    """``arch``'s own tokenizer. One kept on the Hugging Face hub (SigLIP's) is read from the cache,
+    downloaded when online; where it is missing, a trained model is refused in one line saying how
+    to get it, and a random one gets :class:`StandInTokenizer`, with a warning."""
+    hub = ((open_clip.get_model_config(arch) or {}).get("text_cfg") or {}).get("hf_tokenizer_name")
+    if not hub:
+        return open_clip.get_tokenizer(arch)
+    try:
+        return open_clip.get_tokenizer(arch, local_files_only=not _network_reachable())
+    except (OSError, ValueError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if not random:
+            raise WeightsError(f"{arch}'s tokenizer ({hub}) is not here ({reason}); download it once with "
+                               f"`hf download {hub}`") from None
+    vocab = int(model.token_embedding.num_embeddings if hasattr(model, "token_embedding")
+                else model.text.token_embedding.num_embeddings)
+    warnings.warn(f"zsris: {arch}'s tokenizer ({hub}) is not here: random weights tokenise with a stand-in "
+                  f"(OpenAI's BPE folded into {vocab:,} ids)", stacklevel=3)
+    return StandInTokenizer(int(getattr(model, "context_length", 77)), vocab)
 
 
 def _ready(model: nn.Module, device: str | torch.device, tokenizer: Callable, name: str, weights: str) -> ClipBackbone:

@@ -25,6 +25,13 @@ SAM_MODEL_TYPES = ("vit_b", "vit_l", "vit_h")
 #: The checkpoints of the segment-anything release, per model type, and where they are published.
 SAM_CHECKPOINTS = {"vit_h": "sam_vit_h_4b8939.pth", "vit_l": "sam_vit_l_0b3195.pth", "vit_b": "sam_vit_b_01ec64.pth"}
 SAM_RELEASE_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
+SAM2_CHECKPOINT_ENV = "ZSRIS_SAM2_CHECKPOINT"
+#: SAM 2.1's sizes and their transformers checkpoints on the Hugging Face hub.
+SAM2_MODELS = {"tiny": "facebook/sam2.1-hiera-tiny", "small": "facebook/sam2.1-hiera-small",
+               "base-plus": "facebook/sam2.1-hiera-base-plus", "large": "facebook/sam2.1-hiera-large"}
+SAM3_CHECKPOINT_ENV = "ZSRIS_SAM3_CHECKPOINT"
+#: SAM 3 in the transformers format on the Hugging Face hub (gated: its licence is accepted there).
+SAM3_HUB_REPO = "facebook/sam3"
 FREESOLO_CHECKPOINT_ENV = "ZSRIS_FREESOLO_CHECKPOINT"
 #: FreeSOLO's checkpoint as the paper used it; its original link is dead, the hub holds a copy.
 FREESOLO_HUB_REPO = "xinlongwang/FreeSOLO"

@@ -13,6 +13,7 @@ from typing import Optional, Sequence, overload
 
 from .errors import ZsrisError
 from .images import ImageInput
+from .proposals import is_prompted
 from .segmenter import Segmenter
 from .text import check_expression
 from .types import ImageFeatures, SegmentResult
@@ -24,12 +25,15 @@ class Predictor:
     def __init__(self, segmenter: Segmenter) -> None:
         self.segmenter = segmenter
         self.features: Optional[ImageFeatures] = None
+        self._image: Optional[tuple[ImageInput, Optional[str]]] = None
 
-    def set_image(self, image: ImageInput, image_id: Optional[str] = None) -> ImageFeatures:
+    def set_image(self, image: ImageInput, image_id: Optional[str] = None) -> Optional[ImageFeatures]:
         """Compute ``image``'s proposals and visual features (a path, PIL image or ``[H, W, 3]``
-        array), replacing the previous image's."""
-        self.features = None
-        self.features = self.segmenter.image_features(image, image_id)
+        array), replacing the previous image's. With a prompted generator (SAM 3) the proposals
+        depend on the expressions, so the image is kept and the work done by ``predict``."""
+        self.features, self._image = None, (image, image_id)
+        if not is_prompted(self.segmenter.proposals):
+            self.features = self.segmenter.image_features(image, image_id)
         return self.features
 
     @overload
@@ -40,15 +44,18 @@ class Predictor:
 
     def predict(self, expressions):
         """The result of one expression, or one result per expression of a list."""
-        if self.features is None:
+        if self._image is None:
             raise ZsrisError("no image yet: call set_image(image) before predict")
         one = isinstance(expressions, str)
         texts = [expressions] if one else list(expressions)
         for text in texts:
             check_expression(text)
-        results = self.segmenter.score(self.features, texts)
+        if self.features is None:  # a prompted generator
+            results = self.segmenter.segment_many(self._image[0], texts, self._image[1])
+        else:
+            results = self.segmenter.score(self.features, texts)
         return results[0] if one else results
 
     def reset_image(self) -> None:
         """Let the image's features go (their proposals' masks are the bulk of the memory)."""
-        self.features = None
+        self.features, self._image = None, None

@@ -27,9 +27,9 @@ from .errors import NoProposalsError, ZsrisError, ZsrisWarning
 from .fusion import fuse_text, fuse_visual
 from .images import ImageInput, load_image
 from .precision import check_precision, compute_precision, weight_dtype
-from .proposals import ProposalGenerator, create_proposals
+from .proposals import ProposalGenerator, create_proposals, is_prompted
 from .text import ExpressionParser, ParsedExpression, TextEncoder, check_expression
-from .types import ImageFeatures, Proposals, Scores, SegmentResult
+from .types import Answer, ImageFeatures, Proposals, Scores, SegmentResult
 
 RANDOM_WEIGHTS_WARNING = "zsris: CLIP has RANDOM weights (--weights random): its masks mean nothing"
 #: Mask pixels (bytes, as bool) of the images whose proposals share CLIP passes: 100 masks of
@@ -173,8 +173,12 @@ class Segmenter:
     def image_features(self, image: ImageInput, image_id: Optional[str] = None,
                        proposals: Optional[Proposals] = None,
                        step: Optional[Callable[[], ContextManager[Any]]] = None,
-                       step_pixels: Optional[int] = None) -> ImageFeatures:
+                       step_pixels: Optional[int] = None, expressions: Sequence[str] = ()) -> ImageFeatures:
         """Proposals and their global, local and fused features: the per-image work.
+
+        With a prompted generator (SAM 3) the proposals depend on the ``expressions`` that will
+        be scored: their noun phrases' instances join the class-agnostic ``proposals``
+        (:meth:`prompted_proposals`), so the features serve those expressions.
 
         ``step`` (a service passes its model lock) splits the visual work into steps, each run
         inside ``step()``, so that other callers of the model can run between a large image's
@@ -188,6 +192,8 @@ class Segmenter:
         pixels, image_id = self._load(image, image_id)
         if proposals is None:
             proposals = self.proposals(pixels, image_id)
+        if is_prompted(self.proposals) and proposals.prompts is None:
+            proposals = self.prompted_proposals(pixels, proposals, expressions)
         self._check_proposals(pixels, proposals, image_id)
         if step is None:
             return self._features([(pixels, proposals)])[0]
@@ -205,6 +211,12 @@ class Segmenter:
         return ImageFeatures(proposals, *(torch.cat([getattr(f, name) for f in parts]) for name in
                                           ("global_features", "local_features", "visual_features")))
 
+    def prompted_proposals(self, pixels: np.ndarray, base: Proposals, expressions: Sequence[str]) -> Proposals:
+        """``base`` and the prompted generator's instances of each expression's noun phrase (one
+        pass a distinct phrase; an expression without a noun phrase adds none)."""
+        phrases = [p.noun_phrase for p in self.parser.parse_many(list(expressions)) if p.has_noun_phrase]
+        return self.proposals.with_instances(pixels, base, phrases)
+
     def image_features_many(
         self, images: Sequence[tuple[Optional[np.ndarray], Optional[Proposals]]]
     ) -> list[Optional[ImageFeatures]]:
@@ -215,6 +227,8 @@ class Segmenter:
         one image at a time up to float rounding. Images go together only while their masks
         hold at most :data:`MASK_PIXELS_PER_PASS` pixels (on the device at once, as bool); a
         larger image goes alone, as it would with one image per pass."""
+        if is_prompted(self.proposals):  # its proposals wait for each image's expressions
+            return [None] * len(images)
         usable = []
         for position, (pixels, proposals) in enumerate(images):
             if pixels is None or proposals is None:
@@ -281,12 +295,51 @@ class Segmenter:
         phrase_scores = self._phrase_scores(features, parsed).numpy() if self.policy.spatial else None
         proposals, results = features.proposals, []
         for row, parse in enumerate(parsed):
+            if proposals.prompts is not None:
+                results.append(self._prompted_result(parse, proposals, fused[row], global_scores[row],
+                                                     local_scores[row], None if phrase_scores is None else
+                                                     phrase_scores[row]))
+                continue
             scores = Scores(fused[row].numpy(), global_scores[row].numpy(), local_scores[row].numpy(),
                             order[row].numpy())
             answer = decide(scores, proposals, self.policy, parse.spatial,
                             None if phrase_scores is None else phrase_scores[row])
             results.append(segment_result(parse, scores, proposals, answer))
         return results
+
+    def _prompted_result(self, parse: ParsedExpression, proposals: Proposals, fused: Tensor, global_scores: Tensor,
+                         local_scores: Tensor, phrase_scores: Optional[np.ndarray]) -> SegmentResult:
+        """One expression's answer among its own candidates: its noun phrase's instances and the
+        class-agnostic proposals (those alone for an expression without a noun phrase); the
+        phrase's presence below the generator's threshold answers "no such object". The result's
+        indices are the candidates'; its ``prompt`` record says what was sent and what decided."""
+        phrase = parse.noun_phrase if parse.has_noun_phrase else None
+        rows = proposals.candidates(phrase) if phrase is not None else np.flatnonzero(proposals.prompts == "")
+        presence = (proposals.presence or {}).get(phrase) if phrase is not None else None
+        threshold = self.proposals.config.presence_threshold
+        candidates = proposals.select(rows)
+        index = torch.from_numpy(rows)
+        sub_fused = fused[index]
+        scores = Scores(sub_fused.numpy(), global_scores[index].numpy(), local_scores[index].numpy(),
+                        torch.argsort(sub_fused, descending=True, stable=True).numpy())
+        record = {"generator": self.proposals.name, "noun_phrase_sent": phrase,
+                  "instances": int(np.count_nonzero(proposals.prompts == phrase)) if phrase is not None else 0,
+                  "class_agnostic": int(np.count_nonzero(proposals.prompts == "")), "presence": presence,
+                  "presence_threshold": threshold}
+        if phrase is None:
+            record["fallback"] = "no noun phrase: the class-agnostic proposals only"
+        best = float(sub_fused.max()) if len(rows) else -1.0
+        if presence is not None and presence < threshold:
+            answer, record["decided_by"] = Answer(-1, best, found=False), "presence"
+        elif not len(rows):
+            answer, record["decided_by"] = Answer(-1, best, found=False), "no candidates"
+        else:
+            answer = decide(scores, candidates, self.policy, parse.spatial,
+                            None if phrase_scores is None else phrase_scores[rows])
+            record["decided_by"] = "clip" if answer.found else "no_target_threshold"
+        result = segment_result(parse, scores, candidates, answer)
+        result.prompt, result.candidates = record, rows.tolist()
+        return result
 
     def _phrase_scores(self, features: ImageFeatures, parsed: Sequence[ParsedExpression]) -> Tensor:
         """``[E, N]``: each noun phrase alone against the proposals, which picks the spatial
@@ -304,7 +357,7 @@ class Segmenter:
             raise ZsrisError("segment_many takes a list of expressions; use segment for one")
         for expression in expressions:
             check_expression(expression)
-        return self.score(self.last_image_features(image, image_id), expressions)
+        return self.score(self.last_image_features(image, image_id, expressions), expressions)
 
     @overload
     def segment(self, image: ImageInput, expression: str, image_id: Optional[str] = None) -> SegmentResult: ...
@@ -322,15 +375,18 @@ class Segmenter:
 
     __call__ = segment
 
-    def last_image_features(self, image: ImageInput, image_id: Optional[str] = None) -> ImageFeatures:
+    def last_image_features(self, image: ImageInput, image_id: Optional[str] = None,
+                            expressions: Sequence[str] = ()) -> ImageFeatures:
         """:meth:`image_features`, remembered for the last image: the same pixels (by a hash of
         their bytes) and id get the same features back without any visual work. One image's
-        features are kept (its proposals' masks: 30 MB for 100 of a 640 x 480 image)."""
+        features are kept (its proposals' masks: 30 MB for 100 of a 640 x 480 image). With a
+        prompted generator the expressions are part of the key (they decide the proposals)."""
         pixels, image_id = self._load(image, image_id)
-        key = (hashlib.sha1(np.ascontiguousarray(pixels).data).hexdigest(), pixels.shape, image_id)
+        prompts = tuple(expressions) if is_prompted(self.proposals) else ()
+        key = (hashlib.sha1(np.ascontiguousarray(pixels).data).hexdigest(), pixels.shape, image_id, prompts)
         if self._last_features is None or self._last_features[0] != key:
             self._last_features = None  # the old image's features go before the new ones are made
-            self._last_features = (key, self.image_features(pixels, image_id))
+            self._last_features = (key, self.image_features(pixels, image_id, expressions=expressions))
         return self._last_features[1]
 
 

@@ -35,6 +35,7 @@ import numpy as np
 from .errors import ExpressionError, ImageError, ImageTooLargeError, ProposalError, ZsrisError
 from .extras import require_extra
 from .images import load_image
+from .proposals.base import is_prompted
 from .proposals.registry import runs_in_model_process
 from .types import DEFAULT_TOP_K
 
@@ -163,6 +164,9 @@ class SegmentationService:
                     proposals = generator(pixels, None)
             else:
                 proposals = self._proposal_threads.submit(generator, pixels, None).result()
+            if is_prompted(generator):  # SAM 3: the expressions' instances, a model step too
+                with self._lock:
+                    proposals = self.segmenter.prompted_proposals(pixels, proposals, expressions)
             features = self.segmenter.image_features(pixels, proposals=proposals, step=self.model_turn,
                                                      step_pixels=self.step_pixels)
             with self._lock:
@@ -279,9 +283,19 @@ def _answer_label(number: int, result) -> str:
 def _explanation(result, threshold: Optional[float]) -> str:
     """What decided an expression's answer, in words: its score, and the no-target and spatial steps."""
     lines = [f"**{result.expression}** (noun phrase: *{result.noun_phrase}*)"]
+    prompt = result.prompt
+    if prompt is not None:
+        asked = (f"asked for *{prompt['noun_phrase_sent']}*: {prompt['instances']} instance(s), presence "
+                 f"{prompt['presence']:.3f}" if prompt["noun_phrase_sent"] is not None else prompt["fallback"])
+        lines.append(f"{prompt['generator']} {asked}; {prompt['class_agnostic']} class-agnostic proposal(s).")
     if result.found:
         lines.append(f"Chosen: proposal {result.proposal_index}, fused score {result.score:.3f}, "
                      f"box {list(result.box)}.")
+    elif prompt is not None and prompt["decided_by"] == "presence":
+        lines.append(f"No such object: the presence {prompt['presence']:.3f} is below "
+                     f"{prompt['presence_threshold']}.")
+    elif prompt is not None and prompt["decided_by"] == "no candidates":
+        lines.append("No such object: nothing to choose from.")
     else:
         lines.append(f"No such object: the best score {result.score:.3f} is below the no-target "
                      f"threshold {threshold}.")

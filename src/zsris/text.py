@@ -104,6 +104,7 @@ class ParsedExpression:
     noun_phrase: str
     root: str
     spatial: ParsedSpatial = ParsedSpatial()  # the words that place the target (used with spatial="on")
+    has_noun_phrase: bool = True  # False: the parser found no noun chunk, so the phrase is the sentence
 
 
 #: Unicode categories that print nothing: controls (NUL ...), format marks (zero-width space,
@@ -223,7 +224,7 @@ class ExpressionParser:
         for expression, sentence, doc in zip(expressions, sentences, self.nlp.pipe(sentences)):
             phrase, root = _target(doc)
             parsed.append(ParsedExpression(expression, sentence, phrase, root.text if root is not None else "",
-                                           spatial_cues(doc, root)))
+                                           spatial_cues(doc, root), any(c.text == phrase for c in doc.noun_chunks)))
         return parsed
 
 
@@ -265,6 +266,17 @@ def _trimmable(model: nn.Module) -> bool:
     return bool(torch.isneginf(mask[above]).all() and (mask[~above] == 0).all())
 
 
+def text_dim(model: nn.Module) -> int:
+    """The width of the text features: CLIP's projection matrix, a linear projection, or a custom
+    text tower's (SigLIP's) own ``output_dim``."""
+    projection = getattr(model, "text_projection", None)
+    if isinstance(projection, Tensor):
+        return int(projection.shape[-1])
+    if isinstance(projection, nn.Linear):
+        return int(projection.out_features)
+    return int(model.text.output_dim)
+
+
 class TextEncoder:
     """CLIP text features (projected, not normalised), cached per string (``cache_size`` at most).
 
@@ -298,7 +310,7 @@ class TextEncoder:
         texts = list(texts)
         if not texts:
             device = next(self.model.parameters()).device
-            return torch.zeros(0, self.model.text_projection.shape[-1], device=device)
+            return torch.zeros(0, text_dim(self.model), device=device)
         return torch.stack(self._cache.get_many(texts, self._encode))
 
     def _encode(self, texts: list[str]) -> list[Tensor]:

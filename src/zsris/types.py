@@ -34,12 +34,18 @@ class Proposals:
     better, generator-specific), ``boxes`` ``[N, 4]`` tight ``x1, y1, x2, y2`` (exclusive ends),
     ``areas`` ``[N]`` pixels per mask: counted once, where the proposals are made (a worker
     process), since scoring and evaluation both need them (100 masks: 10-30 ms a count).
+
+    A prompted generator (SAM 3) also says which noun phrase each proposal was found for:
+    ``prompts`` ``[N]`` (``""`` for a class-agnostic one, which every expression may choose),
+    and ``presence``, its confidence that each phrase's concept is in the image at all.
     """
 
     masks: np.ndarray
     scores: np.ndarray
     boxes: np.ndarray = field(default=None)  # type: ignore[assignment]
     areas: np.ndarray = field(default=None, repr=False)  # type: ignore[assignment]
+    prompts: Optional[np.ndarray] = field(default=None, repr=False)
+    presence: Optional[dict[str, float]] = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.masks = np.asarray(self.masks, dtype=bool)
@@ -52,6 +58,10 @@ class Proposals:
             self.boxes = masks_boxes(self.masks)
         if self.areas is None:
             self.areas = np.count_nonzero(self.masks, axis=(1, 2))
+        if self.prompts is not None:
+            self.prompts = np.asarray(self.prompts, dtype=object).reshape(-1)
+            if len(self.prompts) != len(self.masks):
+                raise ProposalError(f"{len(self.masks)} masks but {len(self.prompts)} prompts")
 
     def __len__(self) -> int:
         return len(self.masks)
@@ -61,7 +71,15 @@ class Proposals:
         return int(self.masks.shape[1]), int(self.masks.shape[2])
 
     def select(self, index: np.ndarray) -> "Proposals":
-        return Proposals(self.masks[index], self.scores[index], self.boxes[index], self.areas[index])
+        return Proposals(self.masks[index], self.scores[index], self.boxes[index], self.areas[index],
+                         None if self.prompts is None else self.prompts[index], self.presence)
+
+    def candidates(self, phrase: str) -> np.ndarray:
+        """The proposals an expression with the noun phrase ``phrase`` may choose: all of them,
+        or with a prompted generator the phrase's own instances and the class-agnostic ones."""
+        if self.prompts is None:
+            return np.arange(len(self))
+        return np.flatnonzero((self.prompts == phrase) | (self.prompts == ""))
 
     def non_empty(self) -> "Proposals":
         return self.select(np.flatnonzero(self.areas))
@@ -136,10 +154,20 @@ class SegmentResult:
     spatial: Optional["SpatialDecision"] = None  # with spatial="on": what the position words did
     found: bool = True  # False: the best score fell below the no-target threshold; the mask is empty
     proposal_indices: list[int] = field(default_factory=list)  # the proposals united in the mask
+    prompt: Optional[dict[str, Any]] = None  # with a prompted generator: what it was told, and what decided
+    candidates: Optional[list[int]] = field(default=None, repr=False)  # prompted: the image proposals chosen among
 
     @property
     def image_size(self) -> tuple[int, int]:
         return int(self.mask.shape[0]), int(self.mask.shape[1])
+
+    @property
+    def image_proposal_index(self) -> int:
+        """The chosen proposal's index among the image's proposals (``proposal_index`` counts
+        among the expression's candidates, which with a prompted generator are fewer)."""
+        if self.candidates is None or self.proposal_index < 0:
+            return self.proposal_index
+        return self.candidates[self.proposal_index]
 
     @property
     def caption(self) -> str:
@@ -214,4 +242,5 @@ class SegmentResult:
                 for r in self.ranked(top_k)
             ],
             **({"spatial": self.spatial.record()} if self.spatial is not None else {}),
+            **({"prompt": self.prompt} if self.prompt is not None else {}),
         }

@@ -9,6 +9,12 @@ only the last ``k`` blocks per proposal, multiplying patch tokens by the mask (r
 patch grid) before each of them. ResNet backbones pool the L2-normalised final feature map,
 multiplied by the mask, with CLIP's own attention pool.
 
+SigLIP's ViTs (open_clip's timm towers with a MAP head: no class token, an attention pool with
+a learnt query) are an extension, off the paper's path (docs/method.md, "SigLIP"): the last
+``k`` blocks see the patch tokens multiplied by the mask, as above, and the pool's attention is
+restricted to the proposal's tokens (log mask weights added to its logits), as the paper's
+ResNet masks its attention pool's input.
+
 Local (step 3): every pixel outside the mask gets a constant fill, the mask's box is cropped and
 resized to the CLIP input size, and the crops go through the plain image encoder in batches.
 Mask resizes, and on CUDA the crops, are batched matrix products (:mod:`zsris.resample`): no
@@ -34,9 +40,35 @@ def _as_batch(image: Tensor) -> Tensor:
     return image
 
 
+def is_map_vit(model: nn.Module) -> bool:
+    """Whether the image tower is a timm ViT pooled by a MAP head (SigLIP's), as open_clip builds it."""
+    trunk = getattr(model.visual, "trunk", None)
+    return trunk is not None and hasattr(trunk, "blocks") and getattr(trunk, "attn_pool", None) is not None
+
+
 def is_vit(model: nn.Module) -> bool:
     """Whether the image tower is a vision transformer (else a ResNet is assumed, and checked)."""
-    return hasattr(model.visual, "transformer")
+    return hasattr(model.visual, "transformer") or is_map_vit(model)
+
+
+def _check_map_head(tower: nn.Module) -> None:
+    """The MAP path reads timm's ViT token by token: refuse what it would compute wrongly."""
+    trunk, problems = tower.trunk, []
+    pool = trunk.attn_pool
+    if type(pool).__name__ != "AttentionPoolLatent" or getattr(pool, "latent_len", 1) != 1:
+        problems.append(f"a {type(pool).__name__} head with {getattr(pool, 'latent_len', '?')} queries "
+                        f"(zsris masks AttentionPoolLatent with one)")
+    if getattr(pool, "pos_embed", None) is not None:
+        problems.append("positions added in the pool")
+    if getattr(trunk, "num_prefix_tokens", 0) or getattr(trunk, "pool_include_prefix", False):
+        problems.append("class or register tokens")
+    if getattr(trunk, "dynamic_img_size", False):
+        problems.append("dynamic image sizes")
+    if any(not isinstance(layer, (nn.Linear, nn.Dropout, nn.Identity)) for layer in tower.head):
+        problems.append("a projection head other than linear")
+    if problems:
+        raise ZsrisError(f"global features of this SigLIP-style {type(trunk).__name__} are not supported: it has "
+                         f"{'; '.join(problems)}")
 
 
 def check_supported(model: nn.Module) -> None:
@@ -49,7 +81,9 @@ def check_supported(model: nn.Module) -> None:
     """
     tower = model.visual
     name = type(tower).__name__
-    if is_vit(model):
+    if is_map_vit(model):
+        _check_map_head(tower)
+    elif is_vit(model):
         problems = []
         if getattr(tower, "attn_pool", None) is not None:
             problems.append("attentional pooling")
@@ -62,17 +96,30 @@ def check_supported(model: nn.Module) -> None:
                              f"{', '.join(problems)}")
     elif not all(hasattr(tower, part) for part in ("stem", "layer4", "attnpool")):
         raise ZsrisError(f"global features are computed for open_clip's VisionTransformer and ModifiedResNet "
-                         f"image towers, not {name}")
+                         f"image towers and SigLIP's timm ViTs, not {name}")
 
 
 def _tower_dtype(tower: nn.Module) -> torch.dtype:
     """The dtype the image tower computes in (bf16/fp16 for a reduced-precision copy); inputs
     are cast to it, results come back in it."""
-    return tower.conv1.weight.dtype
+    weight = tower.trunk.patch_embed.proj.weight if hasattr(tower, "trunk") else tower.conv1.weight
+    return weight.dtype
 
 
 def vit_num_blocks(model: nn.Module) -> int:
+    if is_map_vit(model):
+        return len(model.visual.trunk.blocks)
     return len(model.visual.transformer.resblocks)
+
+
+def output_dim(model: nn.Module) -> int:
+    """The width of the image features (open_clip's towers say it; a timm tower's last linear layer
+    or its pool does)."""
+    visual = model.visual
+    if hasattr(visual, "output_dim"):
+        return int(visual.output_dim)
+    linear = [layer for layer in visual.head if isinstance(layer, nn.Linear)]
+    return int(linear[-1].out_features if linear else visual.trunk.attn_pool.out_features)
 
 
 def _vit_embed(visual: nn.Module, image: Tensor) -> Tensor:
@@ -155,6 +202,8 @@ def global_features_many(
         pooled = [visual.attnpool(fmap[who] * w.to(fmap.dtype)[:, None])
                   for w, who in zip(weights.split(batch_size), owner.split(batch_size))]
         return _per_image(pooled, counts, fmap.new_zeros(0, visual.attnpool.c_proj.out_features))
+    if is_map_vit(model):
+        return _map_global(model, images, masks, owner, counts, k, batch_size, antialias)
     blocks = list(visual.transformer.resblocks)
     if not 0 <= k <= len(blocks):
         raise ValueError(f"k must be between 0 and {len(blocks)} for this model, not {k}")
@@ -171,6 +220,36 @@ def global_features_many(
             x = _run_blocks(visual, [block], x)
         outputs.append(_vit_head(visual, x[:, 0]))
     return _per_image(outputs, counts, trunk.new_zeros(0, visual.output_dim))
+
+
+def _map_global(model: nn.Module, images: Tensor, masks: Sequence[Tensor], owner: Tensor, counts: list[int], k: int,
+                batch_size: int, antialias: bool) -> list[Tensor]:
+    """SigLIP's global features: the trunk once, then per mask the last ``k`` blocks on the patch
+    tokens times the mask, the final norm, and the MAP pool attending to the mask's tokens only.
+
+    The pool's logits get ``log w`` per token (``w`` the mask's share of the patch), so an all-ones
+    mask changes nothing (the plain image feature) and a token outside the mask has no weight; a
+    mask that covers no patch at all leaves the pool unrestricted rather than undefined.
+    """
+    visual = model.visual
+    trunk = visual.trunk
+    blocks = list(trunk.blocks)
+    if not 0 <= k <= len(blocks):
+        raise ValueError(f"k must be between 0 and {len(blocks)} for this model, not {k}")
+    x = trunk.norm_pre(trunk.patch_drop(trunk._pos_embed(trunk.patch_embed(images.to(_tower_dtype(visual))))))
+    for block in blocks[: len(blocks) - k]:
+        x = block(x)
+    weights = _grid_weights(masks, trunk.patch_embed.grid_size, images.device, antialias).flatten(1).to(x.dtype)
+    outputs = []
+    for w, who in zip(weights.split(batch_size), owner.split(batch_size)):
+        tokens = x[who]
+        for block in blocks[len(blocks) - k:]:
+            tokens = block(tokens * w[:, :, None])
+        bias = torch.where(w > 0, w.log(), torch.full_like(w, float("-inf")))
+        bias = torch.where((w > 0).any(1, keepdim=True), bias, torch.zeros_like(bias))
+        pooled = trunk.attn_pool(trunk.norm(tokens), attn_mask=bias[:, None, None, :])
+        outputs.append(visual.head(trunk.head(trunk.head_drop(trunk.fc_norm(pooled)))))
+    return _per_image(outputs, counts, x.new_zeros(0, output_dim(model)))
 
 
 def _grid_weights(masks: Sequence[Tensor], grid: Sequence[int], device: torch.device, antialias: bool) -> Tensor:
@@ -214,7 +293,7 @@ def _boxes_of(masks: Tensor, boxes: Optional[Tensor]) -> Tensor:
 def encode_images(model: nn.Module, images: Tensor, batch_size: int = 64) -> Tensor:
     """CLIP's plain image features ``[B, D]`` (projected, not normalised), in batches."""
     if len(images) == 0:
-        return images.new_zeros(0, model.visual.output_dim)
+        return images.new_zeros(0, output_dim(model))
     dtype = _tower_dtype(model.visual)
     return torch.cat([model.encode_image(chunk.to(dtype)) for chunk in images.split(batch_size)])
 
@@ -259,7 +338,7 @@ def local_features_many(
     boxes = [_boxes_of(m, b).cpu() for m, b in zip(masks, boxes or [None] * len(images))]
     owner = torch.cat([torch.full((len(b),), i) for i, b in enumerate(boxes)])
     index = torch.cat([torch.argsort((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]), descending=True) for b in boxes])
-    outputs = [image.new_empty(len(m), model.visual.output_dim) for image, m in zip(images, masks)]
+    outputs = [image.new_empty(len(m), output_dim(model)) for image, m in zip(images, masks)]
     for who, chunk in zip(owner.split(batch_size), index.split(batch_size)):
         if not len(chunk):  # no masks at all
             break

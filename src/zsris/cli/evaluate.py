@@ -124,10 +124,12 @@ def cmd_proposals_eval(args: argparse.Namespace) -> int:
     from ..config import DEFAULT_MAX_PIXELS
     from ..jobs.evaluation import evaluate_proposals
     from ..proposals import create_proposals
+    from ..proposals.registry import check_class_agnostic
     from ..report import table
 
     data = data_spec_from_args(args)
     dataset = data.open()
+    check_class_agnostic(args.proposals, "zsris proposals-eval")
     spec = proposal_spec_from_args(args)
     generator = create_proposals(spec, resolve_device(args.device))  # bad settings fail before any worker starts
     groups = dataset.refs_by_image(args.split, args.limit)

@@ -18,6 +18,10 @@ from ..config import (
     FUSIONS,
     PRECISIONS,
     PREPROCESSING,
+    SAM2_CHECKPOINT_ENV,
+    SAM2_MODELS,
+    SAM3_CHECKPOINT_ENV,
+    SAM3_HUB_REPO,
     SAM_CHECKPOINT_ENV,
     SAM_MODEL_TYPES,
     SPATIAL_MODES,
@@ -36,6 +40,9 @@ DEFAULTS = SegmenterConfig()
 #: Flags for the built-in generators' own settings: flag destination -> (generator, option).
 #: Any registered generator's options can also be set with --proposal-option NAME=VALUE.
 OPTION_FLAGS = {"sam_checkpoint": ("sam", "checkpoint"), "sam_model": ("sam", "model"),
+                "sam2_checkpoint": ("sam2", "checkpoint"), "sam2_model": ("sam2", "model"),
+                "sam3_checkpoint": ("sam3", "checkpoint"), "sam3_with_classical": ("sam3", "with_classical"),
+                "presence_threshold": ("sam3", "presence_threshold"),
                 "freesolo_checkpoint": ("freesolo", "freesolo_checkpoint"), "proposals_path": ("file", "path")}
 
 EPILOG = f"""\
@@ -102,6 +109,19 @@ def add_proposal_flags(parser: argparse.ArgumentParser) -> None:
                        help=f"SAM checkpoint for --proposals sam (default ${SAM_CHECKPOINT_ENV}; 'random' for tests)")
     props.add_argument("--sam-model", choices=SAM_MODEL_TYPES, default=None,
                        help=f"(default: {PROPOSAL_REGISTRY['sam'].options['model']})")
+    props.add_argument("--sam2-checkpoint", default=None, metavar="FOLDER",
+                       help=f"SAM 2.1 in the transformers format for --proposals sam2 (default ${SAM2_CHECKPOINT_ENV}, "
+                            f"then the model's hub copy in the Hugging Face cache; 'random' for tests)")
+    props.add_argument("--sam2-model", choices=tuple(SAM2_MODELS), default=None,
+                       help=f"SAM 2.1's size (default: {PROPOSAL_REGISTRY['sam2'].options['model']})")
+    props.add_argument("--sam3-checkpoint", default=None, metavar="FOLDER",
+                       help=f"SAM 3 in the transformers format for --proposals sam3 (default ${SAM3_CHECKPOINT_ENV}, "
+                            f"then {SAM3_HUB_REPO} in the Hugging Face cache, a gated model; 'random' for tests)")
+    props.add_argument("--sam3-with-classical", action="store_const", const=True, default=None,
+                       help="with --proposals sam3: the classical proposals join each noun phrase's instances")
+    props.add_argument("--presence-threshold", type=float, default=None, metavar="P",
+                       help=f"with --proposals sam3: SAM 3's presence probability below P answers 'no such object' "
+                            f"(default: {PROPOSAL_REGISTRY['sam3'].options['presence_threshold']})")
     props.add_argument("--freesolo-checkpoint", default=None, metavar="PATH",
                        help=f"FreeSOLO checkpoint ({FREESOLO_FILE}) for --proposals freesolo (default "
                             f"${FREESOLO_CHECKPOINT_ENV}, then the Hugging Face cache; 'random' for tests)")

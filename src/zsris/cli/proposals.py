@@ -19,6 +19,7 @@ def cmd_proposals(args: argparse.Namespace) -> int:
     from ..jobs.proposals import ProposalsJob, image_tasks, split_tasks
     from ..jobs.run import writable_folder
     from ..proposals import create_proposals
+    from ..proposals.registry import check_class_agnostic
 
     if bool(args.inputs) == bool(args.data):
         raise ZsrisError("give images or folders, or --data with --dataset and --split, not both")
@@ -32,6 +33,7 @@ def cmd_proposals(args: argparse.Namespace) -> int:
     else:
         tasks, exif = image_tasks([Path(p) for p in args.inputs]), True
     writable_folder(Path(args.output).parent)
+    check_class_agnostic(args.proposals, "zsris proposals")
     generator = create_proposals(proposal_spec_from_args(args), resolve_device(args.device))
     summary = ProposalsJob(generator, tasks, Path(args.output), execution_from_args(args), exif).run()
     print(f"{summary.images} images ({summary.resumed} from an earlier run): {summary.proposals} {args.proposals} "

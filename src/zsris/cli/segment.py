@@ -82,7 +82,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         with progress.stage("proposals"):
             proposals = segmenter.proposals(image, image_id)
         with progress.stage("visual features"):
-            features = segmenter.image_features(image, image_id, proposals)
+            features = segmenter.image_features(image, image_id, proposals, expressions=args.expressions)
         with progress.stage("scoring"):
             results = segmenter.score(features, args.expressions)
     finally:
@@ -94,7 +94,12 @@ def cmd_segment(args: argparse.Namespace) -> int:
         stem = f"{file_part(Path(args.image).name)}--{slug(result.expression)}--{run_tag(run)}"
         base = result.save(out, image, args.top_k, stem=stem, name=str(args.image), extra={"settings": run},
                            warning=note)
-        if not result.found:
+        decided_by = (result.prompt or {}).get("decided_by")
+        if not result.found and decided_by in ("presence", "no candidates"):
+            why = (f"{result.prompt['generator']}'s presence {result.prompt['presence']:.4f} is below "
+                   f"{result.prompt['presence_threshold']}" if decided_by == "presence" else "nothing to choose from")
+            print(f"{result.expression!r} -> no such object: {why}: {base}.{{mask.png,overlay.png,json}}")
+        elif not result.found:
             print(f"{result.expression!r} -> no such object: the best score {result.score:.4f} is below the "
                   f"no-target threshold {segmenter.config.no_target_threshold}: {base}.{{mask.png,overlay.png,json}}")
         else:

@@ -64,7 +64,7 @@ def image_results(segmenter: "Segmenter", pairs: Sequence[Pair], pixels: np.ndar
     if good:
         try:
             if features is None:
-                features = segmenter.image_features(pixels, name, proposals)
+                features = segmenter.image_features(pixels, name, proposals, expressions=[p.expression for p in good])
         except Exception as error:  # noqa: BLE001 - one image's failure must not stop a batch of thousands
             answers.update((p.id, PairResult(p, error=failure_reason(error))) for p in good)
             good = []

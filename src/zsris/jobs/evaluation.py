@@ -26,6 +26,7 @@ from ..engine import Engine, ImageTask, Prepared, StageTimes, image_task, load_t
 from ..errors import DatasetError, ExpressionError, NoProposalsError, ZsrisError, ZsrisWarning
 from ..masks import iou_matrix
 from ..metrics import intersection_union, iou, proposal_quality
+from ..proposals import is_prompted
 from ..records import SentenceRecord
 from ..store import PredictionStore
 from ..text import check_expression
@@ -122,7 +123,7 @@ class ImageEvaluator:
                                   "found": bool(result is not None and result.found)}
         if result is not None and result.found and target is not None and proposals is not None:
             fields["margin_iu"] = {
-                str(margin): list(intersection_union(proposals.masks[result.within(margin)].any(0), target))
+                str(margin): list(intersection_union(result.proposals.masks[result.within(margin)].any(0), target))
                 for margin in CALIBRATION_MARGINS}
         return fields
 
@@ -134,12 +135,6 @@ class ImageEvaluator:
         instances = np.stack([self.dataset.annotation_mask(a) for a in instance_ids])
         if proposals is None:
             proposals = self.proposals(image_id, pixels, instances)
-        categories = [int(self.dataset.annotations[a]["category_id"]) for a in instance_ids]
-        overlap = iou_matrix(proposals.masks, instances, proposals.areas)
-        proposal_category: list[Optional[int]] = []
-        if len(proposals):
-            proposal_category = [categories[j] if overlap[i, j] > 0 else None
-                                 for i, j in enumerate(overlap.argmax(1))]
         expressions = [s.text for ref in refs for s in ref.sentences]
         refused: dict[int, str] = {}  # an empty sentence fails alone, saying why
         for position, text in enumerate(expressions):
@@ -148,6 +143,18 @@ class ImageEvaluator:
             except ExpressionError as error:
                 refused[position] = str(error)
         valid = [text for position, text in enumerate(expressions) if position not in refused]
+        if features is None and is_prompted(self.segmenter.proposals) and valid:
+            try:  # SAM 3: the sentences' instances are the image's proposals, the oracle's too
+                features = self.segmenter.image_features(pixels, proposals=proposals, expressions=valid)
+                proposals = features.proposals
+            except NoProposalsError:
+                pass
+        categories = [int(self.dataset.annotations[a]["category_id"]) for a in instance_ids]
+        overlap = iou_matrix(proposals.masks, instances, proposals.areas)
+        proposal_category: list[Optional[int]] = []
+        if len(proposals):
+            proposal_category = [categories[j] if overlap[i, j] > 0 else None
+                                 for i, j in enumerate(overlap.argmax(1))]
         try:
             if features is None:
                 features = self.segmenter.image_features(pixels, proposals=proposals)
@@ -176,9 +183,9 @@ class ImageEvaluator:
                     record.union = int(target.sum())
                 else:
                     inter, union = intersection_union(result.mask, target)
-                    record.proposal_index, record.score = result.proposal_index, result.score
+                    record.proposal_index, record.score = result.image_proposal_index, result.score
                     record.noun_phrase = result.noun_phrase
-                    record.chosen_category = proposal_category[result.proposal_index] if result.found else None
+                    record.chosen_category = proposal_category[result.image_proposal_index] if result.found else None
                     record.intersection, record.union, record.iou = inter, union, iou(inter, union)
                 for name, value in self._generalized(ref, result, target, proposals).items():
                     setattr(record, name, value)

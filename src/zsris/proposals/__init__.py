@@ -15,7 +15,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from ..types import Proposals
-from .base import ProposalGenerator, check_max_proposals, config_key
+from .base import ProposalGenerator, check_max_proposals, config_key, is_prompted
 from .registry import (
     PROPOSAL_REGISTRY,
     GeneratorEntry,
@@ -46,7 +46,8 @@ def create_proposals(spec: str | ProposalSpec = "classical", device: "str | torc
 
 #: Names imported on first use: the generators need scikit-image, SciPy or torch.
 _LAZY = {"ClassicalConfig": "classical", "ClassicalProposals": "classical", "FileProposals": "file",
-         "SamConfig": "sam", "SamProposals": "sam",
+         "SamConfig": "sam", "SamProposals": "sam", "Sam2Config": "sam2", "Sam2Proposals": "sam2",
+         "Sam3Config": "sam3", "Sam3Proposals": "sam3",
          "FreeSoloConfig": "freesolo", "FreeSoloProposals": "freesolo"}
 
 
@@ -60,7 +61,9 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "ClassicalConfig", "ClassicalProposals", "FileProposals", "FreeSoloConfig", "FreeSoloProposals",
     "GeneratorEntry", "PROPOSAL_REGISTRY",
-    "ProposalGenerator", "ProposalSpec", "Proposals", "SamConfig", "SamProposals", "canonical_spec",
-    "check_max_proposals", "config_key", "create_proposals", "generator_entry", "register_generator",
+    "ProposalGenerator", "ProposalSpec", "Proposals", "Sam2Config", "Sam2Proposals", "Sam3Config", "Sam3Proposals",
+    "SamConfig", "SamProposals",
+    "canonical_spec",
+    "check_max_proposals", "config_key", "is_prompted", "create_proposals", "generator_entry", "register_generator",
     "runs_in_model_process",
 ]

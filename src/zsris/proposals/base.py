@@ -54,4 +54,10 @@ class ProposalGenerator(Protocol):
     def __call__(self, image: np.ndarray, image_id: Optional[str] = None) -> Proposals: ...
 
 
-__all__ = ["ProposalGenerator", "Proposals", "check_max_proposals", "config_key"]
+def is_prompted(generator: Any) -> bool:
+    """Whether ``generator``'s proposals depend on the expressions (SAM 3: each expression's noun
+    phrase is its prompt), so that they are completed where the expressions are known."""
+    return bool(getattr(generator, "prompted", False))
+
+
+__all__ = ["ProposalGenerator", "Proposals", "check_max_proposals", "config_key", "is_prompted"]

@@ -25,8 +25,8 @@ class ProposalSpec:
 
     ``name`` is a key of :data:`zsris.proposals.PROPOSAL_REGISTRY`; ``max_proposals`` caps the
     proposals per image (None: no cap); ``options`` are the generator's own settings, as its
-    registry entry names them (``sam``: ``checkpoint``, ``model``; ``freesolo``: ``freesolo_checkpoint``;
-    ``file``: ``path``), so a new
+    registry entry names them (``sam``: ``checkpoint``, ``model``; ``sam2``: those,
+    ``points_per_side`` and its two thresholds; ``freesolo``: ``freesolo_checkpoint``; ``file``: ``path``), so a new
     generator needs no new field here. A spec inside a :class:`SegmenterConfig` has every
     option of its generator spelled out (:func:`zsris.proposals.canonical_spec`).
     """
@@ -51,6 +51,7 @@ class GeneratorEntry:
     options: Mapping[str, Any] = field(default_factory=dict)
     in_model_process: bool = False
     summary: str = ""
+    prompted: bool = False  # its proposals depend on the expressions (SAM 3): no class-agnostic file of them
 
     def load(self) -> Callable[[ProposalSpec, "torch.device"], ProposalGenerator]:
         if callable(self.factory):
@@ -63,6 +64,15 @@ PROPOSAL_REGISTRY: dict[str, GeneratorEntry] = {
     "classical": GeneratorEntry("zsris.proposals.classical:from_spec", summary="needs no weights"),
     "sam": GeneratorEntry("zsris.proposals.sam:from_spec", {"checkpoint": None, "model": "vit_h"},
                           in_model_process=True, summary="SAM's automatic mask generator"),
+    "sam2": GeneratorEntry("zsris.proposals.sam2:from_spec",
+                           {"checkpoint": None, "model": "tiny", "points_per_side": 32, "pred_iou_thresh": 0.8,
+                            "stability_score_thresh": 0.95},
+                           in_model_process=True, summary="SAM 2.1's automatic mask generator (transformers)"),
+    "sam3": GeneratorEntry("zsris.proposals.sam3:from_spec",
+                           {"checkpoint": None, "with_classical": False, "presence_threshold": 0.5,
+                            "score_threshold": 0.3},
+                           in_model_process=True, summary="SAM 3's instances of each expression's noun phrase",
+                           prompted=True),
     "freesolo": GeneratorEntry("zsris.proposals.freesolo:from_spec", {"freesolo_checkpoint": None},
                                in_model_process=True, summary="FreeSOLO, the paper's proposals (ResNet-101 SOLOv2)"),
     "file": GeneratorEntry("zsris.proposals.file:from_spec", {"path": None},
@@ -75,6 +85,14 @@ def register_generator(name: str, factory: str | Callable[[ProposalSpec, "torch.
                        summary: str = "") -> None:
     """Make a generator known by ``name`` to :func:`create_proposals` and every command."""
     PROPOSAL_REGISTRY[name] = GeneratorEntry(factory, dict(options or {}), in_model_process, summary)
+
+
+def check_class_agnostic(name: str, command: str) -> None:
+    """Refuse a prompted generator where proposals are made for images alone (``zsris proposals``,
+    ``proposals-eval``): its proposals exist only for an image's expressions."""
+    if generator_entry(name).prompted:
+        raise ZsrisError(f"{command} makes proposals for images alone, and the {name} generator's depend on each "
+                         f"expression; use it with zsris segment, batch or eval")
 
 
 def generator_entry(name: str) -> GeneratorEntry:

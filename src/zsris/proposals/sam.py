@@ -95,13 +95,24 @@ class SamProposals:
     def __call__(self, image: np.ndarray, image_id: Optional[str] = None) -> Proposals:
         height, width = image.shape[:2]
         records = self.generator.generate(image)
-        records = [r for r in records if r["area"] >= self.config.min_area * height * width]
         if not records:
             return Proposals.empty(height, width)
         masks = np.stack([r["segmentation"] for r in records])
         scores = np.array([r["predicted_iou"] * r["stability_score"] for r in records], dtype=np.float32)
-        keep = mask_nms(masks, scores, self.config.nms_iou)[: self.config.max_proposals]
-        return Proposals(masks[keep], scores[keep]).non_empty()
+        return select_masks(masks, scores, self.config.min_area, self.config.nms_iou, self.config.max_proposals)
+
+
+def select_masks(masks: np.ndarray, scores: np.ndarray, min_area: float, nms_iou: float,
+                 cap: Optional[int]) -> Proposals:
+    """SAM's masks as referring candidates: those of at least ``min_area`` of the image, mask NMS
+    at ``nms_iou`` (SAM's own NMS compares boxes, leaving nested parts), best first, capped."""
+    height, width = masks.shape[1:]
+    large = masks.reshape(len(masks), -1).sum(1) >= min_area * height * width
+    masks, scores = masks[large], scores[large]
+    if not len(masks):
+        return Proposals.empty(height, width)
+    keep = mask_nms(masks, scores, nms_iou)[:cap]
+    return Proposals(masks[keep], scores[keep]).non_empty()
 
 
 def from_spec(spec: ProposalSpec, device: torch.device) -> SamProposals:

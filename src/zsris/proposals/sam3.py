@@ -1,0 +1,205 @@
+"""SAM 3 proposals: each expression's target noun phrase as SAM 3's concept prompt.
+
+SAM 3 (``transformers``' ``Sam3Model``) segments every instance of a short noun phrase and says
+how sure it is that the concept is in the image at all (its presence score), but it cannot tell
+"the cat on the left" from the other cats. zsris's parser gives each expression's noun phrase;
+SAM 3 finds its instances (plus, with ``with_classical``, the image's class-agnostic proposals);
+the global-local CLIP score, and the spatial words where on, choose among them; a presence below
+``presence_threshold`` answers "no such object". The image is encoded once; each distinct noun
+phrase of the image's expressions costs one pass of SAM 3's detector (counted in ``passes``).
+
+A prompted generator differs from the others in one way: its proposals depend on the
+expressions. Called on an image alone (as the engine does) it gives only the class-agnostic
+part; :meth:`Sam3Proposals.with_instances` adds each phrase's instances, labelled with their
+phrase (:attr:`zsris.types.Proposals.prompts`), which is what the segmenter scores.
+
+Checkpoint: ``facebook/sam3`` on the Hugging Face hub (gated: accept its licence there first), a
+local folder in the transformers format, or ``random`` (the real architecture, untrained).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+
+from ..config import SAM3_CHECKPOINT_ENV, SAM3_HUB_REPO
+from ..errors import WeightsError, ZsrisError
+from ..extras import require_extra
+from .base import Proposals, check_max_proposals, config_key
+from .registry import ProposalSpec
+
+#: SAM 3's text context (its CLIP text tower's positions).
+CONTEXT = 32
+
+
+@dataclass(frozen=True)
+class Sam3Config:
+    """``score_threshold`` and ``mask_threshold`` are SAM 3's own post-processing defaults; an
+    instance's score is its query's probability times the presence probability."""
+
+    score_threshold: float = 0.3
+    mask_threshold: float = 0.5
+    presence_threshold: float = 0.5
+    with_classical: bool = False
+    max_proposals: Optional[int] = 100  # per phrase, and for the class-agnostic part
+
+
+def gated_message(reason: str) -> str:
+    return (f"SAM 3 proposals need {SAM3_HUB_REPO} ({reason}): it is gated, so accept its licence at "
+            f"https://huggingface.co/{SAM3_HUB_REPO}, log in (`hf auth login`) and download it once "
+            f"(`hf download {SAM3_HUB_REPO}`), or pass --sam3-checkpoint FOLDER (or set {SAM3_CHECKPOINT_ENV}); "
+            f"--sam3-checkpoint random for an untrained model")
+
+
+def resolve_checkpoint(checkpoint: Optional[str]) -> str:
+    """``checkpoint``, else ``$ZSRIS_SAM3_CHECKPOINT``, else ``facebook/sam3`` in the Hugging Face
+    cache (the hub id when online): ``random``, a folder or the hub id."""
+    checkpoint = checkpoint or os.environ.get(SAM3_CHECKPOINT_ENV)
+    if checkpoint:
+        if checkpoint != "random" and not Path(checkpoint).expanduser().is_dir():
+            raise WeightsError(f"SAM 3 checkpoint {checkpoint} is not a folder in the transformers format "
+                               f"(config.json, model.safetensors)")
+        return checkpoint
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(SAM3_HUB_REPO, "config.json")
+    if isinstance(found, str):
+        return str(Path(found).parent)
+    from ..backbones import _network_reachable
+
+    if _network_reachable():
+        return SAM3_HUB_REPO
+    raise WeightsError(gated_message("not in the Hugging Face cache, and no network"))
+
+
+class StandInText:
+    """SAM 3's text input without its tokenizer files: OpenAI's BPE (SAM 3's text tower is a CLIP
+    text transformer with that vocabulary) padded to its 32 positions, with the attention mask."""
+
+    def __init__(self) -> None:
+        from open_clip.tokenizer import SimpleTokenizer
+
+        self.tokenizer = SimpleTokenizer(context_length=CONTEXT)
+
+    def __call__(self, phrase: str) -> dict[str, torch.Tensor]:
+        ids = self.tokenizer([phrase])
+        return {"input_ids": ids, "attention_mask": (ids != 0).long()}
+
+
+class Sam3Proposals:
+    """Instances of each expression's noun phrase from SAM 3, with the image's class-agnostic
+    proposals when ``with_classical``."""
+
+    name = "sam3"
+    prompted = True
+
+    def __init__(self, checkpoint: Optional[str] = None, config: Optional[Sam3Config] = None,
+                 device: str | torch.device = "cpu", network: Any = None, **overrides) -> None:
+        base = config or Sam3Config()
+        self.config = Sam3Config(**{**base.__dict__, **overrides})
+        check_max_proposals(self.config.max_proposals)
+        for name in ("presence_threshold", "score_threshold", "mask_threshold"):
+            value = getattr(self.config, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+                raise ZsrisError(f"SAM 3's {name} is a probability between 0 and 1, not {value!r}")
+        self.spec = ProposalSpec(self.name, self.config.max_proposals,
+                                 {"checkpoint": checkpoint, "with_classical": self.config.with_classical,
+                                  "presence_threshold": self.config.presence_threshold})
+        self.device = torch.device(device)
+        self.passes = 0
+        require_extra("hf", "SAM 3 proposals")
+        from transformers import Sam3ImageProcessor
+
+        if network is not None:  # an already built model (a small configuration, in tests)
+            self.checkpoint, self.network = "random", network.eval().to(self.device)
+            size = network.config.vision_config.image_size
+            self.image_processor, self.text = Sam3ImageProcessor(size={"height": size, "width": size}), StandInText()
+        else:
+            self.checkpoint = resolve_checkpoint(checkpoint)
+            self.network, self.image_processor, self.text = self._load(self.checkpoint)
+        self.classical = None
+        if self.config.with_classical:
+            from .classical import ClassicalProposals
+
+            self.classical = ClassicalProposals(max_proposals=self.config.max_proposals)
+
+    def _load(self, source: str) -> tuple[Any, Any, Any]:
+        from transformers import Sam3ImageProcessor, Sam3Model, Sam3Processor
+
+        if source == "random":
+            from transformers import Sam3Config as HfSam3Config
+
+            return Sam3Model(HfSam3Config()).eval().to(self.device), Sam3ImageProcessor(), StandInText()
+        local = Path(source).expanduser().is_dir()
+        try:
+            network = Sam3Model.from_pretrained(source, local_files_only=local)
+            processor = Sam3Processor.from_pretrained(source, local_files_only=local)
+        except (OSError, ValueError) as error:
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            if local:
+                raise WeightsError(f"cannot load SAM 3 from {source}: {first}") from None
+            raise WeightsError(gated_message(first)) from None
+        tokenizer = processor.tokenizer
+
+        def text(phrase: str) -> dict[str, torch.Tensor]:
+            encoded = tokenizer([phrase], padding="max_length", max_length=CONTEXT, truncation=True,
+                                return_tensors="pt")
+            return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+
+        return network.eval().to(self.device), processor.image_processor, text
+
+    @property
+    def cache_key(self) -> str:
+        return config_key(self.name, 1, self.config, checkpoint=Path(self.checkpoint).name)
+
+    def __call__(self, image: np.ndarray, image_id: Optional[str] = None) -> Proposals:
+        """The class-agnostic part (classical proposals with ``with_classical``, else none)."""
+        if self.classical is None:
+            return Proposals.empty(*image.shape[:2])
+        return self.classical(image, image_id)
+
+    @torch.inference_mode()
+    def instances(self, image: np.ndarray, phrases: Sequence[str]) -> dict[str, tuple[Proposals, float]]:
+        """Each distinct phrase's instances (best first, capped) and its presence probability:
+        one image encoding, one detector pass a phrase."""
+        phrases = list(dict.fromkeys(phrases))
+        if not phrases:
+            return {}
+        height, width = image.shape[:2]
+        pixels = self.image_processor(images=np.array(image), return_tensors="pt")["pixel_values"].to(self.device)
+        vision = self.network.get_vision_features(pixel_values=pixels)
+        found = {}
+        for phrase in phrases:
+            text = {key: value.to(self.device) for key, value in self.text(phrase).items()}
+            out = self.network(vision_embeds=vision, **text)
+            self.passes += 1
+            presence = float(torch.sigmoid(out.presence_logits.float()).reshape(-1)[0])
+            kept = self.image_processor.post_process_instance_segmentation(
+                out, threshold=self.config.score_threshold, mask_threshold=self.config.mask_threshold,
+                target_sizes=[(height, width)])[0]
+            order = torch.argsort(kept["scores"], descending=True, stable=True)[: self.config.max_proposals]
+            masks = kept["masks"][order].bool().cpu().numpy()
+            proposals = Proposals(masks, kept["scores"][order].float().cpu().numpy()).non_empty()
+            found[phrase] = (proposals, presence)
+        return found
+
+    def with_instances(self, image: np.ndarray, base: Proposals, phrases: Sequence[str]) -> Proposals:
+        """``base`` (class-agnostic, prompt ``""``) and every phrase's instances, labelled with it."""
+        found = self.instances(image, phrases)
+        parts = [base] + [proposals for proposals, _ in found.values()]
+        prompts = [""] * len(base) + [phrase for phrase, (proposals, _) in found.items() for _ in range(len(proposals))]
+        height, width = image.shape[:2]
+        masks = np.concatenate([p.masks for p in parts]) if parts else np.zeros((0, height, width), bool)
+        return Proposals(masks, np.concatenate([p.scores for p in parts]), np.concatenate([p.boxes for p in parts]),
+                         np.concatenate([p.areas for p in parts]), np.array(prompts, dtype=object),
+                         {phrase: presence for phrase, (_, presence) in found.items()})
+
+
+def from_spec(spec: ProposalSpec, device: torch.device) -> Sam3Proposals:
+    """The registry's factory: SAM 3 from the spec's ``checkpoint``, with its options, on ``device``."""
+    settings = {name: value for name, value in spec.options.items() if name != "checkpoint" and value is not None}
+    return Sam3Proposals(spec.options.get("checkpoint"), max_proposals=spec.max_proposals, device=device, **settings)
