@@ -176,7 +176,7 @@ def test_weights_placed_in_the_hugging_face_cache_load_offline(tmp_path):
 
 @pytest.mark.slow
 def test_benchmarks_without_data_say_so_in_one_line(tmp_path):
-    for script in ("segment_timing.py", "eval_throughput.py"):
+    for script in ("segment_timing.py", "eval_throughput.py", "model_zoo.py"):
         proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), "--data", str(tmp_path)],
                               capture_output=True, text=True, timeout=120)
         assert proc.returncode == 1
