@@ -116,6 +116,14 @@ def test_an_expression_without_a_noun_phrase_falls_back_to_the_class_agnostic_pr
     assert alone.segment(image, ["on the left", "a dog"])[0].prompt["decided_by"] == "no candidates"
 
 
+def test_spatial_words_choose_among_the_phrases_instances(vit_b32, network, image):
+    segmenter = Segmenter(vit_b32, Sam3Proposals(network=network, **OPEN), SegmenterConfig(spatial="on"))
+    result = segmenter.segment(image, "the red circle on the left")
+    assert result.spatial is not None and result.found
+    assert result.prompt["noun_phrase_sent"] == "the red circle" and len(result.proposals) == len(result.candidates)
+    assert result.proposal_index in range(len(result.candidates))
+
+
 def test_the_page_says_what_sam3_was_asked(segmenter, image):
     from zsris.service import _explanation
 
@@ -148,13 +156,20 @@ def test_proposal_files_refuse_a_prompted_generator(tmp_path, capsys):
     assert not (tmp_path / "p.json").exists()
 
 
-@pytest.mark.slow
-def test_segment_batch_eval_and_serve_run_with_sam3(tmp_path, refcoco_mini, monkeypatch):
+#: The CLI's flags for SAM 3 with the small configuration (``small_registry``), keeping every instance.
+FLAGS = ["--proposals", "sam3", "--sam3-checkpoint", "random", "--presence-threshold", "0", "--max-proposals", "3",
+         "--weights", "random"]
+
+
+@pytest.fixture()
+def small_registry(monkeypatch):
     monkeypatch.setitem(PROPOSAL_REGISTRY, "sam3", GeneratorEntry(_small_from_spec, PROPOSAL_REGISTRY["sam3"].options,
                                                                   in_model_process=True, prompted=True))
-    flags = ["--proposals", "sam3", "--sam3-checkpoint", "random", "--presence-threshold", "0", "--max-proposals", "3",
-             "--weights", "random"]
-    assert main(["segment", str(EXAMPLE), "the red circle", "a blue square", *flags, "-o", str(tmp_path / "one")]) == 0
+
+
+@pytest.mark.slow
+def test_segment_batch_and_serve_run_with_sam3(tmp_path, small_registry):
+    assert main(["segment", str(EXAMPLE), "the red circle", "a blue square", *FLAGS, "-o", str(tmp_path / "one")]) == 0
     records = [json.loads(p.read_text()) for p in sorted((tmp_path / "one").glob("*.json"))]
     assert {r["prompt"]["noun_phrase_sent"] for r in records} == {"the red circle", "a blue square"}
     assert records[0]["settings"]["proposals"]["options"]["presence_threshold"] == 0
@@ -162,13 +177,9 @@ def test_segment_batch_eval_and_serve_run_with_sam3(tmp_path, refcoco_mini, monk
     photos.mkdir()
     Image.open(EXAMPLE).save(photos / "a.png")
     assert main(["batch", str(photos), "-e", "the blue square", "-e", "on the left", "-o", str(tmp_path / "batch"),
-                 "--sam3-with-classical", *flags]) == 0
+                 "--sam3-with-classical", *FLAGS]) == 0
     lines = [json.loads(line) for line in (tmp_path / "batch" / "results.jsonl").read_text().splitlines()]
     assert len(lines) == 2 and {line["prompt"]["noun_phrase_sent"] for line in lines} == {"the blue square", None}
-    assert main(["eval", "--data", str(refcoco_mini), "--dataset", "refcoco", "--split", "train", "--limit", "2",
-                 "--out", str(tmp_path / "eval"), "--cache", str(tmp_path / "cache"), *flags]) == 0
-    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())["metrics"]
-    assert metrics["images"] == 2 and metrics["proposals/image"] > 0
 
     from zsris import create_segmenter
     from zsris.service import SegmentationService
@@ -181,3 +192,11 @@ def test_segment_batch_eval_and_serve_run_with_sam3(tmp_path, refcoco_mini, monk
         service.close()
     assert service.segmenter.proposals.passes == 1 and set(proposals.prompts) == {"the red circle"}
     assert [r.prompt["noun_phrase_sent"] for r in results] == ["the red circle", "the red circle"]
+
+
+@pytest.mark.slow
+def test_eval_runs_with_sam3(tmp_path, refcoco_mini, small_registry):
+    assert main(["eval", "--data", str(refcoco_mini), "--dataset", "refcoco", "--split", "train", "--limit", "2",
+                 "--out", str(tmp_path / "eval"), "--cache", str(tmp_path / "cache"), *FLAGS]) == 0
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())["metrics"]
+    assert metrics["images"] == 2 and metrics["proposals/image"] > 0
