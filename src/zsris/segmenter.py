@@ -178,7 +178,7 @@ class Segmenter:
 
         With a prompted generator (SAM 3) the proposals depend on the ``expressions`` that will
         be scored: their noun phrases' instances join the class-agnostic ``proposals``
-        (:meth:`prompted_proposals`), so the features serve those expressions.
+        (:meth:`proposals_for`), so the features serve those expressions.
 
         ``step`` (a service passes its model lock) splits the visual work into steps, each run
         inside ``step()``, so that other callers of the model can run between a large image's
@@ -190,10 +190,7 @@ class Segmenter:
         (other forward-pass batches).
         """
         pixels, image_id = self._load(image, image_id)
-        if proposals is None:
-            proposals = self.proposals(pixels, image_id)
-        if is_prompted(self.proposals) and proposals.prompts is None:
-            proposals = self.prompted_proposals(pixels, proposals, expressions)
+        proposals = self.proposals_for(pixels, image_id, expressions, proposals)
         self._check_proposals(pixels, proposals, image_id)
         if step is None:
             return self._features([(pixels, proposals)])[0]
@@ -211,11 +208,17 @@ class Segmenter:
         return ImageFeatures(proposals, *(torch.cat([getattr(f, name) for f in parts]) for name in
                                           ("global_features", "local_features", "visual_features")))
 
-    def prompted_proposals(self, pixels: np.ndarray, base: Proposals, expressions: Sequence[str]) -> Proposals:
-        """``base`` and the prompted generator's instances of each expression's noun phrase (one
-        pass a distinct phrase; an expression without a noun phrase adds none)."""
+    def proposals_for(self, pixels: np.ndarray, image_id: Optional[str] = None, expressions: Sequence[str] = (),
+                      base: Optional[Proposals] = None) -> Proposals:
+        """The proposals that ``expressions`` about the image choose among: ``base`` (made here
+        when not given), and with a prompted generator its instances of each expression's noun
+        phrase, added once (one pass a distinct phrase; an expression without a noun phrase adds
+        none; proposals that already have their instances are returned as they are)."""
+        proposals = base if base is not None else self.proposals(pixels, image_id)
+        if not is_prompted(self.proposals) or proposals.prompts is not None:
+            return proposals
         phrases = [p.noun_phrase for p in self.parser.parse_many(list(expressions)) if p.has_noun_phrase]
-        return self.proposals.with_instances(pixels, base, phrases)
+        return self.proposals.with_instances(pixels, proposals, phrases)
 
     def image_features_many(
         self, images: Sequence[tuple[Optional[np.ndarray], Optional[Proposals]]]
@@ -314,7 +317,7 @@ class Segmenter:
         phrase's presence below the generator's threshold answers "no such object". The result's
         indices are the candidates'; its ``prompt`` record says what was sent and what decided."""
         phrase = parse.noun_phrase if parse.has_noun_phrase else None
-        rows = proposals.candidates(phrase) if phrase is not None else np.flatnonzero(proposals.prompts == "")
+        rows = proposals.candidates(phrase)
         presence = (proposals.presence or {}).get(phrase) if phrase is not None else None
         threshold = self.proposals.config.presence_threshold
         candidates = proposals.select(rows)

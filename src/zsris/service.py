@@ -166,7 +166,7 @@ class SegmentationService:
                 proposals = self._proposal_threads.submit(generator, pixels, None).result()
             if is_prompted(generator):  # SAM 3: the expressions' instances, a model step too
                 with self._lock:
-                    proposals = self.segmenter.prompted_proposals(pixels, proposals, expressions)
+                    proposals = self.segmenter.proposals_for(pixels, None, expressions, proposals)
             features = self.segmenter.image_features(pixels, proposals=proposals, step=self.model_turn,
                                                      step_pixels=self.step_pixels)
             with self._lock:

@@ -74,9 +74,10 @@ class Proposals:
         return Proposals(self.masks[index], self.scores[index], self.boxes[index], self.areas[index],
                          None if self.prompts is None else self.prompts[index], self.presence)
 
-    def candidates(self, phrase: str) -> np.ndarray:
+    def candidates(self, phrase: Optional[str]) -> np.ndarray:
         """The proposals an expression with the noun phrase ``phrase`` may choose: all of them,
-        or with a prompted generator the phrase's own instances and the class-agnostic ones."""
+        or with a prompted generator the phrase's own instances and the class-agnostic ones
+        (those alone for an expression without a noun phrase, ``None``)."""
         if self.prompts is None:
             return np.arange(len(self))
         return np.flatnonzero((self.prompts == phrase) | (self.prompts == ""))

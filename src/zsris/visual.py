@@ -190,6 +190,8 @@ def global_features_many(
         raise ValueError(f"expected images [B, 3, S, S] and B mask stacks, got {tuple(images.shape)} "
                          f"and {len(masks)} stacks")
     check_supported(model)
+    if is_vit(model) and not 0 <= k <= vit_num_blocks(model):
+        raise ValueError(f"k must be between 0 and {vit_num_blocks(model)} for this model, not {k}")
     visual = model.visual
     counts = [len(m) for m in masks]
     owner = torch.repeat_interleave(torch.arange(len(images), device=images.device),  # which image each mask is of
@@ -205,8 +207,6 @@ def global_features_many(
     if is_map_vit(model):
         return _map_global(model, images, masks, owner, counts, k, batch_size, antialias)
     blocks = list(visual.transformer.resblocks)
-    if not 0 <= k <= len(blocks):
-        raise ValueError(f"k must be between 0 and {len(blocks)} for this model, not {k}")
     trunk = _run_blocks(visual, blocks[: len(blocks) - k], _vit_embed(visual, images))
     tail = blocks[len(blocks) - k:]
     if k == 0:
@@ -234,8 +234,6 @@ def _map_global(model: nn.Module, images: Tensor, masks: Sequence[Tensor], owner
     visual = model.visual
     trunk = visual.trunk
     blocks = list(trunk.blocks)
-    if not 0 <= k <= len(blocks):
-        raise ValueError(f"k must be between 0 and {len(blocks)} for this model, not {k}")
     x = trunk.norm_pre(trunk.patch_drop(trunk._pos_embed(trunk.patch_embed(images.to(_tower_dtype(visual))))))
     for block in blocks[: len(blocks) - k]:
         x = block(x)

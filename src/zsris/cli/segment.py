@@ -80,9 +80,9 @@ def cmd_segment(args: argparse.Namespace) -> int:
     progress = StageProgress(sys.stderr.isatty())
     try:
         with progress.stage("proposals"):
-            proposals = segmenter.proposals(image, image_id)
+            proposals = segmenter.proposals_for(image, image_id, args.expressions)  # SAM 3: their instances too
         with progress.stage("visual features"):
-            features = segmenter.image_features(image, image_id, proposals, expressions=args.expressions)
+            features = segmenter.image_features(image, image_id, proposals)
         with progress.stage("scoring"):
             results = segmenter.score(features, args.expressions)
     finally:

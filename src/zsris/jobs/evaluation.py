@@ -26,7 +26,6 @@ from ..engine import Engine, ImageTask, Prepared, StageTimes, image_task, load_t
 from ..errors import DatasetError, ExpressionError, NoProposalsError, ZsrisError, ZsrisWarning
 from ..masks import iou_matrix
 from ..metrics import intersection_union, iou, proposal_quality
-from ..proposals import is_prompted
 from ..records import SentenceRecord
 from ..store import PredictionStore
 from ..text import check_expression
@@ -143,12 +142,8 @@ class ImageEvaluator:
             except ExpressionError as error:
                 refused[position] = str(error)
         valid = [text for position, text in enumerate(expressions) if position not in refused]
-        if features is None and is_prompted(self.segmenter.proposals) and valid:
-            try:  # SAM 3: the sentences' instances are the image's proposals, the oracle's too
-                features = self.segmenter.image_features(pixels, proposals=proposals, expressions=valid)
-                proposals = features.proposals
-            except NoProposalsError:
-                pass
+        if features is None and valid:  # SAM 3: the sentences' instances join the proposals, the oracle's too
+            proposals = self.segmenter.proposals_for(pixels, None, valid, proposals)
         categories = [int(self.dataset.annotations[a]["category_id"]) for a in instance_ids]
         overlap = iou_matrix(proposals.masks, instances, proposals.areas)
         proposal_category: list[Optional[int]] = []

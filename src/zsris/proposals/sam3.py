@@ -192,11 +192,9 @@ class Sam3Proposals:
         found = self.instances(image, phrases)
         parts = [base] + [proposals for proposals, _ in found.values()]
         prompts = [""] * len(base) + [phrase for phrase, (proposals, _) in found.items() for _ in range(len(proposals))]
-        height, width = image.shape[:2]
-        masks = np.concatenate([p.masks for p in parts]) if parts else np.zeros((0, height, width), bool)
-        return Proposals(masks, np.concatenate([p.scores for p in parts]), np.concatenate([p.boxes for p in parts]),
-                         np.concatenate([p.areas for p in parts]), np.array(prompts, dtype=object),
-                         {phrase: presence for phrase, (_, presence) in found.items()})
+        return Proposals(np.concatenate([p.masks for p in parts]), np.concatenate([p.scores for p in parts]),
+                         np.concatenate([p.boxes for p in parts]), np.concatenate([p.areas for p in parts]),
+                         np.array(prompts, dtype=object), {phrase: presence for phrase, (_, presence) in found.items()})
 
 
 def from_spec(spec: ProposalSpec, device: torch.device) -> Sam3Proposals:
