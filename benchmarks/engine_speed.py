@@ -19,10 +19,17 @@ Prints, each labelled with the device it was measured on (GPU rows only where CU
    the share of sentences whose chosen proposal changes.
 5. (CUDA) SAM's automatic generator on the device, one image ahead of CLIP in a thread against
    one after the other.
+6. The visual step's floor, piece by piece: the masks' upload as bool against packed 8 to a byte
+   (as the workers send them; packed here first), and the global tail (the last k blocks on
+   every mask) eager against torch.compile and, on CUDA, a captured CUDA graph.
+7. Ray (where installed): eval's images through one actor with a whole device against two
+   actors sharing it (half a GPU each on CUDA), images prepared by Ray tasks on the free cores:
+   images per second once running.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import tempfile
@@ -436,6 +443,125 @@ class _Store:
         pass
 
 
+def floor_probes(image: np.ndarray, proposals: Proposals, precisions: list[str], compile_tail: bool) -> None:
+    """What is left between the visual step and its floor (#23, item 2), each piece timed alone."""
+    from zsris.precision import compute_precision
+
+    packed = Proposals(proposals.masks, proposals.scores, proposals.boxes, proposals.areas,
+                       packed=np.packbits(proposals.masks, axis=-1))
+    print(f"\n6. the visual step's floor, {len(proposals)} proposals of a {image.shape[1]}x{image.shape[0]} image,"
+          f" median of 10 [{LABEL}]")
+    rows = [("masks to the device as bool", lambda: visual.masks_on(proposals, DEVICE, packed=False)),
+            ("masks to the device packed (the workers' bytes)", lambda: visual.masks_on(packed, DEVICE, packed=True)),
+            ("masks packed here, then to the device", lambda: visual.masks_on(proposals, DEVICE, packed=True))]
+    for label, function in rows:
+        print(f"   {label:58} {1000 * _timed(function, repeat=10)[1]:8.2f} ms")
+    for precision in precisions:
+        segmenter = _segmenter(precision=precision)
+        model, k = segmenter.model, segmenter.config.k
+        tower = model.visual
+        blocks = list(tower.transformer.resblocks)
+        masks = visual.masks_on(proposals, DEVICE)
+        with compute_precision(precision, DEVICE), torch.inference_mode():
+            clip_input = segmenter.clip_input(segmenter.image_tensor(image))
+            trunk = visual._run_blocks(tower, blocks[:len(blocks) - k], visual._vit_embed(tower, clip_input))
+            weights = visual._grid_weights([masks], tower.grid_size, DEVICE, True).flatten(1)[:, :, None]
+            weights = weights.to(trunk.dtype)
+            tokens = trunk.expand(len(masks), -1, -1).contiguous()
+
+            def tail(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+                for block in blocks[len(blocks) - k:]:
+                    x = visual._run_blocks(tower, [block], torch.cat([x[:, :1], x[:, 1:] * w], dim=1))
+                return visual._vit_head(tower, x[:, 0])
+
+            eager, seconds = _timed(lambda: tail(tokens, weights), repeat=10)
+            cells = [f"eager {1000 * seconds:7.2f} ms"]
+            if compile_tail:
+                try:
+                    compiled = torch.compile(tail, dynamic=False)
+                    began = time.perf_counter()
+                    first = compiled(tokens, weights)
+                    build = time.perf_counter() - began
+                    _, seconds = _timed(lambda: compiled(tokens, weights), repeat=10)
+                    cells.append(f"torch.compile {1000 * seconds:7.2f} ms (build {build:.0f} s, "
+                                 f"|diff| {float((first - eager).abs().max()):.1e})")
+                except Exception as error:  # noqa: BLE001 - a probe: say why, go on
+                    cells.append(f"torch.compile failed: {type(error).__name__}: {str(error).splitlines()[0][:80]}")
+            if CUDA:
+                try:
+                    static_x, static_w = tokens.clone(), weights.clone()
+                    stream = torch.cuda.Stream()
+                    stream.wait_stream(torch.cuda.current_stream())
+                    with torch.cuda.stream(stream):
+                        for _ in range(3):
+                            tail(static_x, static_w)
+                    torch.cuda.current_stream().wait_stream(stream)
+                    graph = torch.cuda.CUDAGraph()
+                    with torch.cuda.graph(graph):
+                        static_out = tail(static_x, static_w)
+
+                    def replay() -> torch.Tensor:
+                        static_x.copy_(tokens)
+                        static_w.copy_(weights)
+                        graph.replay()
+                        return static_out
+
+                    replayed, seconds = _timed(replay, repeat=10)
+                    cells.append(f"CUDA graph {1000 * seconds:7.2f} ms (|diff| "
+                                 f"{float((replayed - eager).abs().max()):.1e})")
+                except Exception as error:  # noqa: BLE001 - a probe: say why, go on
+                    cells.append(f"CUDA graph failed: {type(error).__name__}: {str(error).splitlines()[0][:80]}")
+        print(f"   global tail ({k} blocks x {len(masks)} masks), ViT-B/32 {precision}: " + "; ".join(cells))
+
+
+def ray_actors(data: Path, images: int, precision: str) -> None:
+    """Eval's images through Ray actors on this machine's device: one actor with all of it
+    against two sharing it, their images prepared by Ray tasks on the free cores."""
+    try:
+        import ray
+    except ImportError:
+        print("\n7. Ray actors: Ray is not installed here")
+        return
+    from zsris.jobs.evaluation import DataSpec, build_evaluator, worker_preparer
+    from zsris.jobs.run import RayPreparation, ray_session, run_ray
+
+    spec = DataSpec(str(data), "refcoco", no_cache=True)
+    dataset = spec.open()
+    groups = dataset.refs_by_image("train", images)
+    config = SegmenterConfig(backbone="ViT-B/32", weights="random", device=str(DEVICE), precision=precision,
+                             proposals=ProposalSpec(max_proposals=100))
+    share = 1.0 if CUDA else 0.0
+    print(f"\n7. Ray actors, eval of {len(groups)} refcoco-mini images, ViT-B/32 {precision}, 100 classical "
+          f"proposals prepared by Ray tasks [{LABEL}, {os.cpu_count()} CPUs]")
+    rates = {}
+    for workers in (1, 2):
+        gpus = share / workers
+        with ray_session(max(workers + 1, os.cpu_count() or 1)):
+            preparation = RayPreparation(worker_preparer(create_classical(), None, config.max_pixels, False),
+                                         lambda job: dataset_task(dataset, job[0]), "tasks")
+            stamps: list[float] = []
+            began = time.perf_counter()
+            run_ray(functools.partial(build_evaluator, config, spec), list(groups.items()),
+                    lambda records: stamps.append(time.perf_counter()), workers, gpus, preparation=preparation)
+            ray.shutdown()
+        running = (stamps[-1] - stamps[0]) / max(len(stamps) - 1, 1)
+        rates[workers] = 1 / running
+        print(f"   {workers} actor{'s' if workers > 1 else ''} at {gpus:g} GPU each: {rates[workers]:.2f} images/s "
+              f"once running ({stamps[0] - began:.1f} s to the first image)")
+    print(f"   two actors sharing the device: x{rates[2] / rates[1]:.2f} the throughput of one [{LABEL}]")
+
+
+def _fp32_bf16(precisions: list[str]) -> list[str]:
+    """The precisions a part is run in where each costs a while: fp32 and, where here, bf16."""
+    return [p for p in precisions if p in ("fp32", "bf16")]
+
+
+def create_classical():
+    from zsris.proposals import create_proposals
+
+    return create_proposals("classical", max_proposals=100)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_flag(parser)
@@ -449,7 +575,9 @@ def main() -> None:
     parser.add_argument("--sam-model", default="vit_h")
     parser.add_argument("--workers", type=int, default=default_workers())
     parser.add_argument("--backbones", nargs="+", default=["ViT-B/32", "ViT-B/16", "ViT-L/14", "RN50"])
-    parser.add_argument("--only", nargs="+", type=int, default=[0, 1, 2, 3, 4, 5], help="which parts to run")
+    parser.add_argument("--ray-images", type=int, default=24, help="images for the Ray rows (7)")
+    parser.add_argument("--no-compile", action="store_true", help="leave torch.compile out of the floor probes (6)")
+    parser.add_argument("--only", nargs="+", type=int, default=[0, 1, 2, 3, 4, 5, 6, 7], help="which parts to run")
     args = parser.parse_args()
     require_data(args.data)
     dataset = ReferDataset(args.data, "refcoco")
@@ -468,9 +596,9 @@ def main() -> None:
         per_object_loop(dataset, args.loop_images, precisions)
     if 3 in args.only:
         visual_step(image, proposals, args.backbones if CUDA else args.backbones[:1], precisions)
-        for precision in precisions[::2]:
+        for precision in _fp32_bf16(precisions):
             breakdown(image, proposals, precision)
-        images_per_pass(prepared[:args.pass_images], precisions[::2])
+        images_per_pass(prepared[:args.pass_images], _fp32_bf16(precisions))
     if 4 in args.only:
         if len(precisions) > 1:
             groups = dataset.refs_by_image("train", args.precision_images)
@@ -483,6 +611,10 @@ def main() -> None:
             sam_engine(dataset, prepared[:args.sam_images], args.sam_model)
         else:
             print("\n5. SAM on the device: no GPU here")
+    if 6 in args.only:
+        floor_probes(image, proposals, _fp32_bf16(precisions), not args.no_compile)
+    if 7 in args.only:
+        ray_actors(args.data, args.ray_images, precisions[-2] if CUDA else "fp32")
 
 
 if __name__ == "__main__":

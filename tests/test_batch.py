@@ -324,11 +324,14 @@ def test_a_killed_batch_resumes_with_nothing_lost_or_doubled(tmp_path):
 
 
 @pytest.mark.slow
-def test_ray_engine_gives_the_local_answers(folder_run, photos, tmp_path):
+@pytest.mark.parametrize("prepare, workers", [("actors", "2"), ("tasks", "1")])
+def test_ray_engine_gives_the_local_answers(folder_run, photos, tmp_path, prepare, workers):
+    """Each actor preparing its own images, or one actor fed by Ray preparation tasks (#23)."""
     out = tmp_path / "ray"
     env = {**os.environ, "RAY_DISABLE_IMPORT_WARNING": "1"}
     proc = subprocess.run([sys.executable, "-m", "zsris.cli", "batch", str(photos), "-e", "the red circle", "-e",
-                           "the big box", "-o", str(out), "--top-k", "3", "--engine", "ray", "--workers", "2", *FAST],
+                           "the big box", "-o", str(out), "--top-k", "3", "--engine", "ray", "--workers", workers,
+                           "--ray-prepare", prepare, *FAST],
                           capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ray, local = _results(out), _results(folder_run)

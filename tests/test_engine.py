@@ -17,8 +17,9 @@ from PIL import Image
 
 from zsris import EXAMPLE_IMAGE
 from zsris.config import ProposalSpec
-from zsris.engine import Engine, Preparer, image_task
+from zsris.engine import Engine, Prepared, Preparer, image_task
 from zsris.errors import ZsrisError
+from zsris.types import Proposals
 
 from conftest import count_rows
 
@@ -296,3 +297,33 @@ def test_a_generator_registered_at_run_time_is_rebuilt_in_the_workers(images, mo
     register_generator("inline", lambda spec, device: create_proposals("classical", max_proposals=spec.max_proposals))
     inline = create_proposals("inline", max_proposals=5)
     assert engine_for(inline, 1).workers == 0 and engine_for(inline, 1).generator is inline
+
+
+@pytest.mark.parametrize("width", [13, 640])
+def test_masks_cross_processes_packed_and_unpack_on_the_device_as_they_were(width):
+    """#23: what a worker or a Ray task sends (masks 8 pixels a byte) comes back whole, prompts and
+    presence too; the packed bytes stay with the proposals, and unpacking them on the device (a
+    GPU's upload: an eighth of the bytes) gives the masks bit for bit, a selection's too."""
+    import pickle
+
+    import torch
+
+    from zsris.engine import pack_prepared, unpack_prepared
+    from zsris.errors import ProposalError
+    from zsris.visual import masks_on
+
+    rng = np.random.default_rng(width)
+    masks = rng.random((5, 7, width)) > 0.6
+    proposals = Proposals(masks, rng.random(5), prompts=["", "cat", "cat", "", "dog"], presence={"cat": 0.9})
+    sent = pickle.loads(pickle.dumps(pack_prepared(Prepared("key", np.zeros((7, width, 3), np.uint8), proposals))))
+    back = unpack_prepared(sent).proposals
+    assert np.array_equal(back.masks, masks) and np.array_equal(back.boxes, proposals.boxes)
+    assert np.array_equal(back.areas, proposals.areas) and np.array_equal(back.scores, proposals.scores)
+    assert list(back.prompts) == list(proposals.prompts) and back.presence == {"cat": 0.9}
+    assert np.array_equal(back.packed, np.packbits(masks, axis=-1))
+    assert torch.equal(masks_on(back, torch.device("cpu"), packed=True), torch.from_numpy(masks))
+    assert torch.equal(masks_on(back, torch.device("cpu")), torch.from_numpy(masks))  # the CPU: as they lie
+    chosen = back.select(np.array([4, 1]))
+    assert torch.equal(masks_on(chosen, torch.device("cpu"), packed=True), torch.from_numpy(masks[[4, 1]]))
+    with pytest.raises(ProposalError, match="do not pack 5 masks of 7x"):
+        Proposals(masks, np.ones(5), packed=np.packbits(masks[:, :, :-8], axis=-1))

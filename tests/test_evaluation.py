@@ -141,6 +141,21 @@ def test_ray_engine_equals_in_process(refcoco_mini, uninterrupted, tmp_path):
 
 
 @pytest.mark.slow
+def test_ray_actors_fed_by_preparation_tasks_equal_in_process(refcoco_mini, uninterrupted, tmp_path):
+    """#23: one actor, its images decoded and given proposals by Ray tasks on the other core
+    (which fill the proposal cache, as the local engine's workers do): the same metrics."""
+    out, cache = tmp_path / "ray-tasks", tmp_path / "cache"
+    env = {**os.environ, "RAY_DISABLE_IMPORT_WARNING": "1"}
+    proc = subprocess.run([sys.executable, "-m", "zsris.cli",
+                           *_eval_args(refcoco_mini, out, cache, "--engine", "ray", "--workers", "1",
+                                       "--ray-prepare", "tasks")],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _metrics(out) == _metrics(uninterrupted / "run")
+    assert len([f for f in cache.rglob("*") if f.is_file()]) >= int(LIMIT)
+
+
+@pytest.mark.slow
 def test_ground_truth_proposals_reach_the_oracle(refcoco_mini, tmp_path, capsys):
     assert main(_eval_args(refcoco_mini, tmp_path / "gt", tmp_path / "cache", "--gt-proposals")) == 0
     metrics = _metrics(tmp_path / "gt")

@@ -50,6 +50,8 @@ SPATIAL_MODES = ("off", "on")
 #: Seconds a worker process may spend preparing one image (decoding and proposals) once the
 #: model stage waits for it: a 40 MP image's classical proposals take about a minute on one core.
 DEFAULT_IMAGE_TIMEOUT = 600.0
+#: Where a Ray run prepares its images (:class:`zsris.jobs.run.RayPreparation`).
+RAY_PREPARE = ("auto", "tasks", "actors")
 #: Parsed expressions and text features kept per segmenter: a RefCOCO split's distinct
 #: sentences (about 10,000 in val) fit; a long-running server stays bounded.
 DEFAULT_TEXT_CACHE = 16_384

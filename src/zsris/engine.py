@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import itertools
 import multiprocessing
 import os
@@ -200,28 +201,55 @@ def _prepare_in_worker(task: ImageTask, spool: str) -> str:
     A file rather than the pool's result pipe: the parent reads a pipe in 64 KB pieces, each
     needing the GIL, which the model stage holds most of the time; a 5 MB image then took 0.34 s
     to arrive instead of 0.02 s, and the workers waited on the pipe rather than working."""
-    prepared = _PREPARE(task)
-    proposals = prepared.proposals
-    packed = None
-    if proposals is not None:
-        packed = (np.packbits(proposals.masks, axis=-1), proposals.image_size[1], proposals.scores, proposals.boxes,
-                  proposals.areas)
-        prepared.proposals = None
+    shipped = pack_prepared(_PREPARE(task))
     handle, path = tempfile.mkstemp(dir=spool, suffix=".pickle")
     with os.fdopen(handle, "wb") as file:
-        pickle.dump((prepared, packed), file, protocol=pickle.HIGHEST_PROTOCOL)
+        pickle.dump(shipped, file, protocol=pickle.HIGHEST_PROTOCOL)
     return path
 
 
 def _receive(path: str) -> Prepared:
     """The prepared image a worker wrote to ``path`` (one read); the file is removed."""
     with open(path, "rb") as file:
-        prepared, packed = pickle.loads(file.read())
+        shipped = pickle.loads(file.read())
     os.unlink(path)
+    return unpack_prepared(shipped)
+
+
+def pack_prepared(prepared: Prepared) -> tuple[Prepared, Optional[tuple]]:
+    """``prepared`` as it crosses to another process: its proposals' masks packed 8 pixels a byte
+    (an eighth of the bytes to write, pickle or send), the rest as it is."""
+    proposals = prepared.proposals
+    if proposals is None:
+        return prepared, None
+    bits = proposals.packed if proposals.packed is not None else np.packbits(proposals.masks, axis=-1)
+    packed = (bits, proposals.image_size[1], proposals.scores, proposals.boxes, proposals.areas, proposals.prompts,
+              proposals.presence)
+    return dataclasses.replace(prepared, proposals=None), packed
+
+
+def unpack_prepared(shipped: tuple[Prepared, Optional[tuple]]) -> Prepared:
+    """What :func:`pack_prepared` sent; the packed bits stay with the proposals, for a GPU's upload."""
+    prepared, packed = shipped
     if packed is not None:
-        bits, width, scores, boxes, areas = packed
-        prepared.proposals = Proposals(np.unpackbits(bits, axis=-1, count=width).view(bool), scores, boxes, areas)
+        bits, width, scores, boxes, areas, prompts, presence = packed
+        masks = np.unpackbits(bits, axis=-1, count=width).view(bool)
+        prepared.proposals = Proposals(masks, scores, boxes, areas, prompts, presence, bits)
     return prepared
+
+
+_BUILT: list[tuple[Preparer, Callable[[ImageTask], Prepared]]] = []
+
+
+def prepare_packed(preparer: Preparer, task: ImageTask) -> tuple[Prepared, Optional[tuple]]:
+    """Prepare ``task`` in this process (a Ray task on a free core), packed to travel: the
+    preparer is built once per process and reused by the tasks that follow on it."""
+    if not _BUILT or _BUILT[0][0] != preparer:
+        import torch
+
+        torch.set_num_threads(1)  # one core, as the task asked for
+        _BUILT[:] = [(preparer, preparer.build())]
+    return pack_prepared(_BUILT[0][1](task))
 
 
 @dataclass
@@ -428,20 +456,28 @@ def engine_for(generator: Optional[ProposalGenerator], workers: int, cache_root:
                stop: Optional[threading.Event] = None, image_timeout: Optional[float] = DEFAULT_IMAGE_TIMEOUT
                ) -> Engine:
     """The engine that makes ``generator``'s proposals ahead of the model stage: the one rule of
-    where proposals are made. With ``workers`` and a generator that can be rebuilt from its spec
-    (classical, file), the workers rebuild it and do the work; a model on the device (SAM), a
-    generator without a spec (or whose factory cannot be sent to a process), or no workers: the
-    generator given runs here, one image ahead in a thread. No generator: the workers only
-    decode (ground-truth proposals come later)."""
-    if generator is None:
-        return Engine(Preparer(None, cache_root, max_pixels, exif_transpose), workers, stop=stop,
-                      image_timeout=image_timeout)
-    if workers and not runs_in_model_process(generator):
+    where proposals are made (:func:`worker_preparer`). With ``workers`` and a generator that can
+    be rebuilt from its spec (classical, file), the workers rebuild it and do the work; a model
+    on the device (SAM), a generator without a spec (or whose factory cannot be sent to a
+    process), or no workers: the generator given runs here, one image ahead in a thread. No
+    generator: the workers only decode (ground-truth proposals come later)."""
+    preparer = worker_preparer(generator, cache_root, max_pixels, exif_transpose)
+    if workers and (generator is None or preparer.spec is not None):
+        return Engine(preparer, workers, stop=stop, image_timeout=image_timeout)
+    return Engine(preparer, 0, generator=generator, stop=stop)
+
+
+def worker_preparer(generator: Optional[ProposalGenerator], cache_root: Optional[str] = None,
+                    max_pixels: int = DEFAULT_MAX_PIXELS, exif_transpose: bool = True) -> Preparer:
+    """What a process other than the model's does with an image: decode it and, where
+    ``generator`` can be rebuilt there from its spec (classical, file: not a model on the device,
+    nor a generator without a registered, shippable factory), make its proposals too; else
+    decode only, the proposals left to the model's process."""
+    if generator is not None and not runs_in_model_process(generator):
         entry = PROPOSAL_REGISTRY[generator.spec.name]
         if _shippable(entry):
-            return Engine(Preparer(generator.spec, cache_root, max_pixels, exif_transpose, entry), workers, stop=stop,
-                          image_timeout=image_timeout)
-    return Engine(Preparer(None, cache_root, max_pixels, exif_transpose), 0, generator=generator, stop=stop)
+            return Preparer(generator.spec, cache_root, max_pixels, exif_transpose, entry)
+    return Preparer(None, cache_root, max_pixels, exif_transpose)
 
 
 def _shippable(entry: GeneratorEntry) -> bool:

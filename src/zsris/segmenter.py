@@ -266,7 +266,7 @@ class Segmenter:
                      proposals: Sequence[Proposals]) -> list[ImageFeatures]:
         """Features of each image's proposals from its :meth:`image_tensors`."""
         tensors, clip_inputs = zip(*image_tensors)
-        masks = [torch.from_numpy(p.masks).to(self.device) for p in proposals]  # once, as bool
+        masks = [visual.masks_on(p, self.device) for p in proposals]  # once, as bool
         boxes = [torch.from_numpy(p.boxes) for p in proposals]
         g, loc = self._visual_features(tensors, clip_inputs, masks, boxes)
         return [ImageFeatures(p, gi, li, self.fuse_visual(gi, li)) for p, gi, li in zip(proposals, g, loc)]

@@ -38,6 +38,10 @@ class Proposals:
     A prompted generator (SAM 3) also says which noun phrase each proposal was found for:
     ``prompts`` ``[N]`` (``""`` for a class-agnostic one, which every expression may choose),
     and ``presence``, its confidence that each phrase's concept is in the image at all.
+
+    ``packed``, where the proposals crossed processes, is ``masks`` packed 8 pixels a byte along
+    each row (``np.packbits(masks, axis=-1)``): what a GPU model stage uploads, an eighth of the
+    bytes, and unpacks on the device (:func:`zsris.visual.masks_on`).
     """
 
     masks: np.ndarray
@@ -46,6 +50,7 @@ class Proposals:
     areas: np.ndarray = field(default=None, repr=False)  # type: ignore[assignment]
     prompts: Optional[np.ndarray] = field(default=None, repr=False)
     presence: Optional[dict[str, float]] = field(default=None, repr=False)
+    packed: Optional[np.ndarray] = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.masks = np.asarray(self.masks, dtype=bool)
@@ -62,6 +67,11 @@ class Proposals:
             self.prompts = np.asarray(self.prompts, dtype=object).reshape(-1)
             if len(self.prompts) != len(self.masks):
                 raise ProposalError(f"{len(self.masks)} masks but {len(self.prompts)} prompts")
+        if self.packed is not None:
+            count, height, width = self.masks.shape
+            if self.packed.dtype != np.uint8 or self.packed.shape != (count, height, (width + 7) // 8):
+                raise ProposalError(f"packed masks of {self.packed.dtype} {self.packed.shape} do not pack "
+                                    f"{count} masks of {height}x{width}")
 
     def __len__(self) -> int:
         return len(self.masks)
@@ -72,7 +82,8 @@ class Proposals:
 
     def select(self, index: np.ndarray) -> "Proposals":
         return Proposals(self.masks[index], self.scores[index], self.boxes[index], self.areas[index],
-                         None if self.prompts is None else self.prompts[index], self.presence)
+                         None if self.prompts is None else self.prompts[index], self.presence,
+                         None if self.packed is None else self.packed[index])
 
     def candidates(self, phrase: Optional[str]) -> np.ndarray:
         """The proposals an expression with the noun phrase ``phrase`` may choose: all of them,

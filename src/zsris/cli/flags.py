@@ -18,6 +18,7 @@ from ..config import (
     FUSIONS,
     PRECISIONS,
     PREPROCESSING,
+    RAY_PREPARE,
     SAM2_CHECKPOINT_ENV,
     SAM2_MODELS,
     SAM3_CHECKPOINT_ENV,
@@ -212,6 +213,10 @@ def add_engine_flags(parser: argparse.ArgumentParser, model_stage: bool = True) 
         engine.add_argument("--gpus-per-worker", type=float, default=None, metavar="G",
                             help="GPUs each Ray worker asks for, and uses, on its node; a fraction shares one "
                                  "(default: 1 when --device is CUDA, else 0)")
+        engine.add_argument("--ray-prepare", choices=RAY_PREPARE, default="auto",
+                            help="where a Ray run decodes images and makes proposals: 'tasks', Ray CPU tasks on "
+                                 "the cores the workers leave free, ahead of them; 'actors', each worker its own; "
+                                 "'auto' (default): tasks for GPU workers when a core is free")
 
 
 def add_top_k_flag(parser: argparse.ArgumentParser, what: str) -> None:
@@ -227,7 +232,8 @@ def execution_from_args(args: argparse.Namespace):
     return Execution(engine=getattr(args, "engine", "local"), proposal_workers=args.proposal_workers,
                      ray_workers=getattr(args, "workers", 2), ray_address=getattr(args, "ray_address", None),
                      stop=getattr(args, "stop", None), image_timeout=args.image_timeout,
-                     gpus_per_worker=getattr(args, "gpus_per_worker", None))
+                     gpus_per_worker=getattr(args, "gpus_per_worker", None),
+                     ray_prepare=getattr(args, "ray_prepare", "auto"))
 
 
 def proposal_spec_from_args(args: argparse.Namespace, name: Optional[str] = None) -> ProposalSpec:

@@ -25,13 +25,13 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional, Sequence
 import numpy as np
 
 from ..cache import file_digest
-from ..engine import Engine, ImageTask, Prepared, Preparer
+from ..engine import Engine, ImageTask, Prepared, Preparer, worker_preparer
 from ..errors import ZsrisError, ZsrisWarning, failure_reason
 from ..records import PairRecord
 from ..text import check_expression
 from ..types import DEFAULT_TOP_K, ImageFeatures
 from .pairs import Pair, PairResult, as_pairs, group_by_image, in_input_order, output_name
-from .run import Execution, prepared_features, progress_bar, quiet_segmenter, run_ray
+from .run import Execution, RayPreparation, prepared_features, progress_bar, quiet_segmenter, run_ray
 
 if TYPE_CHECKING:
     from ..config import SegmenterConfig
@@ -139,8 +139,11 @@ class ImageJob:
         self.keep_pixels = keep_pixels
         self.prepare = Preparer(None, None, segmenter.config.max_pixels).build()  # proposals: the segmenter's
 
-    def __call__(self, path: str, pairs: Sequence[Pair]) -> tuple[list[PairRecord], Optional[np.ndarray]]:
-        prepared = self.prepare(ImageTask(path, path, Path(path).name))
+    def __call__(self, path: str, pairs: Sequence[Pair],
+                 prepared: Optional[Prepared] = None) -> tuple[list[PairRecord], Optional[np.ndarray]]:
+        """The pairs' records, from the image a Ray task ``prepared`` or from the file read here."""
+        if prepared is None:
+            prepared = self.prepare(ImageTask(path, path, Path(path).name))
         pixels = prepared.pixels if self.keep_pixels else None
         return [answer.record(self.top_k) for answer in prepared_results(self.segmenter, pairs, prepared)], pixels
 
@@ -322,7 +325,7 @@ class BatchJob:
         by_id = {pair.id: pair for pair in pairs}
         clear = functools.partial(clear_outputs, out) if self.overwrite else None  # once the folder is ours
         with BatchStore(out / STORE, run_settings, on_locked=clear) as store, \
-                self.execution.session():
+                self.execution.session(segmenter.device):
             _check_same_pairs(out, pairs, store.done())
             _forget_changed_images(store, pairs)
             retried = store.forget_failed() if self.retry_failed else 0
@@ -364,9 +367,14 @@ class BatchJob:
                         _, image_pairs = job
                         commit([PairResult(pair, error=reason).record(self.top_k) for pair in image_pairs], None, True)
 
+                    preparation = RayPreparation(worker_preparer(segmenter.proposals,
+                                                                 max_pixels=segmenter.config.max_pixels),
+                                                 lambda job: ImageTask(job[0], job[0], Path(job[0]).name),
+                                                 self.execution.ray_prepare)
                     run_ray(functools.partial(make_image_job, segmenter.config, self.top_k, self.save_overlays),
                             list(pending_images.items()), lambda done: commit(*done, True),
-                            self.execution.ray_workers, self.execution.ray_gpus(segmenter.device), failed)
+                            self.execution.ray_workers, self.execution.ray_gpus(segmenter.device), failed,
+                            preparation)
                 else:
                     engine = self.execution.engine_for(segmenter.proposals, max_pixels=segmenter.config.max_pixels)
                     for answers, pixels in run_pairs(segmenter, pending, engine):

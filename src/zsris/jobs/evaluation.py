@@ -22,7 +22,7 @@ from tqdm import tqdm
 from ..cache import ProposalCache, file_digest
 from ..config import DEFAULT_MAX_PIXELS, SegmenterConfig
 from ..datasets import GENERALIZED, Ref, ReferDataset
-from ..engine import Engine, ImageTask, Prepared, StageTimes, image_task, load_task_image
+from ..engine import Engine, ImageTask, Prepared, StageTimes, image_task, load_task_image, worker_preparer
 from ..errors import DatasetError, ExpressionError, NoProposalsError, ZsrisError, ZsrisWarning
 from ..masks import iou_matrix
 from ..metrics import intersection_union, iou, proposal_quality
@@ -30,7 +30,7 @@ from ..records import SentenceRecord
 from ..store import PredictionStore
 from ..text import check_expression
 from ..types import ImageFeatures, Proposals
-from .run import Execution, prepared_features, progress_bar, quiet_segmenter, run_ray
+from .run import Execution, RayPreparation, prepared_features, progress_bar, quiet_segmenter, run_ray
 
 if TYPE_CHECKING:
     from ..calibration import Calibration
@@ -73,8 +73,11 @@ class ImageEvaluator:
             return make()
         return self.cache.get_or_make(self.dataset.image_path(image_id), make)[0]
 
-    def __call__(self, image_id: int, refs: list[Ref]) -> list[dict[str, Any]]:
-        """Every sentence's record for one image, all work done here (the Ray workers' path)."""
+    def __call__(self, image_id: int, refs: list[Ref], prepared: Optional[Prepared] = None) -> list[dict[str, Any]]:
+        """Every sentence's record for one image (the Ray workers' path): all work done here, or
+        from the image a Ray task ``prepared``."""
+        if prepared is not None:
+            return self.evaluate_prepared(prepared, refs)
         try:
             pixels = load_dataset_image(self.dataset, image_id, self.segmenter.config.max_pixels)
         except ZsrisError as error:
@@ -411,7 +414,8 @@ class EvalJob:
         if self.segmenter.backbone.is_random:  # the table, report.md and the histogram say so
             title += ", RANDOM WEIGHTS: these figures mean nothing"
         keys = {image_id: image_content_key(self.dataset, image_id, refs) for image_id, refs in groups.items()}
-        with PredictionStore(out / "predictions.sqlite", settings) as store, self.execution.session():
+        with PredictionStore(out / "predictions.sqlite", settings) as store, \
+                self.execution.session(self.segmenter.device):
             self._forget_changed(store, keys)
             pending = pending_images(groups, store.done())
 
@@ -432,9 +436,14 @@ class EvalJob:
                     def failed(job: tuple, reason: str) -> None:
                         commit(here.failed(*job, reason))
 
+                    preparation = RayPreparation(
+                        worker_preparer(None if self.data.gt_proposals else self.segmenter.proposals,
+                                        self.data.cache_root, self.segmenter.config.max_pixels, exif_transpose=False),
+                        lambda job: dataset_task(self.dataset, job[0]), self.execution.ray_prepare)
                     run_ray(functools.partial(build_evaluator, self.segmenter.config, self.data),
                             [(image_id, groups[image_id]) for image_id in pending], commit,
-                            self.execution.ray_workers, self.execution.ray_gpus(self.segmenter.device), failed)
+                            self.execution.ray_workers, self.execution.ray_gpus(self.segmenter.device), failed,
+                            preparation)
                 else:
                     engine = self.data.engine(self.execution, self.segmenter.proposals,
                                               self.segmenter.config.max_pixels)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 import tempfile
 import threading
 import warnings
@@ -13,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional, Sequence
 
-from ..config import DEFAULT_IMAGE_TIMEOUT, DEFAULT_MAX_PIXELS, SegmenterConfig
-from ..engine import Engine, ImageTask, Prepared, default_workers, engine_for
+from ..config import DEFAULT_IMAGE_TIMEOUT, DEFAULT_MAX_PIXELS, RAY_PREPARE, SegmenterConfig
+from ..engine import Engine, ImageTask, Prepared, Preparer, default_workers, engine_for, prepare_packed, unpack_prepared
 from ..errors import ZsrisError
 
 if TYPE_CHECKING:
@@ -37,7 +38,8 @@ class Execution:
     processes (None: cores minus one; 0: all in this process) decode images and make proposals
     ahead of the model stage here; "ray": ``ray_workers`` Ray actors, each with its own models
     (on a cluster at ``ray_address``, else a local one) and ``gpus_per_worker`` GPUs (None: one
-    when the model's device is CUDA, else none; a fraction shares a GPU). ``progress`` draws a bar; ``stop``,
+    when the model's device is CUDA, else none; a fraction shares a GPU), its images decoded and their
+    proposals made as ``ray_prepare`` says (:class:`RayPreparation`). ``progress`` draws a bar; ``stop``,
     once set, ends the run between two images as Ctrl-C does; ``image_timeout`` bounds a worker
     process's time on one image (:class:`zsris.engine.Engine`)."""
 
@@ -49,8 +51,11 @@ class Execution:
     stop: Optional[threading.Event] = None
     image_timeout: Optional[float] = DEFAULT_IMAGE_TIMEOUT
     gpus_per_worker: Optional[float] = None
+    ray_prepare: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.ray_prepare not in RAY_PREPARE:
+            raise ZsrisError(f"unknown Ray preparation {self.ray_prepare!r}; choose one of {', '.join(RAY_PREPARE)}")
         if self.gpus_per_worker is not None and not self.gpus_per_worker >= 0:
             raise ZsrisError(f"GPUs per worker must be 0 or more, not {self.gpus_per_worker}")
         if self.engine not in ENGINES:
@@ -67,6 +72,13 @@ class Execution:
         if self.gpus_per_worker is not None:
             return self.gpus_per_worker
         return 1.0 if getattr(device, "type", str(device)).startswith("cuda") else 0.0
+
+    def ray_cpus(self, device: Any) -> int:
+        """The CPUs of a Ray started here: one per actor and, where the images may be prepared in
+        Ray tasks (:class:`RayPreparation`), the machine's other cores for them, at least one."""
+        if self.ray_prepare == "actors" or (self.ray_prepare == "auto" and self.ray_gpus(device) <= 0):
+            return self.ray_workers
+        return max(self.ray_workers + 1, os.cpu_count() or 1)
 
     @property
     def workers(self) -> int:
@@ -95,9 +107,9 @@ class Execution:
                           self.image_timeout)
 
     @contextlib.contextmanager
-    def session(self) -> Iterator[None]:
-        """Ray for the block where the engine is Ray (see :func:`ray_session`)."""
-        with ray_session(self.ray_workers, self.ray_address, enabled=self.engine == "ray"):
+    def session(self, device: Any = "cpu") -> Iterator[None]:
+        """Ray for the block where the engine is Ray (see :func:`ray_session`), for a model on ``device``."""
+        with ray_session(self.ray_cpus(device), self.ray_address, enabled=self.engine == "ray"):
             yield
 
 
@@ -186,13 +198,17 @@ class RayWorker:
         torch.set_num_threads(threads)
         self.worker = build()
 
-    def run(self, *job: Any) -> Any:
-        return self.worker(*job)
+    def run(self, *job: Any, prepared: Optional[tuple] = None) -> Any:
+        """The job's answer; ``prepared``: its image as a Ray task prepared it (packed to travel)."""
+        if prepared is None:
+            return self.worker(*job)
+        return self.worker(*job, prepared=unpack_prepared(prepared))
 
 
 @contextlib.contextmanager
-def ray_session(workers: int, address: Optional[str] = None, enabled: bool = True) -> Iterator[None]:
-    """Ray started (or joined at ``address``) for the block, and shut down after it if started here.
+def ray_session(cpus: int, address: Optional[str] = None, enabled: bool = True) -> Iterator[None]:
+    """Ray started with ``cpus`` (or joined at ``address``) for the block, and shut down after it if
+    started here.
 
     Started before any progress bar is drawn, so that Ray's start-up notices do not land inside it."""
     if not enabled:
@@ -202,7 +218,7 @@ def ray_session(workers: int, address: Optional[str] = None, enabled: bool = Tru
 
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(address=address, num_cpus=None if address else workers, include_dashboard=False,
+        ray.init(address=address, num_cpus=None if address else cpus, include_dashboard=False,
                  log_to_driver=False, configure_logging=False)
     try:
         yield
@@ -230,71 +246,132 @@ def check_ray_resources(workers: int, gpus_per_worker: float) -> None:
                          f"or --gpus-per-worker 0 for CPU actors)")
 
 
+@dataclass(frozen=True)
+class RayPreparation:
+    """Where a Ray run's images are decoded and their proposals made. ``mode`` "tasks": in Ray
+    CPU tasks on the cluster's cores that the actors do not hold, ``preparer`` doing the work
+    (:func:`zsris.engine.worker_preparer`), each image sent on to its actor with its masks packed;
+    at most one image per spare core is prepared beyond the two each actor holds. "actors": each
+    actor prepares its own, on its one core. "auto": tasks where the actors have GPUs (a GPU
+    actor preparing its own image leaves its GPU waiting) and the cluster has a core to spare,
+    else actors. ``task`` gives a job's image."""
+
+    preparer: Preparer
+    task: Callable[[tuple], ImageTask]
+    mode: str = "auto"
+
+    def in_tasks(self, workers: int, gpus_per_worker: float) -> bool:
+        """Whether the images go to Ray tasks on this cluster; "tasks" without a core to spare
+        is refused in one line (the tasks would wait for ever)."""
+        import ray
+
+        if self.mode == "actors":
+            return False
+        spare = float(ray.cluster_resources().get("CPU", 0)) - workers
+        if self.mode == "tasks" and spare < 1:
+            raise ZsrisError(f"--ray-prepare tasks needs a CPU beyond the {workers} Ray workers' own; the Ray "
+                             f"cluster has {spare + workers:g} (use fewer --workers, or --ray-prepare actors)")
+        return spare >= 1 and (self.mode == "tasks" or gpus_per_worker > 0)
+
+
 def run_ray(build: Callable[[], Callable[..., Any]], jobs: Iterable[tuple], on_result: Callable[[Any], None],
             workers: int = 2, gpus_per_worker: float = 0.0,
-            on_failure: Optional[Callable[[tuple, str], None]] = None) -> None:
+            on_failure: Optional[Callable[[tuple, str], None]] = None,
+            preparation: Optional[RayPreparation] = None) -> None:
     """Spread ``jobs`` (argument tuples) over ``workers`` Ray actors, each with the worker that
     ``build`` makes (models loaded once each) and ``gpus_per_worker`` GPUs of its own (a
     fraction shares one), in a :func:`ray_session`; ``on_result`` gets each job's answer as it
     finishes (committing it at once, so an interrupted Ray run resumes like a local one).
+    Where ``preparation`` puts the images in Ray tasks, the worker is called with the job's
+    image prepared, as ``worker(*job, prepared=...)``; else as ``worker(*job)``.
 
     An actor that dies (out of memory, a lost node) is replaced. The job it was running (its
     oldest unfinished one: an actor runs its jobs in order) is tried once more on another actor,
     and goes to ``on_failure`` with the reason if that actor dies on it too (without
     ``on_failure`` it raises); the jobs only queued behind it go back to the queue as they were,
-    not charged for a death they did not cause. The run goes on."""
+    not charged for a death they did not cause. A job that fails otherwise (its preparation's
+    process died twice; the worker raised) goes to ``on_failure`` at once. The run goes on."""
     import ray
-    from ray.exceptions import RayActorError
+    from ray.exceptions import RayActorError, RayError
 
     check_ray_resources(workers, gpus_per_worker)
+    in_tasks = preparation is not None and preparation.in_tasks(workers, gpus_per_worker)
+    ahead = int(float(ray.cluster_resources().get("CPU", 0)) - workers) if in_tasks else 0
+    prepare_remote = ray.remote(num_cpus=1, max_retries=1)(prepare_packed) if in_tasks else None
     # SPREAD: on a cluster, actors go to different nodes first (each node's cores and GPUs used)
     actor_class = ray.remote(num_cpus=1, num_gpus=gpus_per_worker, scheduling_strategy="SPREAD")(RayWorker)
     alive = [actor_class.remote(build) for _ in range(workers)]
     replacements = 2 * workers + 2  # actors that may be started in place of dead ones
-    queue = deque((job, 0) for job in jobs)
-    in_flight: dict[Any, tuple[Any, tuple, int, int]] = {}  # ref -> actor, job, tries, submission number
+    queue = deque([job, 0, None] for job in jobs)  # a job, its tries, its image being prepared (tasks)
+    in_flight: dict[Any, tuple[Any, list, int]] = {}  # ref -> actor, queue entry, submission number
     culprit: dict[Any, int] = {}  # a dead actor -> the submission number of the job it died running
     submitted = itertools.count()
 
+    def prepare(entry: list) -> Any:
+        if in_tasks and entry[2] is None:
+            entry[2] = prepare_remote.remote(preparation.preparer, preparation.task(entry[0]))
+        return entry[2]
+
     def refill() -> None:
-        """Give every live actor work until it has two jobs (one running, one queued)."""
+        """Give every live actor work until it has two jobs (one running, one queued), and have
+        the next ``ahead`` images prepared meanwhile."""
         for actor in alive:
-            held = sum(1 for a, _, _, _ in in_flight.values() if a is actor)
+            held = sum(1 for a, _, _ in in_flight.values() if a is actor)
             for _ in range(2 - held):
                 if not queue:
-                    return
-                job, tries = queue.popleft()
-                in_flight[actor.run.remote(*job)] = (actor, job, tries, next(submitted))
+                    break
+                entry = queue.popleft()
+                prepared = prepare(entry)
+                call = actor.run.remote(*entry[0], prepared=prepared) if in_tasks else actor.run.remote(*entry[0])
+                in_flight[call] = (actor, entry, next(submitted))
+        for entry in itertools.islice(queue, ahead):
+            prepare(entry)
+
+    def fail(job: tuple, reason: str) -> None:
+        if on_failure is None:
+            raise ZsrisError(f"a job {reason}") from None
+        on_failure(job, reason)
 
     refill()
     while in_flight:
         ready, _ = ray.wait(list(in_flight), num_returns=1)
-        actor, job, tries, number = in_flight.pop(ready[0])
+        actor, entry, number = in_flight.pop(ready[0])
         try:
             answer = ray.get(ready[0])
         except RayActorError as error:
             if actor not in culprit:  # the first of its jobs to report: name the one it was running
-                culprit[actor] = min([number] + [n for a, _, _, n in in_flight.values() if a is actor])
+                culprit[actor] = min([number] + [n for a, _, n in in_flight.values() if a is actor])
                 alive.remove(actor)
                 if replacements:
                     replacements -= 1
                     alive.append(actor_class.remote(build))
             if number != culprit[actor]:
-                queue.appendleft((job, tries))  # only queued behind the job that killed it
-            elif tries == 0:
-                queue.appendleft((job, 1))
+                queue.appendleft(entry)  # only queued behind the job that killed it
+            elif entry[1] == 0:
+                entry[1] = 1
+                queue.appendleft(entry)
             else:
-                reason = f"failed twice: its Ray actor died ({_first_line(error)})"
-                if on_failure is None:
-                    raise ZsrisError(f"a job {reason}") from None
-                on_failure(job, reason)
+                fail(entry[0], f"failed twice: its Ray actor died ({_first_line(error)})")
+        except RayError as error:  # not the actor: the job itself, or its image's preparation
+            fail(entry[0], _task_failure(error))
         else:
             on_result(answer)
         refill()
-    for job, _ in queue:  # every actor died and none could replace them
+    for entry in queue:  # every actor died and none could replace them
         if on_failure is None:
             raise ZsrisError("every Ray actor died, and as many again that replaced them")
-        on_failure(job, "no Ray actor was left to run it: every one died")
+        on_failure(entry[0], "no Ray actor was left to run it: every one died")
+
+
+def _task_failure(error: BaseException) -> str:
+    """Why a job failed on Ray other than by its actor's death, in one line: its preparation task's
+    process died (on both tries), or the worker raised."""
+    from ray.exceptions import WorkerCrashedError
+
+    cause = getattr(error, "cause", None) or error
+    if isinstance(cause, WorkerCrashedError):
+        return "its image's preparation died twice in its Ray task's process (out of memory, a crash)"
+    return f"failed on its Ray worker: {type(cause).__name__}: {_first_line(cause)}"
 
 
 def _first_line(error: BaseException) -> str:
