@@ -14,7 +14,8 @@ Prints, each labelled with the device it was measured on (GPU rows only where CU
    RefCOCO-val-shaped workload: 2.5 referred objects and about 7.5 sentences per image.
 3. The visual step for 100 proposals per backbone and precision (random weights: the real
    FLOPs), beside open_clip's plain encode_image over the same 100 crops (its floor); 3b where
-   its time goes; 3c several images' proposals sharing forward passes (--images-per-pass).
+   its time goes; 3c several images' proposals sharing forward passes (--images-per-pass); 3d
+   the reduced-precision copies' in-place activation against open_clip's QuickGELU.
 4. Reduced precision against fp32 on refcoco-mini sentences: the largest feature deviation and
    the share of sentences whose chosen proposal changes.
 5. (CUDA) SAM's automatic generator on the device, one image ahead of CLIP in a thread against
@@ -356,6 +357,34 @@ def visual_step(image: np.ndarray, proposals: Proposals, backbones: list[str], p
         print(f"   {name:12}" + "".join(f"{c:>22}" for c in cells))
 
 
+def activation_effect(image: np.ndarray, proposals: Proposals, precisions: list[str]) -> None:
+    """The reduced-precision copies' in-place activation against open_clip's QuickGELU put back in
+    the same copy, in this process: the visual step's time and the features' difference."""
+    import open_clip
+
+    from zsris.backbones import InPlaceQuickGELU
+
+    reduced = [p for p in precisions if p in ("bf16", "fp16")]
+    if reduced:
+        print(f"\n3d. the reduced-precision copy's in-place activation against open_clip's QuickGELU, "
+              f"ViT-B/32, {len(proposals)} proposals, median of 5 [{LABEL}]")
+    for precision in reduced:
+        segmenter = _segmenter(precision=precision)
+        places = [(m, name) for m in segmenter.model.modules() for name, child in m.named_children()
+                  if isinstance(child, InPlaceQuickGELU)]
+        fast, fast_seconds = _timed(lambda: segmenter.image_features(image, proposals=proposals), repeat=5)
+        for module, name in places:
+            setattr(module, name, open_clip.transformer.QuickGELU())
+        try:
+            plain, plain_seconds = _timed(lambda: segmenter.image_features(image, proposals=proposals), repeat=5)
+        finally:
+            for module, name in places:
+                setattr(module, name, InPlaceQuickGELU())
+        deviation = float((fast.visual_features - plain.visual_features).abs().max())
+        print(f"   {precision}: {1000 * fast_seconds:.1f} ms in place, {1000 * plain_seconds:.1f} ms with open_clip's "
+              f"(x{plain_seconds / fast_seconds:.2f}); largest fused-feature difference {deviation:.1e}")
+
+
 def images_per_pass(prepared: list, precisions: list[str]) -> None:
     """The visual step of several images, one image per set of passes against several images'
     proposals sharing passes (what eval and batch do with --images-per-pass)."""
@@ -598,6 +627,7 @@ def main() -> None:
         visual_step(image, proposals, args.backbones if CUDA else args.backbones[:1], precisions)
         for precision in _fp32_bf16(precisions):
             breakdown(image, proposals, precision)
+        activation_effect(image, proposals, precisions)
         images_per_pass(prepared[:args.pass_images], _fp32_bf16(precisions))
     if 4 in args.only:
         if len(precisions) > 1:

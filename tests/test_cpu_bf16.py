@@ -59,3 +59,28 @@ def test_an_all_ones_mask_gives_the_plain_image_feature_in_bf16(pair):
         features = visual.global_features(bf16.model, clip_input, masks, k=3)
         plain = bf16.model.encode_image(clip_input.to(torch.bfloat16))
     torch.testing.assert_close(features.float(), plain.float().expand(2, -1), rtol=2e-2, atol=2e-2)
+
+
+def test_the_copy_computes_openai_clips_activation_in_place(pair):
+    """The reduced-precision copy's MLPs use the in-place activation, the same function as
+    open_clip's QuickGELU (to bf16 rounding; exactly so in fp32 up to float rounding); the fp32
+    model keeps open_clip's own, and with gradients wanted the activation leaves its input alone."""
+    import open_clip
+
+    from zsris.backbones import InPlaceQuickGELU
+
+    fp32, bf16 = pair
+    blocks = [*bf16.model.visual.transformer.resblocks, *bf16.model.transformer.resblocks]
+    assert all(isinstance(block.mlp.gelu, InPlaceQuickGELU) for block in blocks)
+    assert all(isinstance(block.mlp.gelu, open_clip.transformer.QuickGELU)
+               for block in [*fp32.model.visual.transformer.resblocks, *fp32.model.transformer.resblocks])
+    x = torch.randn(4, 50, 3072)
+    reference = open_clip.transformer.QuickGELU()(x)
+    with torch.inference_mode():
+        torch.testing.assert_close(InPlaceQuickGELU()(x.clone()), reference, rtol=1e-6, atol=1e-6)
+        half = InPlaceQuickGELU()(x.bfloat16())
+    torch.testing.assert_close(half.float(), reference, rtol=2e-2, atol=2e-2)
+    leaf = x.clone().requires_grad_()
+    out = InPlaceQuickGELU()(leaf)
+    out.sum().backward()
+    assert torch.equal(leaf.detach(), x) and leaf.grad is not None

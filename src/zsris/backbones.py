@@ -91,7 +91,7 @@ class ClipBackbone:
         if dtype is None or dtype == torch.float32:
             return self.model
         if dtype not in self.casts:
-            self.casts[dtype] = copy.deepcopy(self.model).to(dtype)
+            self.casts[dtype] = in_place_activations(copy.deepcopy(self.model).to(dtype))
         return self.casts[dtype]
 
     @property
@@ -109,6 +109,35 @@ class ClipBackbone:
     @property
     def context_length(self) -> int:
         return int(getattr(self.model, "context_length", 77))
+
+
+class InPlaceQuickGELU(nn.Module):
+    """OpenAI CLIP's activation, ``x * sigmoid(1.702 x)``, computed in place as
+    ``silu(1.702 x) / 1.702`` (the same function): no temporaries. On the CPU's bf16 units, where
+    the matrix products got four times faster, open_clip's three allocations per call had become
+    a tenth of the pass. Its input, a linear layer's fresh output, is overwritten, so it is used
+    only there (:func:`in_place_activations`) and, with gradients wanted, computes out of place."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and x.requires_grad:
+            return x * torch.sigmoid(1.702 * x)
+        x = x.mul_(1.702)
+        nn.functional.silu(x, inplace=True)
+        return x.mul_(1 / 1.702)
+
+
+def in_place_activations(model: nn.Module) -> nn.Module:
+    """``model`` (a reduced-precision copy) with every open_clip ``QuickGELU`` that directly follows
+    a linear layer in a sequence (each transformer block's MLP) replaced by
+    :class:`InPlaceQuickGELU`. The fp32 model is never given it: it keeps open_clip's own arithmetic,
+    the authors'."""
+    quick_gelu = open_clip.transformer.QuickGELU
+    for sequence in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
+        names = list(sequence._modules)
+        for before, name in zip(names, names[1:]):
+            if isinstance(sequence._modules[name], quick_gelu) and isinstance(sequence._modules[before], nn.Linear):
+                sequence._modules[name] = InPlaceQuickGELU()
+    return model
 
 
 def canonical_name(name: str) -> str:
