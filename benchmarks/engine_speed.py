@@ -548,8 +548,8 @@ def ray_actors(data: Path, images: int, precision: str) -> None:
     against two sharing it, their images prepared by Ray tasks on the free cores."""
     try:
         import ray
-    except ImportError:
-        print("\n7. Ray actors: Ray is not installed here")
+    except ImportError as error:
+        print(f"\n7. Ray actors: Ray cannot be imported here ({type(error).__name__}: {error})")
         return
     from zsris.jobs.evaluation import DataSpec, build_evaluator, worker_preparer
     from zsris.jobs.run import RayPreparation, ray_session, run_ray

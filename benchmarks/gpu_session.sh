@@ -74,17 +74,17 @@ run() {
         nvidia-smi -L 2>/dev/null || echo "no nvidia-smi here"
         python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
         # each part within its own limit, about six minutes in all (they take less on an H100)
-        # 0 exactness, 3 visual step per backbone and precision with open_clip's floor, 3b, 3c
-        timeout 100 python3 benchmarks/engine_speed.py --data "$data" --only 0 3 --backbones ViT-B/32 ViT-L/14 \
-            --pass-images 8 || echo "parts 0 and 3 ended early ($?)"
+        # 0 exactness, 3 visual step per backbone and precision with open_clip's floor, 3b-3d, 4 precision effect
+        timeout 120 python3 benchmarks/engine_speed.py --data "$data" --only 0 3 4 --backbones ViT-B/32 ViT-L/14 \
+            --pass-images 8 || echo "parts 0, 3 and 4 ended early ($?)"
         # 6 the floor, piece by piece (torch.compile builds take most of it)
-        timeout 90 python3 benchmarks/engine_speed.py --data "$data" --only 6 \
+        timeout 80 python3 benchmarks/engine_speed.py --data "$data" --only 6 \
             || echo "part 6 ended early ($?)"
         # 7 Ray actors sharing the device, fed by Ray preparation tasks
         timeout 80 python3 benchmarks/engine_speed.py --data "$data" --only 7 --ray-images "$n" \
             || echo "part 7 ended early ($?)"
         # 1 eval end to end, classical and FreeSOLO proposals
-        timeout 100 python3 benchmarks/engine_speed.py --data "$data" --only 1 --images "$images" \
+        timeout 90 python3 benchmarks/engine_speed.py --data "$data" --only 1 --images "$images" \
             --serial-images 6 --freesolo-images "$n" || echo "part 1 ended early ($?)"
     } 2>&1 | grep --line-buffered -v "RANDOM weights" | tee "$log"
 }
