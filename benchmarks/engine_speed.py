@@ -477,7 +477,7 @@ def floor_probes(image: np.ndarray, proposals: Proposals, precisions: list[str],
     from zsris.precision import compute_precision
 
     packed = Proposals(proposals.masks, proposals.scores, proposals.boxes, proposals.areas,
-                       packed=np.packbits(proposals.masks, axis=-1))
+                       packed=proposals.packed_bits())
     print(f"\n6. the visual step's floor, {len(proposals)} proposals of a {image.shape[1]}x{image.shape[0]} image,"
           f" median of 10 [{LABEL}]")
     rows = [("masks to the device as bool", lambda: visual.masks_on(proposals, DEVICE, packed=False)),

@@ -222,9 +222,8 @@ def pack_prepared(prepared: Prepared) -> tuple[Prepared, Optional[tuple]]:
     proposals = prepared.proposals
     if proposals is None:
         return prepared, None
-    bits = proposals.packed if proposals.packed is not None else np.packbits(proposals.masks, axis=-1)
-    packed = (bits, proposals.image_size[1], proposals.scores, proposals.boxes, proposals.areas, proposals.prompts,
-              proposals.presence)
+    packed = (proposals.packed_bits(), proposals.image_size[1], proposals.scores, proposals.boxes, proposals.areas,
+              proposals.prompts, proposals.presence)
     return dataclasses.replace(prepared, proposals=None), packed
 
 

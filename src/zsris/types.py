@@ -85,6 +85,10 @@ class Proposals:
                          None if self.prompts is None else self.prompts[index], self.presence,
                          None if self.packed is None else self.packed[index])
 
+    def packed_bits(self) -> np.ndarray:
+        """``packed``, or the masks packed now where they never crossed processes."""
+        return self.packed if self.packed is not None else np.packbits(self.masks, axis=-1)
+
     def candidates(self, phrase: Optional[str]) -> np.ndarray:
         """The proposals an expression with the noun phrase ``phrase`` may choose: all of them,
         or with a prompted generator the phrase's own instances and the class-agnostic ones

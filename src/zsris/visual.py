@@ -24,7 +24,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Optional, Sequence
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -303,8 +302,7 @@ def masks_on(proposals: "Proposals", device: torch.device, packed: Optional[bool
         packed = device.type == "cuda" and proposals.packed is not None
     if not packed:
         return torch.from_numpy(proposals.masks).to(device)
-    bits = proposals.packed if proposals.packed is not None else np.packbits(proposals.masks, axis=-1)
-    return unpack_bits(torch.from_numpy(bits).to(device), proposals.image_size[1])
+    return unpack_bits(torch.from_numpy(proposals.packed_bits()).to(device), proposals.image_size[1])
 
 
 def _boxes_of(masks: Tensor, boxes: Optional[Tensor]) -> Tensor:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional, Sequence
 import numpy as np
 
 from ..cache import file_digest
-from ..engine import Engine, ImageTask, Prepared, Preparer, worker_preparer
+from ..engine import Engine, Prepared, Preparer, image_task, worker_preparer
 from ..errors import ZsrisError, ZsrisWarning, failure_reason
 from ..records import PairRecord
 from ..text import check_expression
@@ -103,7 +103,7 @@ def run_pairs(segmenter: "Segmenter", pairs: Sequence[Pair],
     if refused:
         yield refused, None
     groups = group_by_image(p for p in pairs if p.error is None)
-    tasks = [ImageTask(path, path, Path(path).name) for path in groups]
+    tasks = [image_task(path, path) for path in groups]
     for prepared, features in prepared_features(segmenter, engine, tasks):
         yield prepared_results(segmenter, groups[prepared.key], prepared, features), prepared.pixels
 
@@ -143,7 +143,7 @@ class ImageJob:
                  prepared: Optional[Prepared] = None) -> tuple[list[PairRecord], Optional[np.ndarray]]:
         """The pairs' records, from the image a Ray task ``prepared`` or from the file read here."""
         if prepared is None:
-            prepared = self.prepare(ImageTask(path, path, Path(path).name))
+            prepared = self.prepare(image_task(path, path))
         pixels = prepared.pixels if self.keep_pixels else None
         return [answer.record(self.top_k) for answer in prepared_results(self.segmenter, pairs, prepared)], pixels
 
@@ -369,7 +369,7 @@ class BatchJob:
 
                     preparation = RayPreparation(worker_preparer(segmenter.proposals,
                                                                  max_pixels=segmenter.config.max_pixels),
-                                                 lambda job: ImageTask(job[0], job[0], Path(job[0]).name),
+                                                 lambda job: image_task(job[0], job[0]),
                                                  self.execution.ray_prepare)
                     run_ray(functools.partial(make_image_job, segmenter.config, self.top_k, self.save_overlays),
                             list(pending_images.items()), lambda done: commit(*done, True),

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from ..cache import ProposalCache, file_digest
 from ..config import DEFAULT_MAX_PIXELS, SegmenterConfig
 from ..datasets import GENERALIZED, Ref, ReferDataset
-from ..engine import Engine, ImageTask, Prepared, StageTimes, image_task, load_task_image, worker_preparer
+from ..engine import Engine, ImageTask, Prepared, Preparer, StageTimes, image_task, load_task_image, worker_preparer
 from ..errors import DatasetError, ExpressionError, NoProposalsError, ZsrisError, ZsrisWarning
 from ..masks import iou_matrix
 from ..metrics import intersection_union, iou, proposal_quality
@@ -326,6 +326,12 @@ class DataSpec:
         return execution.engine_for(None if self.gt_proposals else generator, self.cache_root, max_pixels,
                                     exif_transpose=False)
 
+    def preparer(self, generator: Any, max_pixels: int) -> Preparer:
+        """What a process other than the model's does with this data's images (a Ray task), as
+        :meth:`engine`'s workers do it."""
+        return worker_preparer(None if self.gt_proposals else generator, self.cache_root, max_pixels,
+                               exif_transpose=False)
+
 
 def build_evaluator(config: SegmenterConfig, data: DataSpec, segmenter: Optional["Segmenter"] = None,
                     dataset: Optional[ReferDataset] = None) -> ImageEvaluator:
@@ -436,10 +442,10 @@ class EvalJob:
                     def failed(job: tuple, reason: str) -> None:
                         commit(here.failed(*job, reason))
 
-                    preparation = RayPreparation(
-                        worker_preparer(None if self.data.gt_proposals else self.segmenter.proposals,
-                                        self.data.cache_root, self.segmenter.config.max_pixels, exif_transpose=False),
-                        lambda job: dataset_task(self.dataset, job[0]), self.execution.ray_prepare)
+                    preparation = RayPreparation(self.data.preparer(self.segmenter.proposals,
+                                                                    self.segmenter.config.max_pixels),
+                                                 lambda job: dataset_task(self.dataset, job[0]),
+                                                 self.execution.ray_prepare)
                     run_ray(functools.partial(build_evaluator, self.segmenter.config, self.data),
                             [(image_id, groups[image_id]) for image_id in pending], commit,
                             self.execution.ray_workers, self.execution.ray_gpus(self.segmenter.device), failed,

@@ -76,7 +76,7 @@ class Execution:
     def ray_cpus(self, device: Any) -> int:
         """The CPUs of a Ray started here: one per actor and, where the images may be prepared in
         Ray tasks (:class:`RayPreparation`), the machine's other cores for them, at least one."""
-        if self.ray_prepare == "actors" or (self.ray_prepare == "auto" and self.ray_gpus(device) <= 0):
+        if not _tasks_wanted(self.ray_prepare, self.ray_gpus(device)):
             return self.ray_workers
         return max(self.ray_workers + 1, os.cpu_count() or 1)
 
@@ -265,13 +265,19 @@ class RayPreparation:
         is refused in one line (the tasks would wait for ever)."""
         import ray
 
-        if self.mode == "actors":
+        if not _tasks_wanted(self.mode, gpus_per_worker):
             return False
         spare = float(ray.cluster_resources().get("CPU", 0)) - workers
         if self.mode == "tasks" and spare < 1:
             raise ZsrisError(f"--ray-prepare tasks needs a CPU beyond the {workers} Ray workers' own; the Ray "
                              f"cluster has {spare + workers:g} (use fewer --workers, or --ray-prepare actors)")
-        return spare >= 1 and (self.mode == "tasks" or gpus_per_worker > 0)
+        return spare >= 1
+
+
+def _tasks_wanted(mode: str, gpus_per_worker: float) -> bool:
+    """Whether ``mode`` asks for preparation tasks for actors with ``gpus_per_worker`` GPUs
+    (where the cluster has a core to spare: :meth:`RayPreparation.in_tasks`)."""
+    return mode == "tasks" or (mode == "auto" and gpus_per_worker > 0)
 
 
 def run_ray(build: Callable[[], Callable[..., Any]], jobs: Iterable[tuple], on_result: Callable[[Any], None],
