@@ -327,3 +327,26 @@ def test_masks_cross_processes_packed_and_unpack_on_the_device_as_they_were(widt
     assert torch.equal(masks_on(chosen, torch.device("cpu"), packed=True), torch.from_numpy(masks[[4, 1]]))
     with pytest.raises(ProposalError, match="do not pack 5 masks of 7x"):
         Proposals(masks, np.ones(5), packed=np.packbits(masks[:, :, :-8], axis=-1))
+
+
+def test_masks_in_any_memory_layout_give_the_same_features(tiny_vit):
+    """Proposals keep their masks row-major whatever made them: pycocotools decodes column-major
+    (a file's, the cache's, ground truth), a worker's unpacked masks are row-major, and on an AMD
+    EPYC the masks' matrix products summed in another order for each layout, so
+    --proposal-workers 0 scored 1e-8 away from the workers."""
+    import torch
+
+    from zsris.proposals import ClassicalProposals
+    from zsris.segmenter import Segmenter
+
+    masks = np.zeros((3, 120, 160), bool)
+    masks[0, :10, :10] = masks[1, 20:60, 30:90] = masks[2, 60:, :] = True
+    column = np.ascontiguousarray(masks.transpose(0, 2, 1)).transpose(0, 2, 1)  # pycocotools' layout
+    assert np.array_equal(column, masks) and not column.flags.c_contiguous
+    kept = Proposals(column, np.ones(3))
+    assert kept.masks.flags.c_contiguous and np.array_equal(kept.masks, masks)
+    segmenter = Segmenter(tiny_vit, ClassicalProposals(max_proposals=3))
+    pixels = np.random.default_rng(0).integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    here = segmenter.image_features(pixels, proposals=kept).visual_features
+    sent = segmenter.image_features(pixels, proposals=Proposals(masks.copy(), np.ones(3))).visual_features
+    assert torch.equal(here, sent)

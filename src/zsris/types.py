@@ -56,6 +56,9 @@ class Proposals:
         self.masks = np.asarray(self.masks, dtype=bool)
         if self.masks.ndim != 3:
             raise ProposalError(f"proposal masks must be [N, H, W], got shape {self.masks.shape}")
+        # one layout whatever made them (pycocotools decodes column-major): torch's matrix products on
+        # the masks then sum in one order, and a worker's masks score as those made here, to the bit
+        self.masks = np.ascontiguousarray(self.masks)
         self.scores = np.asarray(self.scores, dtype=np.float32).reshape(-1)
         if len(self.scores) != len(self.masks):
             raise ProposalError(f"{len(self.masks)} masks but {len(self.scores)} scores")
