@@ -218,13 +218,13 @@ def test_cpu_actors_prepare_their_own_images_unless_told(fake_gpus):
     from zsris.jobs.run import RayPreparation
 
     preparation = RayPreparation(Preparer(None), lambda job: None, "auto")
-    assert not preparation.in_tasks(1, 0) and preparation.in_tasks(1, 1)
-    assert RayPreparation(Preparer(None), lambda job: None, "tasks").in_tasks(1, 0)
-    assert not RayPreparation(Preparer(None), lambda job: None, "actors").in_tasks(1, 1)
+    assert preparation.cores_ahead(1, 0) == 0 and preparation.cores_ahead(1, 1) == 1
+    assert RayPreparation(Preparer(None), lambda job: None, "tasks").cores_ahead(1, 0) == 1
+    assert RayPreparation(Preparer(None), lambda job: None, "actors").cores_ahead(1, 1) == 0
     with pytest.raises(ZsrisError, match="--ray-prepare tasks needs a CPU beyond the 2 Ray workers' own; "
                                          "the Ray cluster has 2"):
-        RayPreparation(Preparer(None), lambda job: None, "tasks").in_tasks(2, 0)
-    assert not RayPreparation(Preparer(None), lambda job: None, "auto").in_tasks(2, 1)  # no core to spare
+        RayPreparation(Preparer(None), lambda job: None, "tasks").cores_ahead(2, 0)
+    assert RayPreparation(Preparer(None), lambda job: None, "auto").cores_ahead(2, 1) == 0  # no core to spare
     with pytest.raises(ZsrisError, match="unknown Ray preparation 'gpu'"):
         Execution(engine="ray", ray_prepare="gpu")
     assert Execution(engine="ray", ray_workers=1).ray_cpus("cpu") == 1

@@ -260,23 +260,24 @@ class RayPreparation:
     task: Callable[[tuple], ImageTask]
     mode: str = "auto"
 
-    def in_tasks(self, workers: int, gpus_per_worker: float) -> bool:
-        """Whether the images go to Ray tasks on this cluster; "tasks" without a core to spare
-        is refused in one line (the tasks would wait for ever)."""
+    def cores_ahead(self, workers: int, gpus_per_worker: float) -> int:
+        """How many images Ray tasks prepare ahead of the actors on this cluster: its whole cores
+        that the actors do not hold; 0 where the actors prepare their own. "tasks" without a core
+        to spare is refused in one line (the tasks would wait for ever)."""
         import ray
 
         if not _tasks_wanted(self.mode, gpus_per_worker):
-            return False
+            return 0
         spare = float(ray.cluster_resources().get("CPU", 0)) - workers
         if self.mode == "tasks" and spare < 1:
             raise ZsrisError(f"--ray-prepare tasks needs a CPU beyond the {workers} Ray workers' own; the Ray "
                              f"cluster has {spare + workers:g} (use fewer --workers, or --ray-prepare actors)")
-        return spare >= 1
+        return max(0, int(spare))
 
 
 def _tasks_wanted(mode: str, gpus_per_worker: float) -> bool:
     """Whether ``mode`` asks for preparation tasks for actors with ``gpus_per_worker`` GPUs
-    (where the cluster has a core to spare: :meth:`RayPreparation.in_tasks`)."""
+    (where the cluster has a core to spare: :meth:`RayPreparation.cores_ahead`)."""
     return mode == "tasks" or (mode == "auto" and gpus_per_worker > 0)
 
 
@@ -301,8 +302,8 @@ def run_ray(build: Callable[[], Callable[..., Any]], jobs: Iterable[tuple], on_r
     from ray.exceptions import RayActorError, RayError
 
     check_ray_resources(workers, gpus_per_worker)
-    in_tasks = preparation is not None and preparation.in_tasks(workers, gpus_per_worker)
-    ahead = int(float(ray.cluster_resources().get("CPU", 0)) - workers) if in_tasks else 0
+    ahead = preparation.cores_ahead(workers, gpus_per_worker) if preparation is not None else 0
+    in_tasks = ahead > 0
     prepare_remote = ray.remote(num_cpus=1, max_retries=1)(prepare_packed) if in_tasks else None
     # SPREAD: on a cluster, actors go to different nodes first (each node's cores and GPUs used)
     actor_class = ray.remote(num_cpus=1, num_gpus=gpus_per_worker, scheduling_strategy="SPREAD")(RayWorker)
