@@ -46,6 +46,7 @@ from zsris.backbones import load_backbone
 from zsris.config import ProposalSpec, SegmenterConfig
 from zsris.datasets import ReferDataset
 from zsris.engine import Engine, Preparer, default_workers
+from zsris.images import load_image
 from zsris.jobs import Execution
 from zsris.jobs.evaluation import ImageEvaluator, dataset_task, load_dataset_image, run_local
 from zsris.precision import cpu_bf16_units
@@ -114,16 +115,16 @@ def exactness(image: np.ndarray, proposals: Proposals) -> None:
         print(f"   GPU against CPU, {name}: {float((a - b).abs().max()):.2e} "
               f"(largest |value| {float(b.abs().max()):.2e})")
     segmenter = _segmenter()
-    tensor = segmenter.image_tensor(image)[0]
+    tensor = segmenter.preprocessor.image_tensor(image)[0]
     masks = torch.from_numpy(proposals.masks).to(DEVICE)
     boxes = torch.from_numpy(proposals.boxes)
-    fill = torch.tensor(segmenter.preprocess_config.fill)
+    fill = torch.tensor(segmenter.preprocessor.config.fill)
     from zsris.resample import crop_resize
 
     batched = crop_resize(tensor, masks, boxes, fill, 224, batched=True)
     single = crop_resize(tensor, masks, boxes, fill, 224, batched=False)
     with torch.inference_mode():
-        features = [visual.encode_images(segmenter.model, crops) for crops in (batched, single)]
+        features = [visual.encode_images(segmenter.encoder.model, crops) for crops in (batched, single)]
     print(f"   batched crops against one at a time on the GPU: crops {float((batched - single).abs().max()):.2e}, "
           f"local features {float((features[0] - features[1]).abs().max()):.2e}")
 
@@ -160,7 +161,7 @@ def engines(dataset: ReferDataset, images: int, serial_images: int, workers: int
         if generator is None:
             engine = Engine(Preparer(ProposalSpec(max_proposals=100), None, exif_transpose=False), count)
         else:
-            engine = Execution(proposal_workers=count).engine_for(generator, exif_transpose=False)
+            engine = Execution(proposal_workers=count).local_engine(generator, exif_transpose=False)
         with tempfile.TemporaryDirectory() as folder, PredictionStore(Path(folder) / "p.sqlite", {}) as store:
             times = run_local(evaluator, groups, list(groups), store, _NoBar(), engine)
         rows[f"{name} ({len(groups)} images)"] = times.summary()
@@ -181,20 +182,20 @@ def _authors_visual(segmenter: Segmenter, pixels: np.ndarray, proposals: Proposa
     the whole full-resolution image before ``TF.resized_crop``, and one encode of all the crops."""
     import torchvision.transforms.functional as TF
 
-    image = segmenter.image_tensor(pixels)
+    image = segmenter.preprocessor.image_tensor(pixels)
     masks = torch.from_numpy(proposals.masks).to(DEVICE)
     with torch.inference_mode():
-        g = visual.global_features(segmenter.model, segmenter.clip_input(image), masks, segmenter.config.k,
-                                   batch_size=len(masks))
-        fill = torch.tensor(segmenter.preprocess_config.fill, device=DEVICE)[None, :, None, None]
+        g = visual.global_features(segmenter.encoder.model, segmenter.preprocessor.clip_input(image), masks,
+                                   segmenter.config.k, batch_size=len(masks))
+        fill = torch.tensor(segmenter.preprocessor.config.fill, device=DEVICE)[None, :, None, None]
         size = segmenter.backbone.input_size
         crops = []
         for mask, (x1, y1, x2, y2) in zip(masks, proposals.boxes.tolist()):
             weight = mask[None, None].float()
             filled = image * weight + (1 - weight) * fill
             crops.append(TF.resized_crop(filled[0], y1, x1, y2 - y1, x2 - x1, [size, size]))
-        loc = visual.encode_images(segmenter.model, torch.stack(crops), len(crops))
-    return segmenter.fuse_visual(g.float(), loc.float())
+        loc = visual.encode_images(segmenter.encoder.model, torch.stack(crops), len(crops))
+    return segmenter.method.fuse_visual(g.float(), loc.float())
 
 
 def _authors_sentence(segmenter: Segmenter, sentence: str, fused: torch.Tensor) -> int:
@@ -203,11 +204,11 @@ def _authors_sentence(segmenter: Segmenter, sentence: str, fused: torch.Tensor) 
     from zsris.fusion import fuse_text
 
     segmenter.parser._cache.clear()
-    segmenter.text_encoder._cache.clear()
+    segmenter.encoder.text_encoder._cache.clear()
     parsed = segmenter.parser(sentence)
     with torch.inference_mode():
-        sentence_feature = segmenter.text_encoder.encode([parsed.sentence])
-        phrase_feature = segmenter.text_encoder.encode([parsed.noun_phrase])
+        sentence_feature = segmenter.encoder.text_encoder.encode([parsed.sentence])
+        phrase_feature = segmenter.encoder.text_encoder.encode([parsed.noun_phrase])
     text = fuse_text(sentence_feature.float(), phrase_feature.float(), segmenter.config.beta,
                      segmenter.config.fusion, segmenter.backbone.is_vit)
     return int((text @ fused.T).argmax())
@@ -242,12 +243,12 @@ def per_object_loop(dataset: ReferDataset, images: int, precisions: list[str]) -
                 features = segmenter.image_features(pixels)  # proposals and visual features again
                 for sentence in object_sentences:
                     segmenter.parser._cache.clear()
-                    segmenter.text_encoder._cache.clear()  # encoded anew, one at a time
+                    segmenter.encoder.text_encoder._cache.clear()  # encoded anew, one at a time
                     segmenter.score(features, [sentence])
 
     def ours(segmenter: Segmenter) -> None:
         segmenter.parser._cache.clear()
-        segmenter.text_encoder._cache.clear()
+        segmenter.encoder.text_encoder._cache.clear()
         for pixels, objects in workload:
             segmenter.score(segmenter.image_features(pixels), [s for group in objects for s in group])
 
@@ -255,7 +256,7 @@ def per_object_loop(dataset: ReferDataset, images: int, precisions: list[str]) -
         """Seconds per image of eval's engine (proposals in a worker process ahead of CLIP, as
         `zsris eval` runs), once the first image is ready (the workers' start-up left out)."""
         segmenter.parser._cache.clear()
-        segmenter.text_encoder._cache.clear()
+        segmenter.encoder.text_encoder._cache.clear()
         engine = Engine(Preparer(ProposalSpec(max_proposals=100), None, exif_transpose=False), 1)
         first = None
         for prepared, (_, objects) in zip(engine.iterate(dataset_task(dataset, i) for i in ids), workload):
@@ -304,23 +305,23 @@ def breakdown(image: np.ndarray, proposals: Proposals, precision: str = "fp32") 
             began[0] = now
 
         lap("")
-        pixels = segmenter._load(image, None)[0]
-        tensor = segmenter.image_tensor(pixels)
+        pixels = load_image(image, segmenter.config.max_pixels)
+        tensor = segmenter.preprocessor.image_tensor(pixels)
         lap("image to the device, normalised")
         masks = torch.from_numpy(proposals.masks).to(DEVICE)
         lap(f"{len(proposals)} masks to the device (bool)")
         with compute_precision(precision, DEVICE), torch.inference_mode():
-            clip_input = segmenter.clip_input(tensor)
+            clip_input = segmenter.preprocessor.clip_input(tensor)
             lap("whole image resized to the CLIP input")
-            g = segmenter.global_features(clip_input, masks)
+            g = segmenter.encoder.global_features(clip_input, masks)
             lap("global features (trunk once, last k blocks per mask)")
             crops = crop_resize(tensor[0], masks, torch.from_numpy(proposals.boxes),
-                                torch.tensor(segmenter.preprocess_config.fill), segmenter.backbone.input_size,
+                                torch.tensor(segmenter.preprocessor.config.fill), segmenter.backbone.input_size,
                                 batch_size=len(masks))
             lap("local crops, filled and resized")
-            loc = visual.encode_images(segmenter.model, crops, segmenter.config.batch_size)
+            loc = visual.encode_images(segmenter.encoder.model, crops, segmenter.config.batch_size)
             lap("local features (encode_image over the crops)")
-            segmenter.fuse_visual(g.float(), loc.float())
+            segmenter.method.fuse_visual(g.float(), loc.float())
             lap("fusion")
         if repeat:
             for name, seconds in clock.items():
@@ -342,15 +343,15 @@ def visual_step(image: np.ndarray, proposals: Proposals, backbones: list[str], p
         for precision in precisions:
             segmenter = _segmenter(name, precision)
             _, seconds = _timed(lambda: segmenter.image_features(image, proposals=proposals), repeat=5)
-            crops = visual.local_crops(segmenter.image_tensor(image), torch.from_numpy(proposals.masks).to(DEVICE),
-                                       torch.from_numpy(proposals.boxes), segmenter.preprocess_config.fill,
-                                       segmenter.backbone.input_size)
+            crops = visual.local_crops(segmenter.preprocessor.image_tensor(image),
+                                       torch.from_numpy(proposals.masks).to(DEVICE), torch.from_numpy(proposals.boxes),
+                                       segmenter.preprocessor.config.fill, segmenter.backbone.input_size)
 
             def plain() -> torch.Tensor:
                 from zsris.precision import compute_precision
 
                 with compute_precision(precision, DEVICE):
-                    return visual.encode_images(segmenter.model, crops, 128)
+                    return visual.encode_images(segmenter.encoder.model, crops, 128)
 
             _, floor = _timed(plain, repeat=5)
             cells.append(f"{1000 * seconds:7.1f}ms ({1000 * floor:5.1f})")
@@ -370,7 +371,7 @@ def activation_effect(image: np.ndarray, proposals: Proposals, precisions: list[
               f"ViT-B/32, {len(proposals)} proposals, median of 5 [{LABEL}]")
     for precision in reduced:
         segmenter = _segmenter(precision=precision)
-        places = [(m, name) for m in segmenter.model.modules() for name, child in m.named_children()
+        places = [(m, name) for m in segmenter.encoder.model.modules() for name, child in m.named_children()
                   if isinstance(child, InPlaceQuickGELU)]
         fast, fast_seconds = _timed(lambda: segmenter.image_features(image, proposals=proposals), repeat=5)
         for module, name in places:
@@ -487,12 +488,12 @@ def floor_probes(image: np.ndarray, proposals: Proposals, precisions: list[str],
         print(f"   {label:58} {1000 * _timed(function, repeat=10)[1]:8.2f} ms")
     for precision in precisions:
         segmenter = _segmenter(precision=precision)
-        model, k = segmenter.model, segmenter.config.k
+        model, k = segmenter.encoder.model, segmenter.config.k
         tower = model.visual
         blocks = list(tower.transformer.resblocks)
         masks = visual.masks_on(proposals, DEVICE)
         with compute_precision(precision, DEVICE), torch.inference_mode():
-            clip_input = segmenter.clip_input(segmenter.image_tensor(image))
+            clip_input = segmenter.preprocessor.clip_input(segmenter.preprocessor.image_tensor(image))
             trunk = visual._run_blocks(tower, blocks[:len(blocks) - k], visual._vit_embed(tower, clip_input))
             weights = visual._grid_weights([masks], tower.grid_size, DEVICE, True).flatten(1)[:, :, None]
             weights = weights.to(trunk.dtype)

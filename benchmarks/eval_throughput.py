@@ -34,7 +34,7 @@ def baseline(segmenter: Segmenter, dataset: ReferDataset, groups) -> int:
             proposals = segmenter.proposals(image)
             features = segmenter.image_features(image, proposals=proposals)
             for sentence in ref.sentences:
-                segmenter.text_encoder._cache.clear()
+                segmenter.encoder.text_encoder._cache.clear()
                 segmenter.score(features, [sentence.text])
                 sentences += 1
     return sentences
@@ -66,11 +66,11 @@ def main() -> None:
     t_base = time.perf_counter() - start
     with tempfile.TemporaryDirectory() as cache_dir:
         evaluator = ImageEvaluator(segmenter, dataset, ProposalCache(cache_dir, segmenter.proposals.cache_key))
-        segmenter.text_encoder._cache.clear()
+        segmenter.encoder.text_encoder._cache.clear()
         start = time.perf_counter()
         n_cold = grouped(evaluator, groups)
         t_cold = time.perf_counter() - start
-        segmenter.text_encoder._cache.clear()
+        segmenter.encoder.text_encoder._cache.clear()
         start = time.perf_counter()
         n_warm = grouped(evaluator, groups)
         t_warm = time.perf_counter() - start

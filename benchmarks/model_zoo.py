@@ -93,8 +93,8 @@ def backbone_row(images, name: str) -> dict[str, Any]:
     seconds, floors = [], []
     for image, proposals in prepared:
         seconds.append(_timed(lambda: segmenter.image_features(image, proposals=proposals))[1])
-        crops = visual.local_crops(segmenter.image_tensor(image), torch.from_numpy(proposals.masks), None,
-                                   segmenter.preprocess_config.fill, backbone.input_size)
+        crops = visual.local_crops(segmenter.preprocessor.image_tensor(image), torch.from_numpy(proposals.masks), None,
+                                   segmenter.preprocessor.config.fill, backbone.input_size)
         floors.append(_timed(lambda: visual.encode_images(backbone.model, crops))[1])
     return {"row": name, "parameters": sum(p.numel() for p in backbone.model.parameters()) / 1e6,
             "seconds": statistics.mean(seconds), "floor": statistics.mean(floors)}

@@ -34,12 +34,12 @@ def _timed(function):
 
 def baseline_visual(segmenter: Segmenter, image, masks) -> torch.Tensor:
     """No shared trunk, no batching: what a straightforward implementation costs."""
-    tensor = segmenter.image_tensor(image)
-    clip_input = segmenter.clip_input(tensor)
+    tensor = segmenter.preprocessor.image_tensor(image)
+    clip_input = segmenter.preprocessor.clip_input(tensor)
     model = segmenter.backbone.model
-    g = torch.cat([visual.global_features(model, clip_input, m[None], segmenter.k) for m in masks])
-    loc = torch.cat([segmenter.local_features(tensor, m[None]) for m in masks])
-    return segmenter.fuse_visual(g, loc)
+    g = torch.cat([visual.global_features(model, clip_input, m[None], segmenter.config.k) for m in masks])
+    loc = torch.cat([segmenter.encoder.local_features(tensor, m[None]) for m in masks])
+    return segmenter.method.fuse_visual(g, loc)
 
 
 def main() -> None:
@@ -63,7 +63,7 @@ def main() -> None:
         image = load_image(path)
         proposals, t_prop = _timed(lambda: segmenter.proposals(image, path.name))
         features, t_vis = _timed(lambda: segmenter.image_features(image, proposals=proposals))
-        segmenter.text_encoder._cache.clear()
+        segmenter.encoder.text_encoder._cache.clear()
         segmenter.parser._cache.clear()
         _, t_text = _timed(lambda: segmenter.score(features, expressions))
         masks = torch.from_numpy(proposals.masks)

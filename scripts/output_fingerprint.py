@@ -5,10 +5,11 @@
     python scripts/output_fingerprint.py --data ../shared/data/refcoco-mini --out after.json
     cmp before.json after.json
 
-Runs the real command line (`zsris segment` with three model configurations, `zsris batch` on a
-manifest with COCO export, and `zsris eval`) with random weights, and records every mask (COCO
-RLE), score, box, ranking and noun phrase exactly (floats by ``repr``); settings are left out,
-since their layout may change.
+Runs the real command line (`zsris segment` with five model configurations, `zsris batch` on a
+manifest with COCO export, and `zsris eval`) and the HTTP API's answers (`POST /api/segment`, in
+this process) with random weights, and records every mask (COCO RLE), score, box, ranking and
+noun phrase exactly (floats by ``repr``); settings are left out, since their layout may change
+(and so is the hash of them that names each `zsris segment` record).
 """
 from __future__ import annotations
 
@@ -40,6 +41,13 @@ def zsris(*args: str) -> None:
                    stdout=subprocess.DEVNULL)
 
 
+def _untagged(file_name: str) -> str:
+    """A record's file name without its run tag (``IMAGE--EXPRESSION--TAG.json``): the tag is a hash
+    of the settings, which are left out for the same reason."""
+    stem, _, tag = file_name.removesuffix(".json").rpartition("--")
+    return f"{stem}.json" if stem and len(tag) == 8 else file_name
+
+
 def segment_outputs(images: list[Path], work: Path) -> dict[str, dict]:
     found: dict[str, dict] = {}
     for name, flags in CONFIGS.items():
@@ -49,8 +57,8 @@ def segment_outputs(images: list[Path], work: Path) -> dict[str, dict]:
             for record_path in sorted(out.glob("*.json")):
                 record = json.loads(record_path.read_text())
                 record.pop("settings")
-                found[f"{name}/{record_path.name}"] = {k: repr(v) if isinstance(v, float) else v
-                                                       for k, v in record.items()}
+                found[f"{name}/{_untagged(record_path.name)}"] = {k: repr(v) if isinstance(v, float) else v
+                                                                  for k, v in record.items()}
     return found
 
 
@@ -92,6 +100,27 @@ def eval_outputs(data: Path, work: Path) -> list:
     return [[repr(v) if isinstance(v, float) else v for v in row] for row in rows]
 
 
+def service_outputs(images: list[Path]) -> dict[str, dict]:
+    """The API's JSON answers for two images, as `zsris serve` gives them."""
+    import warnings
+
+    from fastapi.testclient import TestClient
+
+    from zsris import create_segmenter
+    from zsris.service import SegmentationService, create_app
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        segmenter = create_segmenter(weights="random", max_proposals=30)
+    found = {}
+    with TestClient(create_app(SegmentationService(segmenter))) as client:
+        for image in images[:2]:
+            answer = client.post("/api/segment", files={"image": (image.name, image.read_bytes(), "image/jpeg")},
+                                 data={"expressions": EXPRESSIONS, "top_k": "3"})
+            found[image.name] = {"status": answer.status_code, **_exact(answer.json())}
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, type=Path, help="refcoco-mini folder")
@@ -100,10 +129,11 @@ def main() -> None:
     images = sorted((args.data / "images" / "train2014").glob("*.jpg"))[:6]
     with tempfile.TemporaryDirectory() as work:
         fingerprint = {"segment": segment_outputs(images, Path(work)), "batch": batch_outputs(images, Path(work)),
-                       "eval": eval_outputs(args.data, Path(work))}
+                       "eval": eval_outputs(args.data, Path(work)), "service": service_outputs(images)}
     args.out.write_text(json.dumps(fingerprint, indent=1, sort_keys=True))
     print(f"wrote {args.out}: {len(fingerprint['segment'])} segment records, "
-          f"{sum(len(v) for v in fingerprint['batch'].values())} batch entries, {len(fingerprint['eval'])} eval rows")
+          f"{sum(len(v) for v in fingerprint['batch'].values())} batch entries, {len(fingerprint['eval'])} eval rows, "
+          f"{len(fingerprint['service'])} API answers")
 
 
 if __name__ == "__main__":

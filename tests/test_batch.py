@@ -324,9 +324,10 @@ def test_a_killed_batch_resumes_with_nothing_lost_or_doubled(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("prepare, workers", [("actors", "2"), ("tasks", "1")])
-def test_ray_engine_gives_the_local_answers(folder_run, photos, tmp_path, prepare, workers):
-    """Each actor preparing its own images, or one actor fed by Ray preparation tasks (#23)."""
+def test_ray_engine_gives_the_local_answers(folder_run, photos, tmp_path):
+    """Two actors, each preparing its own images. One actor fed by Ray preparation tasks (#23) is
+    run by the same scheduler (jobs.run.run_images) in tests/test_evaluation.py's Ray test."""
+    prepare, workers = "actors", "2"
     out = tmp_path / "ray"
     env = {**os.environ, "RAY_DISABLE_IMPORT_WARNING": "1"}
     proc = subprocess.run([sys.executable, "-m", "zsris.cli", "batch", str(photos), "-e", "the red circle", "-e",
@@ -485,6 +486,9 @@ def test_ray_is_refused_for_a_generator_its_actors_cannot_rebuild():
     from zsris.jobs import Execution
     from zsris.proposals import ClassicalProposals
 
+    class Specless(ClassicalProposals):
+        spec = None
+
     with pytest.raises(ZsrisError, match="has none: register it"):
-        Execution(engine="ray").check(ClassicalProposals(scales=(50,)))
-    Execution(engine="ray").check(ClassicalProposals())  # a spec: the actors rebuild it
+        Execution(engine="ray").check(Specless())
+    Execution(engine="ray").check(ClassicalProposals(scales=(50,)))  # its spec says its settings: rebuilt as it is

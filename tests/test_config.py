@@ -9,13 +9,15 @@ from zsris.cli import make_parser
 from zsris.cli.flags import config_from_args
 from zsris.config import ProposalSpec, SegmenterConfig, paper_alpha
 from zsris.errors import ZsrisError
+from zsris.proposals import canonical_spec
 
 
 def test_defaults_are_the_papers_and_the_config_is_frozen():
     config = SegmenterConfig()
     assert (config.backbone, config.pretrained, config.alpha, config.beta, config.k) == ("ViT-B/32", "openai", 0.95,
                                                                                        0.5, 3)
-    assert (config.fusion, config.preprocess, config.proposals) == ("reference", "reference", ProposalSpec())
+    assert (config.fusion, config.preprocess, config.proposals) == ("reference", "reference",
+                                                                    canonical_spec(ProposalSpec()))
     assert paper_alpha("refcocog") == 0.85
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.alpha = 0.5  # type: ignore[misc]
@@ -29,7 +31,9 @@ def test_settings_are_asdict_less_the_runtime_fields():
                                       "from_preset")}
     # the generator's own settings, every one spelled out with its default
     assert settings["proposals"] == {"name": "sam", "max_proposals": 100,
-                                     "options": {"checkpoint": None, "model": "vit_b"}}
+                                     "options": {"model": "vit_b", "points_per_side": 32, "points_per_batch": 64,
+                                                 "pred_iou_thresh": 0.88, "stability_score_thresh": 0.95,
+                                                 "min_area": 0.001, "nms_iou": 0.8, "checkpoint": None}}
     assert SegmenterConfig(device="cuda", batch_size=3, images_per_pass=8,
                            text_cache_size=5).settings() == SegmenterConfig().settings()
 

@@ -33,8 +33,8 @@ def pair(vit_b32):
 
 def test_the_bf16_segmenter_computes_with_a_bf16_copy(pair):
     fp32, bf16 = pair
-    assert next(bf16.model.parameters()).dtype == torch.bfloat16
-    assert next(fp32.model.parameters()).dtype == torch.float32  # the fp32 model is left as it was
+    assert next(bf16.encoder.model.parameters()).dtype == torch.bfloat16
+    assert next(fp32.encoder.model.parameters()).dtype == torch.float32  # the fp32 model is left as it was
 
 
 def test_bf16_features_are_the_fp32_ones_to_bf16_precision(pair):
@@ -46,18 +46,18 @@ def test_bf16_features_are_the_fp32_ones_to_bf16_precision(pair):
     for name in ("global_features", "local_features"):
         cosine = F.cosine_similarity(getattr(a, name), getattr(b, name), dim=-1)
         assert cosine.min() > 0.99, (name, cosine)
-    text_a, _ = fp32.text_features(["the red box on the left"])
-    text_b, _ = bf16.text_features(["the red box on the left"])
+    text_a = fp32.method.text_features(fp32.parser.parse_many(["the red box on the left"]))
+    text_b = bf16.method.text_features(bf16.parser.parse_many(["the red box on the left"]))
     assert F.cosine_similarity(text_a, text_b).item() > 0.99
 
 
 def test_an_all_ones_mask_gives_the_plain_image_feature_in_bf16(pair):
     _, bf16 = pair
-    clip_input = bf16.clip_input(bf16.image_tensor(_image(1)))
+    clip_input = bf16.preprocessor.clip_input(bf16.preprocessor.image_tensor(_image(1)))
     masks = torch.ones(2, 96, 128, dtype=torch.bool)
     with torch.inference_mode():
-        features = visual.global_features(bf16.model, clip_input, masks, k=3)
-        plain = bf16.model.encode_image(clip_input.to(torch.bfloat16))
+        features = visual.global_features(bf16.encoder.model, clip_input, masks, k=3)
+        plain = bf16.encoder.model.encode_image(clip_input.to(torch.bfloat16))
     torch.testing.assert_close(features.float(), plain.float().expand(2, -1), rtol=2e-2, atol=2e-2)
 
 
@@ -70,10 +70,11 @@ def test_the_copy_computes_openai_clips_activation_in_place(pair):
     from zsris.backbones import InPlaceQuickGELU
 
     fp32, bf16 = pair
-    blocks = [*bf16.model.visual.transformer.resblocks, *bf16.model.transformer.resblocks]
+    blocks = [*bf16.encoder.model.visual.transformer.resblocks, *bf16.encoder.model.transformer.resblocks]
     assert all(isinstance(block.mlp.gelu, InPlaceQuickGELU) for block in blocks)
     assert all(isinstance(block.mlp.gelu, open_clip.transformer.QuickGELU)
-               for block in [*fp32.model.visual.transformer.resblocks, *fp32.model.transformer.resblocks])
+               for block in [*fp32.encoder.model.visual.transformer.resblocks,
+                             *fp32.encoder.model.transformer.resblocks])
     x = torch.randn(4, 50, 3072)
     reference = open_clip.transformer.QuickGELU()(x)
     with torch.inference_mode():

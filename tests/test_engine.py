@@ -241,16 +241,20 @@ def test_one_rule_says_where_proposals_are_made(tmp_path):
     from zsris.jobs.run import Execution
     from zsris.proposals import ClassicalProposals
 
+    class SamLike(ClassicalProposals):
+        spec = ProposalSpec("sam", 3)
+
+    class Specless(ClassicalProposals):
+        spec = None
+
     classical = ClassicalProposals(max_proposals=3)
-    sam_like = ClassicalProposals(max_proposals=3)
-    sam_like.spec = ProposalSpec("sam", 3)
-    custom = ClassicalProposals(max_proposals=3, scales=(50,))  # non-default settings: no spec to rebuild from
-    assert custom.spec is None
-    for loaded in (sam_like, custom):
+    for loaded in (SamLike(max_proposals=3), Specless(max_proposals=3)):
         here = engine_for(loaded, 3)
         assert here.workers == 0 and here.generator is loaded and here.ahead >= 1
     pooled = engine_for(classical, 3, max_pixels=1000)
-    assert pooled.workers == 3 and pooled.generator is None and pooled.preparer.spec == ProposalSpec("classical", 3)
+    assert pooled.workers == 3 and pooled.generator is None and pooled.preparer.spec == classical.spec
+    custom = ClassicalProposals(max_proposals=3, scales=(50,))  # non-default settings: its spec says them
+    assert engine_for(custom, 3).preparer.spec == custom.spec and custom.spec.options["scales"] == [50]
     assert engine_for(classical, 0).generator is classical
     data = DataSpec(str(tmp_path), "refcoco", no_cache=True, gt_proposals=True)
     decode_only = data.engine(Execution(proposal_workers=3), classical, 1000)

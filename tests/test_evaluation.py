@@ -125,25 +125,10 @@ def test_images_through_clip_together_give_the_same_answers(refcoco_mini, uninte
 
 @pytest.mark.slow
 def test_ray_engine_equals_in_process(refcoco_mini, uninterrupted, tmp_path):
-    out = tmp_path / "ray"
-    env = {**os.environ, "RAY_DISABLE_IMPORT_WARNING": "1"}
-    proc = subprocess.run([sys.executable, "-m", "zsris.cli",
-                           *_eval_args(refcoco_mini, out, tmp_path / "cache", "--engine", "ray", "--workers", "2")],
-                          capture_output=True, text=True, timeout=600, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert _metrics(out) == _metrics(uninterrupted / "run")
-    # Ray starts before the progress bar is drawn: whatever it says comes before the bar, never inside it
-    bar_lines = [line.strip() for line in proc.stderr.replace("\r", "\n").splitlines() if "eval:" in line]
-    assert bar_lines, proc.stderr[-2000:]
-    bar = re.compile(r"eval: .*(image/s|s/image)(, starting: [^]]*)?\]")
-    intruded = [line for line in bar_lines if not bar.fullmatch(line)]
-    assert not intruded, proc.stderr[-3000:]
-
-
-@pytest.mark.slow
-def test_ray_actors_fed_by_preparation_tasks_equal_in_process(refcoco_mini, uninterrupted, tmp_path):
     """#23: one actor, its images decoded and given proposals by Ray tasks on the other core
-    (which fill the proposal cache, as the local engine's workers do): the same metrics."""
+    (which fill the proposal cache, as the local engine's workers do): the same metrics. Actors
+    that prepare their own images are run by the same scheduler (jobs.run.run_images) in
+    tests/test_batch.py's Ray test."""
     out, cache = tmp_path / "ray-tasks", tmp_path / "cache"
     env = {**os.environ, "RAY_DISABLE_IMPORT_WARNING": "1"}
     proc = subprocess.run([sys.executable, "-m", "zsris.cli",
@@ -153,6 +138,12 @@ def test_ray_actors_fed_by_preparation_tasks_equal_in_process(refcoco_mini, unin
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert _metrics(out) == _metrics(uninterrupted / "run")
     assert len([f for f in cache.rglob("*") if f.is_file()]) >= int(LIMIT)
+    # Ray starts before the progress bar is drawn: whatever it says comes before the bar, never inside it
+    bar_lines = [line.strip() for line in proc.stderr.replace("\r", "\n").splitlines() if "eval:" in line]
+    assert bar_lines, proc.stderr[-2000:]
+    bar = re.compile(r"eval: .*(image/s|s/image)(, starting: [^]]*)?\]")
+    intruded = [line for line in bar_lines if not bar.fullmatch(line)]
+    assert not intruded, proc.stderr[-3000:]
 
 
 @pytest.mark.slow

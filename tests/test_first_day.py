@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from zsris import EXAMPLE_IMAGE, Predictor
+from zsris import EXAMPLE_IMAGE, Predictor, overlay, save_result
 from zsris.cli import main
 from zsris.names import claim_stem, slug
 from zsris.proposals import ClassicalProposals
-from zsris.render import OUTLINE_COLOUR, overlay
+from zsris.render import OUTLINE_COLOUR, draw_overlay
 from zsris.segmenter import Segmenter
 
 FAST = ["--weights", "random", "--max-proposals", "4"]
@@ -112,16 +112,16 @@ def test_the_predictor_pays_for_the_image_once(segmenter):
     assert time.perf_counter() - started < visual + 5  # text only (a loose bound: the point is no visual work)
 
 
-def test_a_result_saves_itself_and_draws_its_overlay(segmenter, tmp_path):
+def test_a_result_is_saved_and_drawn_by_the_module_functions(segmenter, tmp_path):
     result = segmenter.segment(EXAMPLE_IMAGE, "the red circle")
-    base = result.save(tmp_path, image=EXAMPLE_IMAGE)
+    base = save_result(result, tmp_path, image=EXAMPLE_IMAGE)
     assert base.name == "the-red-circle"
     record = json.loads(Path(f"{base}.json").read_text())
     assert record["expression"] == "the red circle" and record["image"] == str(EXAMPLE_IMAGE)
     assert np.array_equal(np.asarray(Image.open(f"{base}.mask.png")) > 0, result.mask)
     assert Image.open(f"{base}.overlay.png").width == result.mask.shape[1]
-    assert result.save(tmp_path).name == "the-red-circle-2"  # a second save adds
-    assert result.overlay(EXAMPLE_IMAGE).height > result.mask.shape[0]
+    assert save_result(result, tmp_path).name == "the-red-circle-2"  # a second save adds
+    assert overlay(result, EXAMPLE_IMAGE).height > result.mask.shape[0]
 
 
 def test_the_overlay_outlines_the_mask_so_a_red_object_keeps_it_visible():
@@ -129,7 +129,7 @@ def test_the_overlay_outlines_the_mask_so_a_red_object_keeps_it_visible():
     image[...] = (255, 64, 64)  # a red object under a red tint
     mask = np.zeros((60, 60), bool)
     mask[10:50, 10:50] = True
-    drawn = np.asarray(overlay(image, mask, (0, 0, 0, 0), "x"))[:60]  # no box over the outline
+    drawn = np.asarray(draw_overlay(image, mask, (0, 0, 0, 0), "x"))[:60]  # no box over the outline
     assert (drawn[10, 25] == OUTLINE_COLOUR).all() and (drawn[30, 30] == (255, 64, 64)).all()
 
 

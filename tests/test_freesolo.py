@@ -163,7 +163,7 @@ def test_a_missing_checkpoint_says_where_to_get_it(monkeypatch, tmp_path):
     monkeypatch.delenv("ZSRIS_FREESOLO_CHECKPOINT", raising=False)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr("zsris.backbones._network_reachable", lambda *a, **k: False)
+    monkeypatch.setattr("zsris.checkpoints.network_reachable", lambda *a, **k: False)
     with pytest.raises(WeightsError, match=r"FreeSOLO_R101_30k_pl.pth.*huggingface.co/xinlongwang/FreeSOLO.*"
                                            r"--freesolo-checkpoint"):
         resolve_checkpoint(None)

@@ -65,7 +65,8 @@ def test_the_segmenters_text_features_are_clipmodels_fused(reference, backbone):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         segmenter = Segmenter(backbone, ClassicalProposals(max_proposals=4))
-    ours, parsed = segmenter.text_features(["the man on the left"])
+    parsed = segmenter.parser.parse_many(["the man on the left"])
+    ours = segmenter.method.text_features(parsed)
     tokens = backbone.tokenizer([parsed[0].sentence, parsed[0].noun_phrase])
     with torch.inference_mode():
         theirs = reference.get_text_features(input_ids=tokens).pooler_output

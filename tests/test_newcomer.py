@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from zsris import EXAMPLE_IMAGE
-from zsris.render import RANDOM_WEIGHTS_NOTE, WARNING_COLOUR, overlay
+from zsris.render import RANDOM_WEIGHTS_NOTE, WARNING_COLOUR, draw_overlay
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["--weights", "random", "--max-proposals", "5"]
@@ -95,8 +95,8 @@ def test_overlay_warning_line_is_drawn_only_when_given():
     image = np.asarray(Image.open(EXAMPLE_IMAGE).convert("RGB"))
     mask = np.zeros(image.shape[:2], bool)
     mask[10:40, 10:40] = True
-    plain = np.asarray(overlay(image, mask, (10, 10, 40, 40), "the red circle"))
-    marked = np.asarray(overlay(image, mask, (10, 10, 40, 40), "the red circle", warning=RANDOM_WEIGHTS_NOTE))
+    plain = np.asarray(draw_overlay(image, mask, (10, 10, 40, 40), "the red circle"))
+    marked = np.asarray(draw_overlay(image, mask, (10, 10, 40, 40), "the red circle", warning=RANDOM_WEIGHTS_NOTE))
     assert marked.shape[0] > plain.shape[0]
     red = lambda a: (np.abs(a[image.shape[0]:].astype(int) - WARNING_COLOUR).sum(-1) < 60).sum()  # noqa: E731
     assert red(plain) == 0 and red(marked) > 20

@@ -1,6 +1,7 @@
 """Every proposal generator returns boolean masks at the image's size, on real images."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -14,7 +15,14 @@ from zsris.errors import ProposalError, WeightsError, ZsrisError
 from zsris.images import load_image
 from zsris.jobs.evaluation import evaluate_proposals
 from zsris.masks import decode_rle, encode_rle, iou_matrix, mask_nms, nms_by_iou
-from zsris.proposals import ClassicalProposals, FileProposals, Proposals, SamProposals, create_proposals
+from zsris.proposals import (
+    ClassicalProposals,
+    FileProposals,
+    Proposals,
+    SamProposals,
+    canonical_spec,
+    create_proposals,
+)
 from zsris.proposals.classical import _adjacent_pairs, _boundary_band, _self_iou, _snap_to_superpixels
 
 IMAGES = ["COCO_train2014_000000000312.jpg", "COCO_train2014_000000009057.jpg", "COCO_train2014_000000020619.jpg"]
@@ -264,11 +272,11 @@ def test_registry_builds_from_a_spec_and_keys_follow_the_config(monkeypatch):
 
     from zsris.cli import make_parser
     from zsris.config import ProposalSpec
-    from zsris.proposals import PROPOSAL_REGISTRY, config_key, register_generator
+    from zsris.proposals import PROPOSAL_REGISTRY, config_key, config_of, register_generator
 
     built = create_proposals(ProposalSpec(name="classical", max_proposals=9))
     assert built.config.max_proposals == 9 and "max_proposals=9" in built.cache_key
-    assert built.spec == ProposalSpec("classical", 9)  # the spec it can be rebuilt from
+    assert built.spec == canonical_spec("classical", max_proposals=9)  # the spec it can be rebuilt from
 
     @dataclass(frozen=True)
     class GridConfig:
@@ -294,11 +302,58 @@ def test_registry_builds_from_a_spec_and_keys_follow_the_config(monkeypatch):
     assert create_proposals("grid", cells=4).spec == ProposalSpec("grid", 100, {"cells": 4})
     with pytest.raises(ZsrisError, match="the grid generator has no setting rows"):
         create_proposals("grid", rows=4)
+    # or its settings are its config dataclass's fields, as the built-in generators' are
+    register_generator("grid", lambda spec, device: Grid(config_of(GridConfig, spec)), config=GridConfig)
+    assert PROPOSAL_REGISTRY["grid"].options == {"cells": 2}
+    assert create_proposals("grid", cells=5, max_proposals=3).config == GridConfig(5, 3)
     # the one list of generators: the command line offers a newly registered one, with its settings
     args = make_parser().parse_args(["segment", "x.png", "a", "--proposals", "grid", "--proposal-option", "cells=3"])
     from zsris.cli.flags import proposal_spec_from_args
 
     assert proposal_spec_from_args(args) == ProposalSpec("grid", 100, {"cells": 3})
+
+
+#: Options users already pass by name (flags, --proposal-option, SegmenterConfig.replace).
+USER_OPTIONS = {"classical": set(), "sam": {"checkpoint", "model"},
+                "sam2": {"checkpoint", "model", "points_per_side", "pred_iou_thresh", "stability_score_thresh"},
+                "sam3": {"checkpoint", "with_classical", "presence_threshold", "score_threshold"},
+                "freesolo": {"freesolo_checkpoint"}, "file": {"path"}}
+
+
+@pytest.mark.parametrize("name", sorted(USER_OPTIONS))
+def test_each_generators_options_are_its_config_fields(name):
+    """One truth per generator: its registry options and their defaults are its config dataclass's
+    fields (all but max_proposals, the spec's own), and a spec and a config convert both ways."""
+    from zsris.proposals import PROPOSAL_REGISTRY, config_of, spec_of
+
+    entry = PROPOSAL_REGISTRY[name]
+    fields = [f for f in dataclasses.fields(entry.config) if f.name != "max_proposals"]
+    defaults = {f.metadata.get("option", f.name): f.default for f in fields}
+    # a tuple as a list: the options are JSON's kinds, as records and stored settings hold them
+    assert dict(entry.options) == {k: list(v) if isinstance(v, tuple) else v for k, v in defaults.items()}
+    assert USER_OPTIONS[name] <= entry.options.keys()
+    spec = canonical_spec(name, max_proposals=7)
+    config = config_of(entry.config, spec)
+    assert config == entry.config(max_proposals=7) and spec_of(name, config) == spec
+
+
+def test_a_directly_built_generators_spec_settings_and_cache_key_agree(tiny_vit):
+    """#34: a generator built directly, not by create_proposals, handed its registry defaults to a
+    segmenter's settings, not what it ran with (Sam2Proposals(points_per_side=16): settings said
+    32, its cache key 16). Its spec is its config's now: the three agree, and it rebuilds as itself,
+    from its spec or from the settings read back from JSON."""
+    from zsris.segmenter import Segmenter
+
+    generator = ClassicalProposals(max_proposals=7, scales=(50, 100), sigma=0.5)
+    settings = Segmenter(tiny_vit, generator).config.settings()["proposals"]
+    assert settings == {"name": "classical", "max_proposals": 7,
+                        "options": {**canonical_spec("classical").options, "scales": [50, 100], "sigma": 0.5}}
+    assert {"max_proposals=7", "scales=50_100", "sigma=0.5"} <= set(generator.cache_key.split("-"))
+    assert create_proposals(generator.spec).cache_key == generator.cache_key
+    stored = json.loads(json.dumps(settings))
+    assert stored == settings  # as a resumed run reads them back
+    rebuilt = create_proposals(ProposalSpec(stored["name"], stored["max_proposals"], stored["options"]))
+    assert rebuilt.config == generator.config and rebuilt.spec == generator.spec
 
 
 def test_rle_round_trip_and_nms():

@@ -64,6 +64,19 @@ def test_masks_equal_transformers_own_prompted_path(generator):
     assert pair == {m.tobytes() for m in theirs}
 
 
+def test_a_directly_built_generator_records_what_it_runs_with(generator, tiny_vit):
+    """#34: Sam2Proposals(points_per_side=16) handed to a Segmenter recorded the registry's 32 in
+    its settings while its cache key said 16. The settings are its config's now, and rebuild it."""
+    from zsris.proposals import Sam2Config, config_of
+    from zsris.segmenter import Segmenter
+
+    settings = Segmenter(tiny_vit, generator).config.settings()["proposals"]
+    assert settings["options"]["points_per_side"] == generator.config.points_per_side == 3
+    assert settings["options"]["box_nms_thresh"] == 1.0 and settings["max_proposals"] is None
+    assert "points_per_side=3" in generator.cache_key.split("-")
+    assert config_of(Sam2Config, generator.spec) == generator.config
+
+
 def test_filters_and_cap_apply(generator):
     image = np.array(Image.open(EXAMPLE).convert("RGB"))
     capped = Sam2Proposals("random", points_per_side=3, pred_iou_thresh=-1e9, stability_score_thresh=-1.0,

@@ -125,9 +125,9 @@ def test_spatial_words_choose_among_the_phrases_instances(vit_b32, network, imag
 
 
 def test_the_page_says_what_sam3_was_asked(segmenter, image):
-    from zsris.service import _explanation
+    from zsris.present import explain
 
-    text = _explanation(segmenter.segment(image, "the red circle"), None)
+    text = explain(segmenter.segment(image, "the red circle")).markdown()
     assert "sam3 asked for *the red circle*:" in text and "instance(s), presence 0." in text
 
 

@@ -50,10 +50,12 @@ def test_beta_one_and_zero_reduce_to_one_text_branch(tiny_vit):
     sentence_only = _segmenter(tiny_vit, beta=1.0)
     phrase_only = _segmenter(tiny_vit, beta=0.0)
     model, tokenizer = tiny_vit.model, tiny_vit.tokenizer
-    text, parsed = sentence_only.text_features(EXPRESSIONS)
+    parsed = sentence_only.parser.parse_many(EXPRESSIONS)
+    text = sentence_only.method.text_features(parsed)
     expected = F.normalize(model.encode_text(tokenizer([p.sentence for p in parsed])), dim=-1)
     torch.testing.assert_close(text, expected, rtol=1e-5, atol=1e-5)
-    text, parsed = phrase_only.text_features(EXPRESSIONS)
+    parsed = phrase_only.parser.parse_many(EXPRESSIONS)
+    text = phrase_only.method.text_features(parsed)
     expected = F.normalize(model.encode_text(tokenizer([p.noun_phrase for p in parsed])), dim=-1)
     torch.testing.assert_close(text, expected, rtol=1e-5, atol=1e-5)
 
@@ -61,10 +63,10 @@ def test_beta_one_and_zero_reduce_to_one_text_branch(tiny_vit):
 def test_reference_fusion_uses_raw_vit_features(tiny_vit):
     segmenter = _segmenter(tiny_vit, alpha=0.7)
     g, loc = torch.randn(4, 32), torch.randn(4, 32) * 5
-    torch.testing.assert_close(segmenter.fuse_visual(g, loc), F.normalize(0.7 * g + 0.3 * loc, dim=-1))
+    torch.testing.assert_close(segmenter.method.fuse_visual(g, loc), F.normalize(0.7 * g + 0.3 * loc, dim=-1))
     normalized = _segmenter(tiny_vit, alpha=0.7, fusion="normalized")
     expected = F.normalize(0.7 * F.normalize(g, dim=-1) + 0.3 * F.normalize(loc, dim=-1), dim=-1)
-    torch.testing.assert_close(normalized.fuse_visual(g, loc), expected)
+    torch.testing.assert_close(normalized.method.fuse_visual(g, loc), expected)
 
 
 def test_segment_many_equals_segment_one_by_one(tiny_vit, small_image):
@@ -106,12 +108,12 @@ def test_path_pil_and_array_inputs_agree(tiny_vit, tmp_path, small_image):
 def test_api_features_from_preprocessed_tensors(tiny_vit, small_image, proposals):
     """Other implementations can be fed the same tensors and compared number for number."""
     segmenter = _segmenter(tiny_vit)
-    image_tensor = segmenter.image_tensor(small_image)
-    clip_input = segmenter.clip_input(image_tensor)
+    image_tensor = segmenter.preprocessor.image_tensor(small_image)
+    clip_input = segmenter.preprocessor.clip_input(image_tensor)
     masks = torch.from_numpy(proposals.masks)
     features = segmenter.image_features(small_image, proposals=proposals)
-    torch.testing.assert_close(segmenter.global_features(clip_input, masks), features.global_features)
-    torch.testing.assert_close(segmenter.local_features(image_tensor, masks), features.local_features)
+    torch.testing.assert_close(segmenter.encoder.global_features(clip_input, masks), features.global_features)
+    torch.testing.assert_close(segmenter.encoder.local_features(image_tensor, masks), features.local_features)
     direct = visual.global_features(tiny_vit.model, clip_input, masks, k=3)
     torch.testing.assert_close(features.global_features, direct)
 
@@ -165,10 +167,10 @@ def test_images_per_pass_is_the_setting_else_one_on_the_cpu(tiny_vit):
 def test_reference_preprocessing_uses_imagenet_statistics(tiny_vit):
     segmenter = _segmenter(tiny_vit)
     pixels = np.full((2, 2, 3), 255, dtype=np.uint8)
-    tensor = segmenter.image_tensor(pixels)
+    tensor = segmenter.preprocessor.image_tensor(pixels)
     expected = (1 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225])
     torch.testing.assert_close(tensor[0, :, 0, 0], expected)
-    assert segmenter.preprocess_config.fill == (0.485, 0.456, 0.406)
+    assert segmenter.preprocessor.config.fill == (0.485, 0.456, 0.406)
 
 
 def test_image_without_proposals(tiny_vit, tmp_path):

@@ -5,7 +5,8 @@
 >>> result = segmenter.segment("photo.jpg", "the cat lying on the scooter seat")
 >>> result.mask.shape, result.score, result.box
 >>> result.ranked(3)                                     # the three best proposals and their scores
->>> result.save("out/", image="photo.jpg")              # JSON record, mask PNG and overlay PNG
+>>> from zsris import save_result
+>>> save_result(result, "out/", image="photo.jpg")      # JSON record, mask PNG and overlay PNG
 
 Several questions about one image: :class:`zsris.Predictor` (``set_image`` once, ``predict``
 in milliseconds), or ``segmenter(image, [...])``, which keeps the last image's features.
@@ -32,6 +33,7 @@ _EXPORTS = {
     "ClassicalProposals": "proposals", "FileProposals": "proposals", "Proposals": "types",
     "SamProposals": "proposals", "create_proposals": "proposals", "PROPOSAL_REGISTRY": "proposals",
     "register_generator": "proposals",
+    "MethodSpec": "methods", "METHOD_REGISTRY": "methods", "register_method": "methods",
     "ClipBackbone": "backbones", "load_backbone": "backbones",
     "DatasetError": "errors", "ExpressionError": "errors", "ImageError": "errors", "NoProposalsError": "errors",
     "ProposalError": "errors", "WeightsError": "errors", "ZsrisError": "errors", "ZsrisWarning": "errors",
@@ -42,6 +44,7 @@ _EXPORTS = {
     "folder_pairs": "jobs", "read_manifest": "jobs", "JobInterrupted": "jobs",
     "ProposalSpec": "config", "SegmenterConfig": "config", "paper_alpha": "config",
     "load_image": "images",
+    "explain": "present", "overlay": "present", "save_result": "present",
 }
 
 __all__ = sorted(_EXPORTS)

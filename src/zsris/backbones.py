@@ -13,7 +13,6 @@ import copy
 import logging
 import os
 import pickle
-import socket
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ import open_clip
 import torch
 from torch import nn
 
-from .checkpoints import read_state_dict, refusal
+from .checkpoints import network_reachable, read_state_dict, refusal
 from .config import DEFAULT_BACKBONE, DEFAULT_PRETRAINED, WEIGHTS_ENV
 from .errors import WeightsError, ZsrisError
 from .hf_clip import hub_id, is_hf_name, load_converted
@@ -159,21 +158,6 @@ def _missing_weights_message(name: str, pretrained: str, reason: str) -> str:
         f"(HF_HOME), or use --weights random for an untrained model (its masks mean nothing); "
         f"`zsris weights` shows where they are looked for"
     )
-
-
-def _network_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
-    """A DNS lookup answers in milliseconds offline, where open_clip's own retries take a minute."""
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
-        return False
-    previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(timeout)
-    try:
-        socket.getaddrinfo(host, 443)
-        return True
-    except OSError:
-        return False
-    finally:
-        socket.setdefaulttimeout(previous)
 
 
 def _create(name: str, pretrained: Optional[str], quick_gelu: bool) -> nn.Module:
@@ -332,7 +316,7 @@ def _load_pretrained(source: WeightsSource) -> nn.Module:
             return _load_openai(source.path)
         return _create(source.backbone, str(source.path), source.quick_gelu)
     # Offline, open_clip's own download retries for about a minute before failing: ask DNS first.
-    if not _network_reachable():
+    if not network_reachable():
         raise WeightsError(_missing_weights_message(source.backbone, source.tag,
                                                     "not in the local cache and no network"))
     try:
@@ -354,7 +338,7 @@ def load_backbone(
     seeded, for tests and speed measurements) or None (``$ZSRIS_CLIP_WEIGHTS``, then ``pretrained``).
     """
     if is_hf_name(name):
-        model, tag = load_converted(name, weights, network=_network_reachable(), seed=seed)
+        model, tag = load_converted(name, weights, network=network_reachable(), seed=seed)
         return _ready(model, device, open_clip.tokenizer.SimpleTokenizer(context_length=model.context_length),
                       name, tag)
     source = weights_source(name, pretrained, weights)
@@ -395,7 +379,7 @@ def text_tokenizer(arch: str, model: nn.Module, random: bool) -> Callable:
     if not hub:
         return open_clip.get_tokenizer(arch)
     try:
-        return open_clip.get_tokenizer(arch, local_files_only=not _network_reachable())
+        return open_clip.get_tokenizer(arch, local_files_only=not network_reachable())
     except (OSError, ValueError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         if not random:

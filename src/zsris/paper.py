@@ -11,7 +11,7 @@ import os
 import warnings
 from typing import Any, Optional
 
-from .config import PRESETS, paper_alpha
+from .config import PRESETS, SPACY_MODEL_ENV, SPACY_MODELS, paper_alpha
 from .errors import ZsrisWarning
 from .proposals.registry import ProposalSpec
 
@@ -43,7 +43,6 @@ def paper_spacy_model() -> Optional[str]:
     warning naming the one that will parse instead."""
     import spacy
 
-    from .text import SPACY_MODEL_ENV, SPACY_MODELS
 
     if spacy.util.is_package(PAPER_SPACY_MODEL):
         return PAPER_SPACY_MODEL

@@ -1,4 +1,7 @@
-"""Pictures of results: the mask as a PNG, and an overlay with the mask, its box and the caption."""
+"""Pictures of masks: a mask as a PNG, and an overlay with the mask, its box and a caption.
+
+Arrays in, images out: what a picture shows of a result is :mod:`zsris.present`'s to say.
+"""
 from __future__ import annotations
 
 import textwrap
@@ -27,8 +30,8 @@ def _font(size: int) -> ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
-def overlay(image: np.ndarray, mask: np.ndarray, box: tuple[int, int, int, int], caption: str,
-            opacity: float = 0.5, warning: str = "") -> Image.Image:
+def draw_overlay(image: np.ndarray, mask: np.ndarray, box: tuple[int, int, int, int], caption: str,
+                 opacity: float = 0.5, warning: str = "") -> Image.Image:
     """The image with the mask tinted and outlined, its box drawn and ``caption`` in a band
     below it; ``warning`` (such as "random weights") is written under the caption in red, so
     that a picture shared without its JSON still says it."""

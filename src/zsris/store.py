@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
 from .errors import ZsrisError
+from .methods.registry import DEFAULT_METHOD
+from .proposals.registry import PROPOSAL_REGISTRY
 
 META = "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
 SCHEMA = """
@@ -51,27 +53,38 @@ def _lock_run(folder: Path) -> int:
 
 
 def _current_layout(settings: dict[str, Any]) -> dict[str, Any]:
-    """Stored settings in today's layout. Until version 0.1.0 a run's proposal spec held every
-    built-in generator's settings as fields (``sam_checkpoint``, ``sam_model``, ``path``); now a
-    spec holds its own generator's under ``options``. A run stored before resumes unchanged."""
+    """Stored settings in today's layout, so that a run stored by an earlier version resumes
+    unchanged: until version 0.1.0 a run's proposal spec held every built-in generator's settings
+    as fields (``sam_checkpoint``, ``sam_model``, ``path``), now its own generator's under
+    ``options``; a spec now spells out every setting of its generator's config (those it left out
+    were at their defaults); and a run stored before methods could be chosen was scored by the
+    paper's."""
     spec = settings.get("proposals")
-    if not isinstance(spec, dict) or "options" in spec or "sam_model" not in spec:
-        return settings
-    options = {"sam": {"checkpoint": spec.get("sam_checkpoint"), "model": spec.get("sam_model")},
-               "file": {"path": spec.get("path")}}.get(spec.get("name"), {})
-    return {**settings, "proposals": {"name": spec.get("name"), "max_proposals": spec.get("max_proposals"),
-                                      "options": options}}
+    if isinstance(spec, dict) and "options" not in spec and "sam_model" in spec:
+        options = {"sam": {"checkpoint": spec.get("sam_checkpoint"), "model": spec.get("sam_model")},
+                   "file": {"path": spec.get("path")}}.get(spec.get("name"), {})
+        spec = {"name": spec.get("name"), "max_proposals": spec.get("max_proposals"), "options": options}
+    if isinstance(spec, dict) and isinstance(spec.get("options"), dict) and spec.get("name") in PROPOSAL_REGISTRY:
+        spec = {**spec, "options": {**PROPOSAL_REGISTRY[spec["name"]].options, **spec["options"]}}
+    layout = {**settings, "proposals": spec} if spec is not None else dict(settings)
+    if "method" not in layout and "alpha" in layout:  # a segmenter's settings, not a proposal run's
+        layout["method"] = {"name": DEFAULT_METHOD, "options": {}}
+    return layout
 
 
 class RunStore:
     """An SQLite file holding one run's settings and records, locked to this process.
 
-    ``schema`` creates the records' tables; ``new_run_hint`` ends the message that refuses a
-    resume with other settings (how to start a new run instead). ``on_locked`` runs once the
-    run folder's lock is held, before the database is opened (a batch's ``--overwrite`` clears
-    the folder there, so it never deletes what another process is writing)."""
+    ``schema`` creates the records' table ``table``, whose column ``image_column`` names each
+    record's image, and the table ``image_keys``: each image's content key (:meth:`forget_changed`)
+    under the same column. ``new_run_hint`` ends the message that refuses a resume with other
+    settings (how to start a new run instead). ``on_locked`` runs once the run folder's lock is
+    held, before the database is opened (a batch's ``--overwrite`` clears the folder there, so it
+    never deletes what another process is writing)."""
 
     schema = ""
+    table = ""
+    image_column = ""
     new_run_hint = "use another --out to start a new run"
 
     def __init__(self, path: str | Path, settings: dict[str, Any],
@@ -105,17 +118,44 @@ class RunStore:
                 f"{self.new_run_hint}"
             )
 
-    def _forget(self, table: str, column: str, images: list[Any]) -> int:
-        """Delete the records of ``images`` from ``table`` and their content keys, in one
-        transaction (both keyed by ``column``); returns how many records went."""
+    def image_keys(self) -> dict[Any, str]:
+        """Each image's content key, as it was when its records were made."""
+        return dict(self.connection.execute(f"SELECT {self.image_column}, key FROM image_keys"))
+
+    def image_ids(self) -> set[Any]:
+        """The images that have records."""
+        return {row[0] for row in self.connection.execute(f"SELECT DISTINCT {self.image_column} FROM {self.table}")}
+
+    def keep_keys(self, keys: dict[Any, str]) -> None:
+        """Record ``keys`` for images done before keys were kept (their records are trusted)."""
+        with self.connection:
+            self.connection.executemany("INSERT OR IGNORE INTO image_keys VALUES (?, ?)", keys.items())
+
+    def forget_images(self, images: Iterable[Any]) -> int:
+        """Drop every record of ``images`` and their content keys, in one transaction, so that they
+        are made again; returns how many records went."""
         rows = [(image,) for image in images]
         with self.connection:
             self.connection.execute("BEGIN")
             before = self.connection.total_changes
-            self.connection.executemany(f"DELETE FROM {table} WHERE {column} = ?", rows)
+            self.connection.executemany(f"DELETE FROM {self.table} WHERE {self.image_column} = ?", rows)
             removed = self.connection.total_changes - before
-            self.connection.executemany(f"DELETE FROM image_keys WHERE {column} = ?", rows)
+            self.connection.executemany(f"DELETE FROM image_keys WHERE {self.image_column} = ?", rows)
             return removed
+
+    def forget_changed(self, keys: dict[Any, str]) -> list[Any]:
+        """The one check of a resume against changed input: ``keys`` are images' content keys as
+        they are now (what their records would be made from: a file's bytes, an image's sentences
+        and annotations). The records of an image whose stored key differs are dropped, to be made
+        again; an image with records but no stored key (made before keys were kept) is trusted,
+        and its key kept. Returns the changed images, in the order of ``keys``."""
+        stored = self.image_keys()
+        changed = [image for image, key in keys.items() if image in stored and stored[image] != key]
+        if changed:
+            self.forget_images(changed)
+        with_records = self.image_ids()
+        self.keep_keys({image: key for image, key in keys.items() if image not in stored and image in with_records})
+        return changed
 
     def close(self) -> None:
         """Close the database and release the run's lock (idempotent)."""
@@ -137,6 +177,7 @@ class PredictionStore(RunStore):
     as it was when its records were made, so that a resume notices data that changed since."""
 
     schema = SCHEMA
+    table, image_column = "predictions", "image_id"
 
     def done(self) -> set[int]:
         return {row[0] for row in self.connection.execute("SELECT sent_id FROM predictions")}
@@ -156,22 +197,6 @@ class PredictionStore(RunStore):
                 self.connection.executemany("INSERT OR REPLACE INTO image_keys VALUES (?, ?)",
                                             [(i, keys[i]) for i in images if i in keys])
             return added
-
-    def image_keys(self) -> dict[int, str]:
-        return dict(self.connection.execute("SELECT image_id, key FROM image_keys"))
-
-    def image_ids(self) -> set[int]:
-        """The images that have records."""
-        return {row[0] for row in self.connection.execute("SELECT DISTINCT image_id FROM predictions")}
-
-    def keep_keys(self, keys: dict[int, str]) -> None:
-        """Record ``keys`` for images done before keys were kept (their records are trusted)."""
-        with self.connection:
-            self.connection.executemany("INSERT OR IGNORE INTO image_keys VALUES (?, ?)", keys.items())
-
-    def forget_images(self, image_ids: Iterable[int]) -> int:
-        """Drop the records (and keys) of ``image_ids``, so that they are made again."""
-        return self._forget("predictions", "image_id", [int(i) for i in image_ids])
 
     def records(self, sent_ids: Optional[set[int]] = None) -> list[dict[str, Any]]:
         rows = self.connection.execute("SELECT sent_id, record FROM predictions ORDER BY sent_id")
@@ -200,6 +225,7 @@ class BatchStore(RunStore):
     expression), so that a resume against another input under the same ids is noticed."""
 
     schema = BATCH_SCHEMA
+    table, image_column = "pairs", "image"
     new_run_hint = "give --overwrite to replace it, or another -o"
 
     def done(self) -> dict[str, tuple[str, str]]:
@@ -219,13 +245,6 @@ class BatchStore(RunStore):
             added = self.connection.total_changes - before
             self.connection.executemany("INSERT OR REPLACE INTO image_keys VALUES (?, ?)", (keys or {}).items())
             return added
-
-    def image_keys(self) -> dict[str, str]:
-        return dict(self.connection.execute("SELECT image, key FROM image_keys"))
-
-    def forget_images(self, images: Iterable[str]) -> int:
-        """Drop every pair of ``images`` (and their keys), so that they are made again; returns how many."""
-        return self._forget("pairs", "image", list(images))
 
     def records(self, ok: bool) -> list[dict[str, Any]]:
         """The results (``ok``) or the failures, in input order."""

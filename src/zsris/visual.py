@@ -197,26 +197,26 @@ def global_features_many(
         raise ValueError(f"k must be between 0 and {vit_num_blocks(model)} for this model, not {k}")
     visual = model.visual
     counts = [len(m) for m in masks]
-    owner = torch.repeat_interleave(torch.arange(len(images), device=images.device),  # which image each mask is of
-                                    torch.tensor(counts, device=images.device), output_size=sum(counts))
+    image_of = torch.repeat_interleave(torch.arange(len(images), device=images.device),  # each mask's image
+                                       torch.tensor(counts, device=images.device), output_size=sum(counts))
     if not is_vit(model):
         fmap = _resnet_trunk(visual, images)
         if normalize_map:
             fmap = fmap / fmap.norm(dim=1, keepdim=True)
         weights = _grid_weights(masks, fmap.shape[-2:], images.device, antialias)
         pooled = [visual.attnpool(fmap[who] * w.to(fmap.dtype)[:, None])
-                  for w, who in zip(weights.split(batch_size), owner.split(batch_size))]
+                  for w, who in zip(weights.split(batch_size), image_of.split(batch_size))]
         return _per_image(pooled, counts, fmap.new_zeros(0, visual.attnpool.c_proj.out_features))
     if is_map_vit(model):
-        return _map_global(model, images, masks, owner, counts, k, batch_size, antialias)
+        return _map_global(model, images, masks, image_of, counts, k, batch_size, antialias)
     blocks = list(visual.transformer.resblocks)
     trunk = _run_blocks(visual, blocks[: len(blocks) - k], _vit_embed(visual, images))
     tail = blocks[len(blocks) - k:]
     if k == 0:
-        return _per_image([_vit_head(visual, trunk[:, 0])[owner]], counts, trunk.new_zeros(0, visual.output_dim))
+        return _per_image([_vit_head(visual, trunk[:, 0])[image_of]], counts, trunk.new_zeros(0, visual.output_dim))
     weights = _grid_weights(masks, visual.grid_size, images.device, antialias).flatten(1)[:, :, None].to(trunk.dtype)
     outputs = []
-    for w, who in zip(weights.split(batch_size), owner.split(batch_size)):
+    for w, who in zip(weights.split(batch_size), image_of.split(batch_size)):
         x = trunk[who]
         for block in tail:
             x = torch.cat([x[:, :1], x[:, 1:] * w], dim=1)
@@ -225,7 +225,7 @@ def global_features_many(
     return _per_image(outputs, counts, trunk.new_zeros(0, visual.output_dim))
 
 
-def _map_global(model: nn.Module, images: Tensor, masks: Sequence[Tensor], owner: Tensor, counts: list[int], k: int,
+def _map_global(model: nn.Module, images: Tensor, masks: Sequence[Tensor], image_of: Tensor, counts: list[int], k: int,
                 batch_size: int, antialias: bool) -> list[Tensor]:
     """SigLIP's global features: the trunk once, then per mask the last ``k`` blocks on the patch
     tokens times the mask, the final norm, and the MAP pool attending to the mask's tokens only.
@@ -242,7 +242,7 @@ def _map_global(model: nn.Module, images: Tensor, masks: Sequence[Tensor], owner
         x = block(x)
     weights = _grid_weights(masks, trunk.patch_embed.grid_size, images.device, antialias).flatten(1).to(x.dtype)
     outputs = []
-    for w, who in zip(weights.split(batch_size), owner.split(batch_size)):
+    for w, who in zip(weights.split(batch_size), image_of.split(batch_size)):
         tokens = x[who]
         for block in blocks[len(blocks) - k:]:
             tokens = block(tokens * w[:, :, None])
@@ -357,10 +357,10 @@ def local_features_many(
         raise ValueError(f"expected as many mask stacks and box sets as images, got {len(images)} images, "
                          f"{len(masks)} mask stacks and {len(boxes) if boxes is not None else 0} box sets")
     boxes = [_boxes_of(m, b).cpu() for m, b in zip(masks, boxes or [None] * len(images))]
-    owner = torch.cat([torch.full((len(b),), i) for i, b in enumerate(boxes)])
+    image_of = torch.cat([torch.full((len(b),), i) for i, b in enumerate(boxes)])
     index = torch.cat([torch.argsort((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]), descending=True) for b in boxes])
     outputs = [image.new_empty(len(m), output_dim(model)) for image, m in zip(images, masks)]
-    for who, chunk in zip(owner.split(batch_size), index.split(batch_size)):
+    for who, chunk in zip(image_of.split(batch_size), index.split(batch_size)):
         if not len(chunk):  # no masks at all
             break
         runs = torch.unique_consecutive(who, return_counts=True)

@@ -13,18 +13,10 @@ from typing import Any, Optional
 
 from ..config import (
     DEFAULT_IMAGE_TIMEOUT,
-    FREESOLO_CHECKPOINT_ENV,
-    FREESOLO_FILE,
     FUSIONS,
     PRECISIONS,
     PREPROCESSING,
     RAY_PREPARE,
-    SAM2_CHECKPOINT_ENV,
-    SAM2_MODELS,
-    SAM3_CHECKPOINT_ENV,
-    SAM3_HUB_REPO,
-    SAM_CHECKPOINT_ENV,
-    SAM_MODEL_TYPES,
     SPATIAL_MODES,
     WEIGHTS_ENV,
     ProposalSpec,
@@ -32,8 +24,19 @@ from ..config import (
     paper_alpha,
 )
 from ..errors import ZsrisError
+from ..methods import METHOD_REGISTRY
 from ..paper import PAPER_BACKBONES, PAPER_PHRASECUT_SUBSET, PAPER_SPACY_MODEL, PAPER_SPLIT_BY, PRESETS
 from ..proposals import PROPOSAL_REGISTRY, canonical_spec
+from ..proposals.configs import (
+    FREESOLO_CHECKPOINT_ENV,
+    FREESOLO_FILE,
+    SAM2_CHECKPOINT_ENV,
+    SAM2_MODELS,
+    SAM3_CHECKPOINT_ENV,
+    SAM3_HUB_REPO,
+    SAM_CHECKPOINT_ENV,
+    SAM_MODEL_TYPES,
+)
 from ..types import DEFAULT_TOP_K
 
 #: The flags' defaults are the config's: one place says what a run does when not told.
@@ -150,6 +153,9 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--weights", default=None, metavar="PATH|random",
                        help=f"local CLIP checkpoint (OpenAI .pt, state dict, open_clip .bin/.safetensors), or "
                             f"'random'; default ${WEIGHTS_ENV}, then the pretrained tag")
+    model.add_argument("--method", default=DEFAULTS.method.name, metavar="NAME",
+                       help=f"how proposals are scored: {', '.join(METHOD_REGISTRY)} or a method registered with "
+                            f"zsris.methods.register_method (default: %(default)s, the paper's)")
     model.add_argument("--alpha", type=float, default=None,
                        help="weight of the global-context visual feature (default: the paper's, 0.85 when "
                             "evaluating RefCOCOg, else 0.95)")
@@ -253,6 +259,7 @@ PRESET_FLAGS = {"backbone": ("--backbone", DEFAULTS.backbone), "pretrained": ("-
                 "alpha": ("--alpha", None), "beta": ("--beta", DEFAULTS.beta), "k": ("-k", DEFAULTS.k),
                 "fusion": ("--fusion", DEFAULTS.fusion), "preprocess": ("--preprocess", DEFAULTS.preprocess),
                 "proposals": ("--proposals", DEFAULTS.proposals.name), "spatial": ("--spatial", DEFAULTS.spatial),
+                "method": ("--method", DEFAULTS.method.name),
                 "spacy_model": ("--spacy-model", None),
                 "no_target_threshold": ("--no-target-threshold", DEFAULTS.no_target_threshold),
                 "multi_target": ("--multi-target", False)}
@@ -266,7 +273,7 @@ def _preset_config(args: argparse.Namespace) -> SegmenterConfig:
     for dest, (flag, default) in PRESET_FLAGS.items():
         given = getattr(args, dest)
         wanted = getattr(config, dest)
-        wanted = wanted.name if dest == "proposals" else wanted
+        wanted = wanted.name if dest in ("proposals", "method") else wanted
         allowed = {wanted, *PAPER_BACKBONES} if dest == "backbone" else {wanted}
         if dest == "proposals":
             allowed.add("file")  # FreeSOLO's proposals written once by `zsris proposals`
@@ -321,9 +328,9 @@ def config_from_args(args: argparse.Namespace) -> SegmenterConfig:
     return SegmenterConfig(
         backbone=args.backbone, pretrained=args.pretrained, weights=args.weights, alpha=alpha, beta=args.beta,
         k=args.k, fusion=args.fusion, preprocess=args.preprocess, proposals=proposal_spec_from_args(args),
-        spacy_model=args.spacy_model, precision=args.precision, spatial=args.spatial, no_target_threshold=threshold,
-        multi_target=args.multi_target, multi_target_margin=margin, device=args.device, batch_size=args.batch_size,
-        max_pixels=args.max_pixels,
+        method=args.method, spacy_model=args.spacy_model, precision=args.precision, spatial=args.spatial,
+        no_target_threshold=threshold, multi_target=args.multi_target, multi_target_margin=margin,
+        device=args.device, batch_size=args.batch_size, max_pixels=args.max_pixels,
         images_per_pass=getattr(args, "images_per_pass", None),
     )
 

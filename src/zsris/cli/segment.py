@@ -64,6 +64,7 @@ def _names_an_image(text: str) -> bool:
 def cmd_segment(args: argparse.Namespace) -> int:
     from ..images import load_image
     from ..names import file_part, run_tag, slug
+    from ..present import explain, save_result
     from ..records import settings
     from ..render import RANDOM_WEIGHTS_NOTE
     from ..text import check_expression
@@ -92,21 +93,9 @@ def cmd_segment(args: argparse.Namespace) -> int:
     note = RANDOM_WEIGHTS_NOTE if segmenter.backbone.is_random else ""
     for result in results:
         stem = f"{file_part(Path(args.image).name)}--{slug(result.expression)}--{run_tag(run)}"
-        base = result.save(out, image, args.top_k, stem=stem, name=str(args.image), extra={"settings": run},
+        base = save_result(result, out, image, args.top_k, stem=stem, name=str(args.image), extra={"settings": run},
                            warning=note)
-        decided_by = (result.prompt or {}).get("decided_by")
-        if not result.found and decided_by in ("presence", "no candidates"):
-            why = (f"{result.prompt['generator']}'s presence {result.prompt['presence']:.4f} is below "
-                   f"{result.prompt['presence_threshold']}" if decided_by == "presence" else "nothing to choose from")
-            print(f"{result.expression!r} -> no such object: {why}: {base}.{{mask.png,overlay.png,json}}")
-        elif not result.found:
-            print(f"{result.expression!r} -> no such object: the best score {result.score:.4f} is below the "
-                  f"no-target threshold {segmenter.config.no_target_threshold}: {base}.{{mask.png,overlay.png,json}}")
-        else:
-            print(f"{result.expression!r} -> score {result.score:.4f}, box {list(result.box)}, "
-                  f"noun phrase {result.noun_phrase!r}: {base}.{{mask.png,overlay.png,json}}")
-        if result.spatial is not None:
-            print(f"  spatial words: {result.spatial.summary()}")
+        print(explain(result, segmenter.config.no_target_threshold).line(f"{base}.{{mask.png,overlay.png,json}}"))
     return 0
 
 

@@ -2,27 +2,11 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
-from typing import Optional
 
-from ..config import (
-    DEFAULT_BACKBONE,
-    DEFAULT_PRETRAINED,
-    FREESOLO_CHECKPOINT_ENV,
-    FREESOLO_FILE,
-    FREESOLO_HUB_REPO,
-    SAM2_CHECKPOINT_ENV,
-    SAM2_MODELS,
-    SAM3_CHECKPOINT_ENV,
-    SAM3_HUB_REPO,
-    SAM_CHECKPOINT_ENV,
-    SAM_CHECKPOINTS,
-    SAM_MODEL_TYPES,
-    SAM_RELEASE_URL,
-    WEIGHTS_ENV,
-)
+from ..config import DEFAULT_BACKBONE, DEFAULT_PRETRAINED, WEIGHTS_ENV
 from ..proposals import PROPOSAL_REGISTRY
+from ..proposals.configs import CHECKPOINT_SOURCES, CheckpointSource
 
 
 def _clip_lines(args: argparse.Namespace) -> tuple[list[str], bool]:
@@ -75,90 +59,56 @@ def _tokenizer_line(arch: str, random: bool) -> tuple[list[str], bool]:
             f"`hf download {hub}`)"], random
 
 
-def _sam_lines(args: argparse.Namespace) -> tuple[list[str], bool]:
-    file_name = SAM_CHECKPOINTS[args.sam_model]
-    lines = [f"SAM {args.sam_model} (for --proposals sam)", f"  release: {SAM_RELEASE_URL}{file_name}"]
-    checkpoint = args.sam_checkpoint or os.environ.get(SAM_CHECKPOINT_ENV)
-    if checkpoint == "random":
+def _model(source: CheckpointSource, args: argparse.Namespace) -> str:
+    """The size of ``source``'s model chosen by ``--NAME-model`` (``""`` for a model of one size)."""
+    return getattr(args, f"{source.generator}_model") if len(source.where) > 1 else ""
+
+
+def _checkpoint_lines(source: CheckpointSource, args: argparse.Namespace) -> tuple[list[str], bool]:
+    """Where a generator's checkpoint is, as :func:`~zsris.checkpoints.find_checkpoint` finds it
+    without going online: the flag, the environment variable, or the hub's copy in the Hugging
+    Face cache; and whether it is there."""
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    from ..checkpoints import find_checkpoint
+
+    model = _model(source, args)
+    where = source.where[model]
+    lines = [source.title.format(model=model),
+             f"  Hugging Face repository: {where} ({source.note})" if source.hub else f"  release: {where}"]
+    given = getattr(args, source.flag.lstrip("-").replace("-", "_"))
+    found = find_checkpoint(source, given, model, online=False)
+    if found is not None and found.path == "random":
         lines.append("  checkpoint: random (untrained)")
         return lines, True
-    if not checkpoint:
-        lines.append(f"  checkpoint: not set: pass --sam-checkpoint PATH or set ${SAM_CHECKPOINT_ENV}")
+    if found is None and not source.hub:
+        lines.append(f"  checkpoint: not set: pass {source.flag} {source.metavar} or set ${source.env}")
         return lines, False
-    found = Path(checkpoint).expanduser().is_file()
-    lines.append(f"  checkpoint: {checkpoint}: {'found' if found else 'MISSING'}")
-    return lines, found
-
-
-def _sam2_lines(args: argparse.Namespace) -> tuple[list[str], bool]:
-    return _transformers_lines(f"SAM 2.1 {args.sam2_model} (for --proposals sam2)", SAM2_MODELS[args.sam2_model],
-                               "transformers format", args.sam2_checkpoint, "--sam2-checkpoint", SAM2_CHECKPOINT_ENV)
-
-
-def _sam3_lines(args: argparse.Namespace) -> tuple[list[str], bool]:
-    return _transformers_lines("SAM 3 (for --proposals sam3)", SAM3_HUB_REPO,
-                               "gated: accept its licence there, then `hf auth login`", args.sam3_checkpoint,
-                               "--sam3-checkpoint", SAM3_CHECKPOINT_ENV)
-
-
-def _transformers_lines(title: str, hub: str, note: str, given: Optional[str], flag: str,
-                        env: str) -> tuple[list[str], bool]:
-    """Where a model in the transformers format (a folder with config.json) is: the flag, the
-    environment variable, or the hub repository's copy in the Hugging Face cache."""
-    lines = [title, f"  Hugging Face repository: {hub} ({note})"]
-    checkpoint = given or os.environ.get(env)
-    if checkpoint == "random":
-        lines.append("  checkpoint: random (untrained)")
+    if found is None:
+        offline = (f"`hf download {where}` elsewhere and copy the cache, or pass {source.flag} FOLDER"
+                   if source.folder else f"pass {source.flag} PATH")
+        lines.append(f"  local copy: none in the Hugging Face cache ({HF_HUB_CACHE}); it is downloaded on first use "
+                     f"when online. Offline: {offline} (or ${source.env})")
+        return lines, False
+    if found.origin == "cache":
+        lines.append(f"  local copy: {found.path}: found")
         return lines, True
-    if checkpoint:
-        found = (Path(checkpoint).expanduser() / "config.json").is_file()
-        origin = flag if given else f"${env}"
-        lines.append(f"  checkpoint: {checkpoint} (from {origin}): {'found' if found else 'MISSING (no config.json)'}")
-        return lines, found
-    from huggingface_hub import try_to_load_from_cache
-    from huggingface_hub.constants import HF_HUB_CACHE
-
-    cached = try_to_load_from_cache(hub, "config.json")
-    if isinstance(cached, str):
-        lines.append(f"  local copy: {Path(cached).parent}: found")
-        return lines, True
-    lines.append(f"  local copy: none in the Hugging Face cache ({HF_HUB_CACHE}); it is downloaded on first use "
-                 f"when online. Offline: `hf download {hub}` elsewhere and copy the cache, or pass {flag} FOLDER "
-                 f"(or ${env})")
-    return lines, False
-
-
-def _freesolo_lines(args: argparse.Namespace) -> tuple[list[str], bool]:
-    lines = ["FreeSOLO R101 (for --proposals freesolo, the paper's proposals)",
-             f"  Hugging Face repository: {FREESOLO_HUB_REPO} (file {FREESOLO_FILE})"]
-    checkpoint = args.freesolo_checkpoint or os.environ.get(FREESOLO_CHECKPOINT_ENV)
-    if checkpoint == "random":
-        lines.append("  checkpoint: random (untrained)")
-        return lines, True
-    if checkpoint:
-        found = Path(checkpoint).expanduser().is_file()
-        origin = "--freesolo-checkpoint" if args.freesolo_checkpoint else f"${FREESOLO_CHECKPOINT_ENV}"
-        lines.append(f"  checkpoint: {checkpoint} (from {origin}): {'found' if found else 'MISSING'}")
-        return lines, found
-    from huggingface_hub import try_to_load_from_cache
-    from huggingface_hub.constants import HF_HUB_CACHE
-
-    cached = try_to_load_from_cache(FREESOLO_HUB_REPO, FREESOLO_FILE)
-    if isinstance(cached, str):
-        lines.append(f"  local copy: {cached}: found")
-        return lines, True
-    lines.append(f"  local copy: none in the Hugging Face cache ({HF_HUB_CACHE}); it is downloaded on first use "
-                 f"when online. Offline: pass --freesolo-checkpoint PATH (or ${FREESOLO_CHECKPOINT_ENV})")
-    return lines, False
+    path = Path(found.path).expanduser()
+    present = (path / "config.json").is_file() if source.folder else path.is_file()
+    missing = "MISSING (no config.json)" if source.folder else "MISSING"
+    # SAM's line, its weights a released file rather than the hub's, has always named the path alone
+    origin = f" (from {source.flag if found.origin == 'given' else '$' + source.env})" if source.hub else ""
+    lines.append(f"  checkpoint: {found.path}{origin}: {'found' if present else missing}")
+    return lines, present
 
 
 def cmd_weights(args: argparse.Namespace) -> int:
     lines, ok = _clip_lines(args)
-    sam_lines, sam_ok = _sam_lines(args)
-    sam2_lines, sam2_ok = _sam2_lines(args)
-    sam3_lines, sam3_ok = _sam3_lines(args)
-    freesolo_lines, freesolo_ok = _freesolo_lines(args)
-    print("\n".join(lines + sam_lines + sam2_lines + sam3_lines + freesolo_lines))
+    present: dict[str, bool] = {}
+    for source in CHECKPOINT_SOURCES:
+        more, present[source.generator] = _checkpoint_lines(source, args)
+        lines += more
+    print("\n".join(lines))
     if args.load:
         from ..backbones import load_backbone
 
@@ -167,8 +117,7 @@ def cmd_weights(args: argparse.Namespace) -> int:
         print(f"loaded CLIP {backbone.name} ({backbone.weights}): {count / 1e6:.1f} M parameters, "
               f"input {backbone.input_size} px")
         ok = True
-    needed = {"sam": sam_ok, "sam2": sam2_ok, "sam3": sam3_ok, "freesolo": freesolo_ok}.get(args.proposals, True)
-    return 0 if ok and needed else 1
+    return 0 if ok and present.get(args.proposals, True) else 1
 
 
 def register(commands) -> None:
@@ -185,11 +134,11 @@ def register(commands) -> None:
     weights.add_argument("--proposals", choices=tuple(PROPOSAL_REGISTRY), default="classical",
                          help="with 'sam', 'sam2', 'sam3' or 'freesolo', its missing checkpoint also makes the exit "
                               "status 1")
-    weights.add_argument("--sam-model", choices=SAM_MODEL_TYPES, default="vit_h", help="(default: %(default)s)")
-    weights.add_argument("--sam-checkpoint", default=None, metavar="PATH")
-    weights.add_argument("--sam2-model", choices=tuple(SAM2_MODELS), default="tiny", help="(default: %(default)s)")
-    weights.add_argument("--sam2-checkpoint", default=None, metavar="FOLDER")
-    weights.add_argument("--sam3-checkpoint", default=None, metavar="FOLDER")
-    weights.add_argument("--freesolo-checkpoint", default=None, metavar="PATH")
+    for source in CHECKPOINT_SOURCES:
+        if len(source.where) > 1:
+            weights.add_argument(f"--{source.generator}-model", choices=tuple(source.where),
+                                 default=PROPOSAL_REGISTRY[source.generator].options["model"],
+                                 help="(default: %(default)s)")
+        weights.add_argument(source.flag, default=None, metavar=source.metavar)
     weights.add_argument("--load", action="store_true", help="also load the CLIP weights and report their size")
     weights.set_defaults(run=cmd_weights)

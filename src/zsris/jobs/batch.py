@@ -25,13 +25,21 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional, Sequence
 import numpy as np
 
 from ..cache import file_digest
-from ..engine import Engine, Prepared, Preparer, image_task, worker_preparer
+from ..engine import Engine, ImageTask, Prepared, Preparer, image_task
 from ..errors import ZsrisError, ZsrisWarning, failure_reason
 from ..records import PairRecord
 from ..text import check_expression
 from ..types import DEFAULT_TOP_K, ImageFeatures
 from .pairs import Pair, PairResult, as_pairs, group_by_image, in_input_order, output_name
-from .run import Execution, RayPreparation, prepared_features, progress_bar, quiet_segmenter, run_ray
+from .run import (
+    Execution,
+    ImageSource,
+    ImageWork,
+    prepared_features,
+    progress_bar,
+    quiet_segmenter,
+    run_images,
+)
 
 if TYPE_CHECKING:
     from ..config import SegmenterConfig
@@ -122,15 +130,16 @@ def segment_pairs(segmenter: "Segmenter", pairs: Iterable[Any], workers: int = 0
     rerun resumes, use :class:`BatchJob`."""
     pairs = as_pairs(pairs)
     execution = execution or Execution(proposal_workers=workers, progress=False)
-    engine = execution.engine_for(segmenter.proposals, max_pixels=segmenter.config.max_pixels)
+    engine = execution.local_engine(segmenter.proposals, max_pixels=segmenter.config.max_pixels)
     return in_input_order(pairs, run_pairs(segmenter, pairs, engine))
 
 
 class ImageJob:
-    """One image's pairs, start to finish in one process (decoding, proposals, CLIP): the work
-    of a Ray actor. Returns the pairs' records (ranking ``top_k`` proposals) and, when
-    ``keep_pixels``, the decoded image (for overlays): records, not results, so that an actor
-    sends back a few RLE masks rather than all of the image's proposals."""
+    """One image's pairs, start to finish (:class:`~zsris.jobs.run.ImageWork`'s worker, here and
+    on a Ray actor): decoding where not done yet, proposals, CLIP. Returns the pairs' records
+    (ranking ``top_k`` proposals) and, when ``keep_pixels``, the decoded image (for overlays):
+    records, not results, so that an actor sends back a few RLE masks rather than all of the
+    image's proposals."""
 
     def __init__(self, segmenter: "Segmenter", top_k: Optional[int] = DEFAULT_TOP_K,
                  keep_pixels: bool = False) -> None:
@@ -139,13 +148,26 @@ class ImageJob:
         self.keep_pixels = keep_pixels
         self.prepare = Preparer(None, None, segmenter.config.max_pixels).build()  # proposals: the segmenter's
 
-    def __call__(self, path: str, pairs: Sequence[Pair],
-                 prepared: Optional[Prepared] = None) -> tuple[list[PairRecord], Optional[np.ndarray]]:
-        """The pairs' records, from the image a Ray task ``prepared`` or from the file read here."""
+    def __call__(self, path: str, pairs: Sequence[Pair], prepared: Optional[Prepared] = None,
+                 features: Optional[ImageFeatures] = None) -> tuple[list[PairRecord], Optional[np.ndarray]]:
+        """The pairs' records, from the image an engine or a Ray task ``prepared`` (with its
+        visual ``features``, where computed) or from the file read here."""
         if prepared is None:
             prepared = self.prepare(image_task(path, path))
         pixels = prepared.pixels if self.keep_pixels else None
-        return [answer.record(self.top_k) for answer in prepared_results(self.segmenter, pairs, prepared)], pixels
+        records = [answer.record(self.top_k) for answer in prepared_results(self.segmenter, pairs, prepared, features)]
+        return records, pixels
+
+
+def path_task(job: tuple[str, Sequence[Pair]]) -> ImageTask:
+    """The engine's task for a job ``(image path, its pairs)``."""
+    return image_task(job[0], job[0])
+
+
+def failed_records(top_k: Optional[int], job: tuple[str, Sequence[Pair]],
+                   reason: str) -> tuple[list[PairRecord], None]:
+    """The answer of a job that Ray could not run: each of its pairs failed, saying why."""
+    return [PairResult(pair, error=reason).record(top_k) for pair in job[1]], None
 
 
 def make_image_job(config: "SegmenterConfig", top_k: Optional[int], keep_pixels: bool) -> ImageJob:
@@ -193,7 +215,8 @@ class Outputs:
         if self.masks is None and self.overlays is None:
             return
         from ..masks import decode_rle
-        from ..render import mask_image, overlay
+        from ..present import caption
+        from ..render import draw_overlay, mask_image
 
         for record in records:
             if not record.ok:
@@ -203,9 +226,9 @@ class Outputs:
             if self.masks is not None:
                 mask_image(mask).save(self.masks / f"{name}.png")
             if self.overlays is not None and pixels is not None:
-                caption = answer["expression"] if answer["found"] else f"{answer['expression']} (no such object)"
                 box = tuple(answer["box"]) if answer["found"] else (0, 0, 0, 0)
-                overlay(pixels, mask, box, caption, warning=self.note).save(self.overlays / f"{name}.png")
+                draw_overlay(pixels, mask, box, caption(answer["expression"], answer["found"]),
+                             warning=self.note).save(self.overlays / f"{name}.png")
 
     def append(self, results: list[dict[str, Any]], errors: list[dict[str, Any]]) -> None:
         for name, records in ((RESULTS, results), (ERRORS, errors)):
@@ -213,6 +236,42 @@ class Outputs:
                 with open(self.out / name, "a") as stream:
                     stream.write(_jsonl(records))
 
+
+class Commit:
+    """Where a batch's answers go as they come: the pictures first (a rerun rewrites them), then
+    the store and the output files; counted, and the progress ``bar`` moved once an image."""
+
+    def __init__(self, pairs: Sequence[Pair], store: "BatchStore", outputs: Outputs) -> None:
+        self.pairs, self.store, self.outputs = pairs, store, outputs
+        self.position = {pair.id: n for n, pair in enumerate(pairs)}
+        self.by_id = {pair.id: pair for pair in pairs}
+        self.done = self.failed = 0
+        self.bar: Any = None  # the progress bar, once it exists (its Ctrl-C message is :meth:`saved`)
+
+    def refused(self, records: Sequence[PairRecord]) -> None:
+        """The rows refused before any work."""
+        self._commit(records, None)
+
+    def image(self, answer: tuple[Sequence[PairRecord], Optional[np.ndarray]]) -> None:
+        """An image's records, with the decoded image where the overlays need it."""
+        self._commit(*answer)
+        self.bar.update(1)
+
+    def _commit(self, records: Sequence[PairRecord], pixels: Optional[np.ndarray]) -> None:
+        self.outputs.pictures(self.by_id, records, pixels)
+        rows = [(r.id, self.position[r.id], r.image, r.expression, r.ok, r.to_dict()) for r in records]
+        files = {self.by_id[r.id].image: self.by_id[r.id].path for r in records if r.ok}
+        keys = {image: file_key(path) for image, path in files.items()}  # once an image, read just now
+        self.store.add(rows, {image: key for image, key in keys.items() if key is not None})
+        self.outputs.append([row[5] for row in rows if row[4]], [row[5] for row in rows if not row[4]])
+        self.done += sum(r.ok for r in records)
+        self.failed += sum(not r.ok for r in records)
+
+    def saved(self) -> str:
+        """What an interrupted run says, once the output files are made whole."""
+        self.outputs.rewrite(self.store)
+        return (f"zsris: interrupted; {len(self.store.done())} of {len(self.pairs)} pairs are saved in "
+                f"{self.outputs.out}. Run the same command again to resume.")
 
 
 def write_coco(out: Path, pairs: Sequence[Pair], store: "BatchStore") -> None:
@@ -319,68 +378,25 @@ class BatchJob:
         from ..store import BatchStore
 
         self.execution.check(self.segmenter.proposals)
-        out, pairs, segmenter = self.out, self.pairs, self.segmenter
-        run_settings = self.settings()
-        position = {pair.id: n for n, pair in enumerate(pairs)}
-        by_id = {pair.id: pair for pair in pairs}
+        out, pairs = self.out, self.pairs
         clear = functools.partial(clear_outputs, out) if self.overwrite else None  # once the folder is ours
-        with BatchStore(out / STORE, run_settings, on_locked=clear) as store, \
-                self.execution.session(segmenter.device):
-            _check_same_pairs(out, pairs, store.done())
-            _forget_changed_images(store, pairs)
-            retried = store.forget_failed() if self.retry_failed else 0
-            _write_atomic(out / SETTINGS, json.dumps(run_settings, indent=2))
-            outputs = Outputs(out, self.save_masks, self.save_overlays, segmenter.backbone.is_random)
+        with BatchStore(out / STORE, self.settings(), on_locked=clear) as store, \
+                self.execution.session(self.segmenter.device):
+            retried = self._resume(store)
+            outputs = Outputs(out, self.save_masks, self.save_overlays, self.segmenter.backbone.is_random)
             outputs.rewrite(store)
             done = store.done()
             pending = [pair for pair in pairs if pair.id not in done]
             images = group_by_image(p for p in pairs if p.error is None)
             pending_images = group_by_image(p for p in pending if p.error is None)
-            counts = {"done": 0, "failed": 0}
-
-            def saved() -> str:
-                outputs.rewrite(store)
-                return (f"zsris: interrupted; {len(store.done())} of {len(pairs)} pairs are saved in {out}. "
-                        f"Run the same command again to resume.")
-
-            def commit(records: Sequence[PairRecord], pixels: Optional[np.ndarray], image: bool) -> None:
-                outputs.pictures(by_id, records, pixels)
-                rows = [(r.id, position[r.id], r.image, r.expression, r.ok, r.to_dict()) for r in records]
-                files = {by_id[r.id].image: by_id[r.id].path for r in records if r.ok}
-                keys = {image: file_key(path) for image, path in files.items()}  # once an image, read just now
-                store.add(rows, {image: key for image, key in keys.items() if key is not None})
-                outputs.append([row[5] for row in rows if row[4]], [row[5] for row in rows if not row[4]])
-                counts["done"] += sum(r.ok for r in records)
-                counts["failed"] += sum(not r.ok for r in records)
-                if image:  # an image's pairs, not the refused rows
-                    bar.update(1)
-
+            commit = Commit(pairs, store, outputs)
             started = time.perf_counter()
-            timing = None
             with progress_bar(len(images), len(images) - len(pending_images), "batch", self.execution.progress,
-                              saved) as bar:
-                if self.execution.engine == "ray":
-                    refused = refused_results(pending)
-                    if refused:
-                        commit([answer.record(self.top_k) for answer in refused], None, False)
-                    def failed(job: tuple, reason: str) -> None:
-                        _, image_pairs = job
-                        commit([PairResult(pair, error=reason).record(self.top_k) for pair in image_pairs], None, True)
-
-                    preparation = RayPreparation(worker_preparer(segmenter.proposals,
-                                                                 max_pixels=segmenter.config.max_pixels),
-                                                 lambda job: image_task(job[0], job[0]),
-                                                 self.execution.ray_prepare)
-                    run_ray(functools.partial(make_image_job, segmenter.config, self.top_k, self.save_overlays),
-                            list(pending_images.items()), lambda done: commit(*done, True),
-                            self.execution.ray_workers, self.execution.ray_gpus(segmenter.device), failed,
-                            preparation)
-                else:
-                    engine = self.execution.engine_for(segmenter.proposals, max_pixels=segmenter.config.max_pixels)
-                    for answers, pixels in run_pairs(segmenter, pending, engine):
-                        commit([answer.record(self.top_k) for answer in answers], pixels,
-                               any(a.pair.error is None for a in answers))
-                    timing = engine.times.summary()
+                              commit.saved) as commit.bar:
+                refused = refused_results(pending)
+                if refused:
+                    commit.refused([answer.record(self.top_k) for answer in refused])
+                timing = run_images(self.segmenter, self.execution, self._work(pending_images), commit.image)
             seconds = time.perf_counter() - started
             outputs.rewrite(store)
             written = [out / RESULTS, out / ERRORS]
@@ -388,9 +404,28 @@ class BatchJob:
                 write_coco(out, pairs, store)
                 written += [out / COCO_RESULTS, out / COCO_IMAGES]
             failed_overall = len(store.records(ok=False))
-        return BatchSummary(len(pairs), counts["done"], counts["failed"], len(pairs) - len(pending), retried,
+        return BatchSummary(len(pairs), commit.done, commit.failed, len(pairs) - len(pending), retried,
                             len(pending_images), round(seconds / max(len(pending_images), 1), 3), failed_overall,
                             written, timing)
+
+    def _resume(self, store: "BatchStore") -> int:
+        """Make the folder ready to go on: refuse other pairs under the same ids, redo the pairs of
+        images that changed, forget the failures with ``retry_failed`` (returns how many), and
+        write the settings."""
+        _check_same_pairs(self.out, self.pairs, store.done())
+        _forget_changed_images(store, self.pairs)
+        retried = store.forget_failed() if self.retry_failed else 0
+        _write_atomic(self.out / SETTINGS, json.dumps(self.settings(), indent=2))
+        return retried
+
+    def _work(self, images: dict[str, list[Pair]]) -> ImageWork:
+        """The pending images as jobs ``(path, pairs)``, each answered ``(records, pixels)``."""
+        segmenter = self.segmenter
+        return ImageWork(jobs=list(images.items()),
+                         source=ImageSource(segmenter.proposals, max_pixels=segmenter.config.max_pixels),
+                         task=path_task, here=ImageJob(segmenter, self.top_k, self.save_overlays),
+                         build=functools.partial(make_image_job, segmenter.config, self.top_k, self.save_overlays),
+                         failed=functools.partial(failed_records, self.top_k))
 
 
 def file_key(path: str | Path) -> Optional[str]:
@@ -401,27 +436,16 @@ def file_key(path: str | Path) -> Optional[str]:
         return None
 
 
-def _forget_changed_images(store: Any, pairs: Sequence[Pair]) -> None:
+def _forget_changed_images(store: "BatchStore", pairs: Sequence[Pair]) -> None:
     """Pairs whose image file changed since their results were saved (another photo under the
-    same name) are made again, with a warning; images done before keys were kept are trusted."""
-    stored = store.image_keys()
-    done_images = {image for image, _ in store.done().values()}
+    same name) are made again, with a warning (:meth:`~zsris.store.RunStore.forget_changed`)."""
+    done_images = store.image_ids()
     paths = {pair.image: pair.path for pair in pairs if pair.error is None and pair.image in done_images}
-    changed, untracked = [], {}
-    for image, path in paths.items():
-        key = file_key(path)
-        if key is None:
-            continue
-        if image not in stored:
-            untracked[image] = key
-        elif stored[image] != key:
-            changed.append(image)
+    keys = {image: file_key(path) for image, path in paths.items()}
+    changed = store.forget_changed({image: key for image, key in keys.items() if key is not None})
     if changed:
-        store.forget_images(changed)
         warnings.warn(f"zsris: {len(changed)} image(s) changed since their results were saved (the first: "
-                      f"{changed[0]}): their pairs are segmented again", ZsrisWarning, stacklevel=3)
-    if untracked:
-        store.add([], untracked)
+                      f"{changed[0]}): their pairs are segmented again", ZsrisWarning, stacklevel=4)
 
 
 def _check_same_pairs(out: Path, pairs: Sequence[Pair], done: dict[str, tuple[str, str]]) -> None:

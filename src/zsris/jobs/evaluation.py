@@ -22,7 +22,7 @@ from tqdm import tqdm
 from ..cache import ProposalCache, file_digest
 from ..config import DEFAULT_MAX_PIXELS, SegmenterConfig
 from ..datasets import GENERALIZED, Ref, ReferDataset
-from ..engine import Engine, ImageTask, Prepared, Preparer, StageTimes, image_task, load_task_image, worker_preparer
+from ..engine import Engine, ImageTask, Prepared, StageTimes, image_task, load_task_image
 from ..errors import DatasetError, ExpressionError, NoProposalsError, ZsrisError, ZsrisWarning
 from ..masks import iou_matrix
 from ..metrics import intersection_union, iou, proposal_quality
@@ -30,7 +30,7 @@ from ..records import SentenceRecord
 from ..store import PredictionStore
 from ..text import check_expression
 from ..types import ImageFeatures, Proposals
-from .run import Execution, RayPreparation, prepared_features, progress_bar, quiet_segmenter, run_ray
+from .run import Execution, ImageSource, ImageWork, answers_here, progress_bar, quiet_segmenter, run_images
 
 if TYPE_CHECKING:
     from ..calibration import Calibration
@@ -73,16 +73,26 @@ class ImageEvaluator:
             return make()
         return self.cache.get_or_make(self.dataset.image_path(image_id), make)[0]
 
-    def __call__(self, image_id: int, refs: list[Ref], prepared: Optional[Prepared] = None) -> list[dict[str, Any]]:
-        """Every sentence's record for one image (the Ray workers' path): all work done here, or
-        from the image a Ray task ``prepared``."""
+    def __call__(self, image_id: int, refs: list[Ref], prepared: Optional[Prepared] = None,
+                 features: Optional[ImageFeatures] = None) -> list[dict[str, Any]]:
+        """Every sentence's record for one image (:class:`~zsris.jobs.run.ImageWork`'s worker, here
+        and on a Ray actor): from the image an engine or a Ray task ``prepared`` (with its visual
+        ``features``, where computed), or all work done here."""
         if prepared is not None:
-            return self.evaluate_prepared(prepared, refs)
+            return self.evaluate_prepared(prepared, refs, features)
         try:
             pixels = load_dataset_image(self.dataset, image_id, self.segmenter.config.max_pixels)
         except ZsrisError as error:
             return self.failed(image_id, refs, str(error))
         return self._evaluate_or_fail(image_id, refs, pixels)
+
+    def task(self, job: tuple[int, list[Ref]]) -> ImageTask:
+        """The engine's task for a job ``(image id, its refs)``."""
+        return dataset_task(self.dataset, job[0])
+
+    def failed_job(self, job: tuple[int, list[Ref]], reason: str) -> list[dict[str, Any]]:
+        """The records of a job that Ray could not run (:meth:`failed`)."""
+        return self.failed(*job, reason)
 
     def evaluate_prepared(self, prepared: Prepared, refs: list[Ref],
                           features: Optional[ImageFeatures] = None) -> list[dict[str, Any]]:
@@ -233,12 +243,12 @@ def sentence_ids(groups: dict[int, list[Ref]]) -> set[int]:
 def run_local(evaluator: ImageEvaluator, groups: dict[int, list[Ref]], pending: Iterable[int],
               store: PredictionStore, progress: tqdm, engine: Engine, keys: Optional[dict[int, str]] = None
               ) -> StageTimes:
-    """The pending images through ``engine``: decoding and proposals in its workers, CLIP here
-    (the job's images per pass at a time), each image's records committed to the store
-    as soon as they exist."""
-    tasks = [dataset_task(evaluator.dataset, image_id) for image_id in pending]
-    for prepared, features in prepared_features(evaluator.segmenter, engine, tasks):
-        store.add(evaluator.evaluate_prepared(prepared, groups[prepared.key], features), keys)
+    """The pending images through ``engine`` given (``benchmarks/engine_speed.py`` times engines
+    this way), as :class:`EvalJob` runs them locally: decoding and proposals in its workers, CLIP
+    here, each image's records committed to the store as soon as they exist."""
+    jobs = [(image_id, groups[image_id]) for image_id in pending]
+    for records in answers_here(evaluator.segmenter, engine, jobs, evaluator.task, evaluator):
+        store.add(records, keys)
         progress.update(1)
     return engine.times
 
@@ -320,17 +330,15 @@ class DataSpec:
             return None
         return ProposalCache(self.cache_root, generator_key)
 
-    def engine(self, execution: Execution, generator: Any, max_pixels: int) -> Engine:
-        """The engine over this data's images: decoded on their stored grid, with ``generator``'s
-        proposals (none with ``gt_proposals``: they come from the annotations later)."""
-        return execution.engine_for(None if self.gt_proposals else generator, self.cache_root, max_pixels,
-                                    exif_transpose=False)
+    def source(self, generator: Any, max_pixels: int) -> ImageSource:
+        """This data's images: decoded on their stored grid, with ``generator``'s proposals (none
+        with ``gt_proposals``: they come from the annotations later), cached in :attr:`cache_root`."""
+        return ImageSource(None if self.gt_proposals else generator, self.cache_root, max_pixels,
+                           exif_transpose=False)
 
-    def preparer(self, generator: Any, max_pixels: int) -> Preparer:
-        """What a process other than the model's does with this data's images (a Ray task), as
-        :meth:`engine`'s workers do it."""
-        return worker_preparer(None if self.gt_proposals else generator, self.cache_root, max_pixels,
-                               exif_transpose=False)
+    def engine(self, execution: Execution, generator: Any, max_pixels: int) -> Engine:
+        """The local engine over this data's images (:meth:`source`)."""
+        return self.source(generator, max_pixels).engine(execution)
 
 
 def build_evaluator(config: SegmenterConfig, data: DataSpec, segmenter: Optional["Segmenter"] = None,
@@ -429,31 +437,13 @@ class EvalJob:
                 return (f"zsris: interrupted; {len(store.done())} sentences are saved in {out}. "
                         f"Run the same command again to resume.")
 
-            timing = None
             with progress_bar(len(groups), len(groups) - len(pending), "eval", self.execution.progress,
                               saved) as bar:
-                if self.execution.engine == "ray":
-                    def commit(records: list[dict[str, Any]]) -> None:
-                        store.add(records, keys)
-                        bar.update(1)
+                def commit(records: list[dict[str, Any]]) -> None:
+                    store.add(records, keys)
+                    bar.update(1)
 
-                    here = ImageEvaluator(self.segmenter, self.dataset)  # the records of an image that failed
-
-                    def failed(job: tuple, reason: str) -> None:
-                        commit(here.failed(*job, reason))
-
-                    preparation = RayPreparation(self.data.preparer(self.segmenter.proposals,
-                                                                    self.segmenter.config.max_pixels),
-                                                 lambda job: dataset_task(self.dataset, job[0]),
-                                                 self.execution.ray_prepare)
-                    run_ray(functools.partial(build_evaluator, self.segmenter.config, self.data),
-                            [(image_id, groups[image_id]) for image_id in pending], commit,
-                            self.execution.ray_workers, self.execution.ray_gpus(self.segmenter.device), failed,
-                            preparation)
-                else:
-                    engine = self.data.engine(self.execution, self.segmenter.proposals,
-                                              self.segmenter.config.max_pixels)
-                    timing = run_local(self.evaluator, groups, pending, store, bar, engine, keys).summary()
+                timing = run_images(self.segmenter, self.execution, self._work(groups, pending), commit)
             records = store.records(sentence_ids(groups))
         summary = summarize(records)
         if self.segmenter.config.from_preset == "paper":  # both accountings, and the figures to compare with
@@ -468,18 +458,23 @@ class EvalJob:
             self._calibrate(outcome)
         return outcome
 
+    def _work(self, groups: dict[int, list[Ref]], pending: list[int]) -> ImageWork:
+        """The pending images as jobs ``(image id, refs)``, each answered with its sentences' records."""
+        segmenter, evaluator = self.segmenter, self.evaluator
+        return ImageWork(jobs=[(image_id, groups[image_id]) for image_id in pending],
+                         source=self.data.source(segmenter.proposals, segmenter.config.max_pixels),
+                         task=evaluator.task, here=evaluator,
+                         build=functools.partial(build_evaluator, segmenter.config, self.data),
+                         failed=evaluator.failed_job)
+
     def _forget_changed(self, store: PredictionStore, keys: dict[int, str]) -> None:
         """Images whose file, sentences or annotations changed since their records were made are
-        evaluated again (with a warning); records made before keys were kept are trusted."""
-        stored = store.image_keys()
-        changed = sorted(i for i, key in keys.items() if i in stored and stored[i] != key)
+        evaluated again, with a warning (:meth:`~zsris.store.RunStore.forget_changed`)."""
+        changed = store.forget_changed(keys)
         if changed:
-            store.forget_images(changed)
             warnings.warn(f"zsris: {len(changed)} image(s) changed since their results were saved (the image "
-                          f"file, a sentence or an annotation; the first: image {changed[0]}): they are "
+                          f"file, a sentence or an annotation; the first: image {min(changed)}): they are "
                           f"evaluated again", ZsrisWarning, stacklevel=3)
-        with_records = store.image_ids()
-        store.keep_keys({i: key for i, key in keys.items() if i not in stored and i in with_records})
 
     def _calibrate(self, outcome: EvalOutcome) -> None:
         from ..calibration import calibrate

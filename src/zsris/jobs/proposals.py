@@ -84,7 +84,7 @@ class ProposalsJob:
         resumed = sum(1 for task in self.tasks if task.name in done)
         pending = [task for task in self.tasks if task.name not in done]
         failed: dict[str, str] = {}
-        engine = self.execution.engine_for(self.generator, None, self.max_pixels, self.exif_transpose)
+        engine = self.execution.local_engine(self.generator, None, self.max_pixels, self.exif_transpose)
         seconds = 0.0
 
         def saved() -> str:

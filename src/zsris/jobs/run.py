@@ -1,6 +1,7 @@
-"""What every job shares: how it runs (:class:`Execution`), the model stage over the engine's
-images, Ray, and the life cycle around the work (progress bar, Ctrl-C turned into a message
-saying what was saved)."""
+"""What every job shares: how it runs (:class:`Execution`), the one runner that answers a job's
+images on the local engine or on Ray (:func:`run_images`, over :class:`ImageWork`; Ray's side is
+:class:`RayScheduler`), and the life cycle around the work (progress bar, Ctrl-C turned into a
+message saying what was saved)."""
 from __future__ import annotations
 
 import contextlib
@@ -15,7 +16,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional, Sequence
 
 from ..config import DEFAULT_IMAGE_TIMEOUT, DEFAULT_MAX_PIXELS, RAY_PREPARE, SegmenterConfig
-from ..engine import Engine, ImageTask, Prepared, Preparer, default_workers, engine_for, prepare_packed, unpack_prepared
+from ..engine import (
+    Engine,
+    ImageTask,
+    Prepared,
+    Preparer,
+    default_workers,
+    engine_for,
+    prepare_packed,
+    unpack_prepared,
+    worker_preparer,
+)
 from ..errors import ZsrisError
 
 if TYPE_CHECKING:
@@ -99,7 +110,7 @@ class Execution:
                              f"{type(generator).__name__} has none: register it (zsris.proposals."
                              f"register_generator) or use the local engine")
 
-    def engine_for(self, generator: Any, cache_root: Optional[str] = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+    def local_engine(self, generator: Any, cache_root: Optional[str] = None, max_pixels: int = DEFAULT_MAX_PIXELS,
                    exif_transpose: bool = True) -> Engine:
         """The local engine for ``generator`` (:func:`zsris.engine.engine_for`, the one rule of
         where proposals are made)."""
@@ -281,93 +292,207 @@ def _tasks_wanted(mode: str, gpus_per_worker: float) -> bool:
     return mode == "tasks" or (mode == "auto" and gpus_per_worker > 0)
 
 
+@dataclass(eq=False)
+class RayJob:
+    """A job on its way through Ray: ``args``, what the worker is called with; ``retried``, whether
+    an actor already died running it (it is tried once more, not again); ``image``, its image as
+    a Ray task prepares it (an object ref; None until asked for, or where actors prepare their own)."""
+
+    args: tuple
+    retried: bool = False
+    image: Any = None
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """A job handed to an actor, and the order it was handed in: an actor runs its jobs in that
+    order, so its oldest unfinished one is the one it was running when it died."""
+
+    actor: Any
+    job: RayJob
+    number: int
+
+
+class RayScheduler:
+    """Jobs spread over ``workers`` Ray actors, each with the worker that ``build`` makes (models
+    loaded once each) and ``gpus_per_worker`` GPUs of its own (a fraction shares one), in a
+    :func:`ray_session`. Where ``preparation`` puts the images in Ray tasks, the worker is called
+    with the job's image prepared, as ``worker(*job, prepared=...)``; else as ``worker(*job)``.
+
+    An actor that dies (out of memory, a lost node) is replaced. The job it was running is tried
+    once more on another actor, and fails if that actor dies on it too; the jobs only queued
+    behind it go back to the queue as they were, not charged for a death they did not cause. A
+    job that fails otherwise (its preparation's process died twice; the worker raised) fails at
+    once. The run goes on."""
+
+    #: The jobs an actor holds: the one it runs and the next, so that it never waits for the driver.
+    HELD = 2
+
+    def __init__(self, build: Callable[[], Callable[..., Any]], workers: int = 2, gpus_per_worker: float = 0.0,
+                 preparation: Optional[RayPreparation] = None) -> None:
+        import ray
+
+        check_ray_resources(workers, gpus_per_worker)
+        self.build = build
+        self.preparation = preparation
+        self.ahead = preparation.cores_ahead(workers, gpus_per_worker) if preparation is not None else 0
+        self._prepare = ray.remote(num_cpus=1, max_retries=1)(prepare_packed) if self.ahead else None
+        # SPREAD: on a cluster, actors go to different nodes first (each node's cores and GPUs used)
+        self._actor = ray.remote(num_cpus=1, num_gpus=gpus_per_worker, scheduling_strategy="SPREAD")(RayWorker)
+        self.alive = [self._actor.remote(build) for _ in range(workers)]
+        self.replacements = 2 * workers + 2  # actors that may be started in place of dead ones
+        self.queue: deque[RayJob] = deque()
+        self.submitted: dict[Any, Submitted] = {}  # a call's object ref -> what it runs
+        self.culprit: dict[Any, int] = {}  # a dead actor -> the number of the job it died running
+        self._numbers = itertools.count()
+
+    def run(self, jobs: Iterable[tuple], on_result: Callable[[Any], None],
+            on_failure: Optional[Callable[[tuple, str], None]] = None) -> None:
+        """Run ``jobs`` (argument tuples): ``on_result`` gets each job's answer as it finishes
+        (committing it at once, so an interrupted Ray run resumes like a local one), ``on_failure``
+        each job that failed, with the reason (without it, a failure raises)."""
+        import ray
+        from ray.exceptions import RayActorError, RayError
+
+        def fail(job: RayJob, reason: str) -> None:
+            if on_failure is None:
+                raise ZsrisError(f"a job {reason}") from None
+            on_failure(job.args, reason)
+
+        self.queue.extend(RayJob(args) for args in jobs)
+        self._refill()
+        while self.submitted:
+            ready, _ = ray.wait(list(self.submitted), num_returns=1)
+            call = self.submitted.pop(ready[0])
+            try:
+                answer = ray.get(ready[0])
+            except RayActorError as error:
+                if self._actor_died(call):
+                    fail(call.job, f"failed twice: its Ray actor died ({_first_line(error)})")
+            except RayError as error:  # not the actor: the job itself, or its image's preparation
+                fail(call.job, _task_failure(error))
+            else:
+                on_result(answer)
+            self._refill()
+        while self.queue:  # every actor died and none could replace them
+            if on_failure is None:
+                raise ZsrisError("every Ray actor died, and as many again that replaced them")
+            on_failure(self.queue.popleft().args, "no Ray actor was left to run it: every one died")
+
+    def _actor_died(self, call: Submitted) -> bool:
+        """Replace ``call``'s dead actor (while replacements last) and requeue its job: at the
+        front, as it was where it was only queued behind the job that killed the actor, marked
+        retried where it was that job. True where it had been retried already: it has failed."""
+        actor = call.actor
+        if actor not in self.culprit:  # the first of its jobs to report: name the one it was running
+            self.culprit[actor] = min([call.number] + [c.number for c in self.submitted.values() if c.actor is actor])
+            self.alive.remove(actor)
+            if self.replacements:
+                self.replacements -= 1
+                self.alive.append(self._actor.remote(self.build))
+        if call.number == self.culprit[actor]:
+            if call.job.retried:
+                return True
+            call.job.retried = True
+        self.queue.appendleft(call.job)
+        return False
+
+    def _image(self, job: RayJob) -> Any:
+        """The job's image as a Ray task prepares it, asked for once (None where actors prepare their own)."""
+        if self.ahead and job.image is None:
+            job.image = self._prepare.remote(self.preparation.preparer, self.preparation.task(job.args))
+        return job.image
+
+    def _refill(self) -> None:
+        """Give every live actor work until it holds :attr:`HELD` jobs, and have the next
+        ``ahead`` images prepared meanwhile."""
+        for actor in self.alive:
+            held = sum(1 for c in self.submitted.values() if c.actor is actor)
+            for _ in range(self.HELD - held):
+                if not self.queue:
+                    break
+                job = self.queue.popleft()
+                image = self._image(job)
+                call = actor.run.remote(*job.args, prepared=image) if self.ahead else actor.run.remote(*job.args)
+                self.submitted[call] = Submitted(actor, job, next(self._numbers))
+        for job in itertools.islice(self.queue, self.ahead):
+            self._image(job)
+
+
 def run_ray(build: Callable[[], Callable[..., Any]], jobs: Iterable[tuple], on_result: Callable[[Any], None],
             workers: int = 2, gpus_per_worker: float = 0.0,
             on_failure: Optional[Callable[[tuple, str], None]] = None,
             preparation: Optional[RayPreparation] = None) -> None:
-    """Spread ``jobs`` (argument tuples) over ``workers`` Ray actors, each with the worker that
-    ``build`` makes (models loaded once each) and ``gpus_per_worker`` GPUs of its own (a
-    fraction shares one), in a :func:`ray_session`; ``on_result`` gets each job's answer as it
-    finishes (committing it at once, so an interrupted Ray run resumes like a local one).
-    Where ``preparation`` puts the images in Ray tasks, the worker is called with the job's
-    image prepared, as ``worker(*job, prepared=...)``; else as ``worker(*job)``.
+    """``jobs`` (argument tuples) run by a :class:`RayScheduler` of ``workers`` actors built by
+    ``build``: ``on_result`` gets each answer, ``on_failure`` each failed job with the reason."""
+    RayScheduler(build, workers, gpus_per_worker, preparation).run(jobs, on_result, on_failure)
 
-    An actor that dies (out of memory, a lost node) is replaced. The job it was running (its
-    oldest unfinished one: an actor runs its jobs in order) is tried once more on another actor,
-    and goes to ``on_failure`` with the reason if that actor dies on it too (without
-    ``on_failure`` it raises); the jobs only queued behind it go back to the queue as they were,
-    not charged for a death they did not cause. A job that fails otherwise (its preparation's
-    process died twice; the worker raised) goes to ``on_failure`` at once. The run goes on."""
-    import ray
-    from ray.exceptions import RayActorError, RayError
 
-    check_ray_resources(workers, gpus_per_worker)
-    ahead = preparation.cores_ahead(workers, gpus_per_worker) if preparation is not None else 0
-    in_tasks = ahead > 0
-    prepare_remote = ray.remote(num_cpus=1, max_retries=1)(prepare_packed) if in_tasks else None
-    # SPREAD: on a cluster, actors go to different nodes first (each node's cores and GPUs used)
-    actor_class = ray.remote(num_cpus=1, num_gpus=gpus_per_worker, scheduling_strategy="SPREAD")(RayWorker)
-    alive = [actor_class.remote(build) for _ in range(workers)]
-    replacements = 2 * workers + 2  # actors that may be started in place of dead ones
-    queue = deque([job, 0, None] for job in jobs)  # a job, its tries, its image being prepared (tasks)
-    in_flight: dict[Any, tuple[Any, list, int]] = {}  # ref -> actor, queue entry, submission number
-    culprit: dict[Any, int] = {}  # a dead actor -> the submission number of the job it died running
-    submitted = itertools.count()
+@dataclass(frozen=True)
+class ImageSource:
+    """Where a job's images come from, whichever engine prepares them: decoded up to
+    ``max_pixels`` (EXIF orientation applied or not), with ``generator``'s proposals (None: decoded
+    only, the proposals coming later) cached under ``cache_root`` (None: not cached)."""
 
-    def prepare(entry: list) -> Any:
-        if in_tasks and entry[2] is None:
-            entry[2] = prepare_remote.remote(preparation.preparer, preparation.task(entry[0]))
-        return entry[2]
+    generator: Any
+    cache_root: Optional[str] = None
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    exif_transpose: bool = True
 
-    def refill() -> None:
-        """Give every live actor work until it has two jobs (one running, one queued), and have
-        the next ``ahead`` images prepared meanwhile."""
-        for actor in alive:
-            held = sum(1 for a, _, _ in in_flight.values() if a is actor)
-            for _ in range(2 - held):
-                if not queue:
-                    break
-                entry = queue.popleft()
-                prepared = prepare(entry)
-                call = actor.run.remote(*entry[0], prepared=prepared) if in_tasks else actor.run.remote(*entry[0])
-                in_flight[call] = (actor, entry, next(submitted))
-        for entry in itertools.islice(queue, ahead):
-            prepare(entry)
+    def engine(self, execution: Execution) -> Engine:
+        """The local engine over these images (:meth:`Execution.local_engine`)."""
+        return execution.local_engine(self.generator, self.cache_root, self.max_pixels, self.exif_transpose)
 
-    def fail(job: tuple, reason: str) -> None:
-        if on_failure is None:
-            raise ZsrisError(f"a job {reason}") from None
-        on_failure(job, reason)
+    def preparer(self) -> Preparer:
+        """What a Ray task does with one of these images, as the local engine's workers do it."""
+        return worker_preparer(self.generator, self.cache_root, self.max_pixels, self.exif_transpose)
 
-    refill()
-    while in_flight:
-        ready, _ = ray.wait(list(in_flight), num_returns=1)
-        actor, entry, number = in_flight.pop(ready[0])
-        try:
-            answer = ray.get(ready[0])
-        except RayActorError as error:
-            if actor not in culprit:  # the first of its jobs to report: name the one it was running
-                culprit[actor] = min([number] + [n for a, _, n in in_flight.values() if a is actor])
-                alive.remove(actor)
-                if replacements:
-                    replacements -= 1
-                    alive.append(actor_class.remote(build))
-            if number != culprit[actor]:
-                queue.appendleft(entry)  # only queued behind the job that killed it
-            elif entry[1] == 0:
-                entry[1] = 1
-                queue.appendleft(entry)
-            else:
-                fail(entry[0], f"failed twice: its Ray actor died ({_first_line(error)})")
-        except RayError as error:  # not the actor: the job itself, or its image's preparation
-            fail(entry[0], _task_failure(error))
-        else:
-            on_result(answer)
-        refill()
-    for entry in queue:  # every actor died and none could replace them
-        if on_failure is None:
-            raise ZsrisError("every Ray actor died, and as many again that replaced them")
-        on_failure(entry[0], "no Ray actor was left to run it: every one died")
+
+@dataclass(frozen=True)
+class ImageWork:
+    """A job's pending work in the one form that :func:`run_images` runs on either engine.
+
+    ``jobs`` holds one argument tuple per image, ``(key, items)``: the image, and what is asked of
+    it (a batch's pairs, an evaluation's refs). ``task`` gives a job's image (``source`` says how it
+    is read). A job is answered by a worker, called as ``worker(*job, prepared=...)`` with its image
+    prepared (or as ``worker(*job)`` on a Ray actor that prepares its own): ``here`` in this process,
+    also given the image's visual features (``features=``), or on Ray the worker each actor builds
+    with ``build`` (module level, so that Ray can ship it). ``failed`` answers a job that Ray could
+    not run, with the reason. The two workers give the same answer for a job."""
+
+    jobs: Sequence[tuple]
+    source: ImageSource
+    task: Callable[[tuple], ImageTask]
+    here: Callable[..., Any]
+    build: Callable[[], Callable[..., Any]]
+    failed: Callable[[tuple, str], Any]
+
+
+def answers_here(segmenter: "Segmenter", engine: Engine, jobs: Sequence[tuple], task: Callable[[tuple], ImageTask],
+                 worker: Callable[..., Any]) -> Iterator[Any]:
+    """Each job's answer, in this process: ``worker(*job, prepared=..., features=...)`` on its image
+    as ``engine`` prepares it (in its worker processes) and its visual features, computed
+    :func:`images_per_pass` images at a time."""
+    tasks = [task(job) for job in jobs]
+    by_key = {image.key: job for image, job in zip(tasks, jobs)}
+    for prepared, features in prepared_features(segmenter, engine, tasks):
+        yield worker(*by_key[prepared.key], prepared=prepared, features=features)
+
+
+def run_images(segmenter: "Segmenter", execution: Execution, work: ImageWork,
+               on_answer: Callable[[Any], None]) -> Optional[dict[str, Any]]:
+    """Answer every job of ``work`` on the engine ``execution`` names, handing each answer to
+    ``on_answer`` as soon as it exists (the job commits it there): the one place where a job runs
+    locally or on Ray. Returns the local engine's time per stage (None on Ray)."""
+    if execution.engine == "ray":
+        preparation = RayPreparation(work.source.preparer(), work.task, execution.ray_prepare)
+        scheduler = RayScheduler(work.build, execution.ray_workers, execution.ray_gpus(segmenter.device), preparation)
+        scheduler.run(work.jobs, on_answer, lambda job, reason: on_answer(work.failed(job, reason)))
+        return None
+    engine = work.source.engine(execution)
+    for answer in answers_here(segmenter, engine, work.jobs, work.task, work.here):
+        on_answer(answer)
+    return engine.times.summary()
 
 
 def _task_failure(error: BaseException) -> str:

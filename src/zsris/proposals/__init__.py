@@ -2,7 +2,8 @@
 
 Like segment-anything's ``sam_model_registry``: :data:`PROPOSAL_REGISTRY` maps a generator's
 name to where its factory lives (``"module:function"``, imported only when that generator is
-built) and its own settings with their defaults. It is the one list of generators: the command
+built) and its config class, whose fields are its own settings with their defaults
+(:mod:`zsris.proposals.configs`). It is the one list of generators: the command
 line offers its names, and a generator registered with :func:`register_generator` can be chosen
 by every command and rebuilt in the engine's worker processes from its spec.
 
@@ -15,15 +16,18 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from ..types import Proposals
-from .base import ProposalGenerator, check_max_proposals, config_key, is_prompted
+from .base import Candidates, Prompting, ProposalGenerator, check_max_proposals, config_key, is_prompted, prompting
+from .configs import ClassicalConfig, FileConfig, FreeSoloConfig, Sam2Config, Sam3Config, SamConfig
 from .registry import (
     PROPOSAL_REGISTRY,
     GeneratorEntry,
     ProposalSpec,
     canonical_spec,
+    config_of,
     generator_entry,
     register_generator,
     runs_in_model_process,
+    spec_of,
 )
 
 if TYPE_CHECKING:
@@ -34,21 +38,24 @@ def create_proposals(spec: str | ProposalSpec = "classical", device: "str | torc
                      **changes: Any) -> ProposalGenerator:
     """Build the generator a spec (or a name plus settings as keywords) describes:
     ``create_proposals("classical", max_proposals=50)``, ``create_proposals("file", path="masks.json")``.
-    ``max_proposals=None`` lifts the cap; zero or less is refused. The generator keeps the
-    spec it was built from (``generator.spec``)."""
+    ``max_proposals=None`` lifts the cap; zero or less is refused. A generator's ``spec`` is
+    its own config's (the built-in ones: :func:`spec_of`); one built under another name than its
+    own, or without a spec, is given the spec it was built from."""
     import torch
 
     spec = canonical_spec(spec, **changes)
     generator = generator_entry(spec.name).load()(spec, torch.device(device) if isinstance(device, str) else device)
-    generator.spec = spec
+    own = getattr(generator, "spec", None)
+    if own is None:
+        generator.spec = spec
+    elif own.name != spec.name:  # a factory registered under another name: that entry's spec rebuilds it
+        generator.registered = spec
     return generator
 
 
 #: Names imported on first use: the generators need scikit-image, SciPy or torch.
-_LAZY = {"ClassicalConfig": "classical", "ClassicalProposals": "classical", "FileProposals": "file",
-         "SamConfig": "sam", "SamProposals": "sam", "Sam2Config": "sam2", "Sam2Proposals": "sam2",
-         "Sam3Config": "sam3", "Sam3Proposals": "sam3",
-         "FreeSoloConfig": "freesolo", "FreeSoloProposals": "freesolo"}
+_LAZY = {"ClassicalProposals": "classical", "FileProposals": "file", "SamProposals": "sam",
+         "Sam2Proposals": "sam2", "Sam3Proposals": "sam3", "FreeSoloProposals": "freesolo"}
 
 
 def __getattr__(name: str) -> Any:
@@ -59,11 +66,12 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "ClassicalConfig", "ClassicalProposals", "FileProposals", "FreeSoloConfig", "FreeSoloProposals",
+    "ClassicalConfig", "ClassicalProposals", "FileConfig", "FileProposals", "FreeSoloConfig", "FreeSoloProposals",
     "GeneratorEntry", "PROPOSAL_REGISTRY",
     "ProposalGenerator", "ProposalSpec", "Proposals", "Sam2Config", "Sam2Proposals", "Sam3Config", "Sam3Proposals",
     "SamConfig", "SamProposals",
     "canonical_spec",
-    "check_max_proposals", "config_key", "is_prompted", "create_proposals", "generator_entry", "register_generator",
-    "runs_in_model_process",
+    "Candidates", "Prompting", "check_max_proposals", "config_key", "is_prompted", "prompting", "create_proposals",
+    "config_of", "generator_entry", "register_generator",
+    "runs_in_model_process", "spec_of",
 ]

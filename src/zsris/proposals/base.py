@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional, Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import Any, Optional, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -54,10 +55,55 @@ class ProposalGenerator(Protocol):
     def __call__(self, image: np.ndarray, image_id: Optional[str] = None) -> Proposals: ...
 
 
+@dataclass(frozen=True)
+class Candidates:
+    """The proposals one expression chooses among: ``rows`` of the image's proposals (None:
+    every one); ``refusal``, the generator's reason why nothing answers whatever the scores
+    (SAM 3: its phrase is absent); ``record``, what the generator was told and found, for the
+    result's record."""
+
+    rows: Optional[np.ndarray] = None
+    refusal: Optional[str] = None
+    record: Optional[dict[str, Any]] = None
+
+
+class Prompting(Protocol):
+    """How a generator's proposals relate to the expressions: whether they depend on them
+    (``prompted``), how an image's class-agnostic proposals are completed for its expressions'
+    noun phrases, and which proposals each expression chooses among."""
+
+    prompted: bool
+
+    def complete(self, image: np.ndarray, proposals: Proposals, phrases: Sequence[str]) -> Proposals: ...
+
+    def candidates(self, phrase: Optional[str], proposals: Proposals) -> Candidates: ...
+
+
+class ClassAgnostic:
+    """The strategy of every generator whose proposals serve each expression alike."""
+
+    prompted = False
+
+    def complete(self, image: np.ndarray, proposals: Proposals, phrases: Sequence[str]) -> Proposals:
+        return proposals
+
+    def candidates(self, phrase: Optional[str], proposals: Proposals) -> Candidates:
+        return Candidates()
+
+
+CLASS_AGNOSTIC = ClassAgnostic()
+
+
+def prompting(generator: Any) -> Prompting:
+    """``generator``'s :class:`Prompting` (its ``prompting`` attribute; class-agnostic where it has none)."""
+    return getattr(generator, "prompting", None) or CLASS_AGNOSTIC
+
+
 def is_prompted(generator: Any) -> bool:
     """Whether ``generator``'s proposals depend on the expressions (SAM 3: each expression's noun
     phrase is its prompt), so that they are completed where the expressions are known."""
-    return bool(getattr(generator, "prompted", False))
+    return prompting(generator).prompted
 
 
-__all__ = ["ProposalGenerator", "Proposals", "check_max_proposals", "config_key", "is_prompted"]
+__all__ = ["CLASS_AGNOSTIC", "Candidates", "ClassAgnostic", "ProposalGenerator", "Prompting", "Proposals",
+           "check_max_proposals", "config_key", "is_prompted", "prompting"]

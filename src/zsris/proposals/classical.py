@@ -29,7 +29,8 @@ from skimage.segmentation import felzenszwalb
 from ..errors import ZsrisWarning
 from ..masks import iou_matrix, nms_by_iou
 from .base import Proposals, check_max_proposals, config_key
-from .registry import ProposalSpec
+from .configs import ClassicalConfig
+from .registry import Configured, ProposalSpec, config_of
 
 COLOUR_BINS = 25
 TEXTURE_BINS = 10
@@ -47,29 +48,6 @@ SIMILARITIES: dict[str, tuple[float, float, float, float]] = {
     "shape": (0.0, 0.0, 1.0, 1.0),
     "fill": (0.0, 0.0, 0.0, 1.0),
 }
-
-
-@dataclass(frozen=True)
-class ClassicalConfig:
-    """Settings of the classical generator; defaults are the library's, not tuned per dataset.
-
-    ``size_prior`` weighs ``log(area / image area)`` in the ranking: low-level agreement alone
-    favours the many small, stable pieces of texture, while a referred object is a whole thing.
-    ``refine_size`` caps the side of the image whose Felzenszwalb superpixels (``refine_scale``)
-    the kept masks' boundaries snap to; 0 turns snapping off (plain bilinear upsampling).
-    """
-
-    max_proposals: Optional[int] = 100
-    work_size: int = 256
-    scales: tuple[int, ...] = (50, 100, 200, 400)
-    colour_spaces: tuple[str, ...] = ("hsv", "lab")
-    similarities: tuple[str, ...] = ("appearance", "shape", "fill")
-    sigma: float = 0.8
-    min_area: float = 0.005
-    size_prior: float = 0.2
-    nms_iou: float = 0.6
-    refine_size: int = 640
-    refine_scale: int = 50
 
 
 def _colour_image(image: np.ndarray, space: str) -> np.ndarray:
@@ -210,7 +188,7 @@ def _sample_grid(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     return rows, cols
 
 
-class ClassicalProposals:
+class ClassicalProposals(Configured):
     """Selective-search-style mask proposals that need no weights and run on any CPU.
 
     Ranking: a region that several independent segmentations (other scales, colour spaces,
@@ -229,9 +207,6 @@ class ClassicalProposals:
         unknown = set(self.config.similarities) - set(SIMILARITIES)
         if unknown:
             raise ValueError(f"unknown similarity {sorted(unknown)}; choose from {sorted(SIMILARITIES)}")
-        # a spec names the default settings (with this cap); others run where they were made
-        default = ClassicalConfig(max_proposals=self.config.max_proposals)
-        self.spec = ProposalSpec(self.name, self.config.max_proposals) if self.config == default else None
 
     @property
     def cache_key(self) -> str:
@@ -248,7 +223,7 @@ class ClassicalProposals:
         rows, cols = _sample_grid(*small.shape[:2])
 
         regions: list[np.ndarray] = []
-        owner: list[tuple[int, int]] = []
+        made_by: list[tuple[int, int]] = []  # each region's label map and strategy
         areas: list[np.ndarray] = []
         samples: list[np.ndarray] = []
         label_maps: list[np.ndarray] = []
@@ -269,19 +244,19 @@ class ClassicalProposals:
                     area = membership @ superpixels.sizes
                     valid = np.flatnonzero((area >= config.min_area * small_area) & (area <= MAX_AREA * small_area))
                     regions.extend(np.flatnonzero(membership[index]) for index in valid)
-                    owner.extend([(len(label_maps) - 1, strategies)] * len(valid))
+                    made_by.extend([(len(label_maps) - 1, strategies)] * len(valid))
                     areas.append(area[valid] / small_area)
                     samples.append(membership[valid][:, sampled])
                     strategies += 1
         if not regions:
             return Proposals.empty(height, width)
-        owners = np.asarray(owner)
+        sources = np.asarray(made_by)
         iou = _self_iou(np.concatenate(samples))
-        scores = _agreement(iou, owners[:, 1], strategies) + config.size_prior * np.log(np.concatenate(areas))
+        scores = _agreement(iou, sources[:, 1], strategies) + config.size_prior * np.log(np.concatenate(areas))
         keep = _within_mask_budget(nms_by_iou(iou, scores, config.nms_iou, config.max_proposals), height, width)
         masks = []
         for index in keep:
-            labels = label_maps[owners[index, 0]]
+            labels = label_maps[sources[index, 0]]
             lookup = np.zeros(int(labels.max()) + 1, dtype=bool)
             lookup[regions[index]] = True
             masks.append(lookup[labels])
@@ -378,16 +353,16 @@ def _self_iou(candidates: np.ndarray) -> np.ndarray:
     return iou_matrix(distinct, distinct)[np.ix_(inverse, inverse)]
 
 
-def _agreement(iou: np.ndarray, owner: np.ndarray, strategies: int) -> np.ndarray:
+def _agreement(iou: np.ndarray, strategy_of: np.ndarray, strategies: int) -> np.ndarray:
     """Mean over strategies of each candidate's best IoU with that strategy's regions."""
     best = np.zeros((len(iou), strategies), dtype=np.float32)
     for s in range(strategies):
-        columns = owner == s
+        columns = strategy_of == s
         if columns.any():
             best[:, s] = iou[:, columns].max(1)
     return best.mean(1)
 
 
 def from_spec(spec: ProposalSpec, device: object = None) -> ClassicalProposals:
-    """The registry's factory: classical proposals capped at the spec's ``max_proposals``."""
-    return ClassicalProposals(max_proposals=spec.max_proposals)
+    """The registry's factory: classical proposals with the spec's settings and cap."""
+    return ClassicalProposals(config_of(ClassicalConfig, spec))

@@ -20,10 +20,11 @@ from PIL import Image
 from ..errors import ProposalError, ZsrisError
 from ..masks import decode_rle
 from .base import Proposals, check_max_proposals, config_key
-from .registry import ProposalSpec
+from .configs import FileConfig
+from .registry import Configured, ProposalSpec, config_of
 
 
-class FileProposals:
+class FileProposals(Configured):
     """Look proposals up by image key in a JSON file or a folder of PNG masks.
 
     ``max_proposals`` keeps the image's best that many (by the records' ``score``, else the
@@ -33,9 +34,8 @@ class FileProposals:
     name = "file"
 
     def __init__(self, path: str | Path, max_proposals: Optional[int] = None) -> None:
+        self.config = FileConfig(str(path), check_max_proposals(max_proposals))
         self.path = Path(path).expanduser()
-        self.max_proposals = check_max_proposals(max_proposals)
-        self.spec = ProposalSpec(self.name, self.max_proposals, {"path": str(path)})  # rebuilds it in a worker
         if not self.path.exists():
             raise ProposalError(f"{self.path}: no such proposals file or folder")
         self._records: Optional[dict[str, list[dict[str, Any]]]] = None
@@ -45,7 +45,7 @@ class FileProposals:
     @property
     def cache_key(self) -> str:
         return config_key(self.name, 3, path=self.path.resolve(), mtime_ns=self.path.stat().st_mtime_ns,
-                          max_proposals=self.max_proposals)
+                          max_proposals=self.config.max_proposals)
 
     @staticmethod
     def _read_json(path: Path) -> dict[str, list[dict[str, Any]]]:
@@ -74,8 +74,8 @@ class FileProposals:
         except (TypeError, ValueError, OverflowError, AttributeError) as error:
             raise ProposalError(f"{self.path}: malformed proposal for image {key!r} ({error})") from None
         kept = range(len(records))
-        if self.max_proposals is not None and len(records) > self.max_proposals:
-            kept = sorted(sorted(kept, key=lambda i: -scores[i])[: self.max_proposals])
+        if self.config.max_proposals is not None and len(records) > self.config.max_proposals:
+            kept = sorted(sorted(kept, key=lambda i: -scores[i])[: self.config.max_proposals])
         masks, boxes = [], []
         for index in kept:
             try:
@@ -94,7 +94,7 @@ class FileProposals:
                          np.asarray(boxes, dtype=np.float32) if boxes else None)
 
     def _from_folder(self, folder: Path, shape: tuple[int, int], key: str) -> Proposals:
-        files = sorted(folder.glob("*.png"))[: self.max_proposals]
+        files = sorted(folder.glob("*.png"))[: self.config.max_proposals]
         masks = []
         for file in files:
             try:
@@ -130,6 +130,7 @@ class FileProposals:
 
 def from_spec(spec: ProposalSpec, device: object = None) -> FileProposals:
     """The registry's factory: the masks in the spec's ``path`` option."""
-    if not spec.options.get("path"):
+    config = config_of(FileConfig, spec)
+    if not config.path:
         raise ZsrisError("--proposals file needs --proposals-path (a COCO RLE JSON or a folder of PNG masks)")
-    return FileProposals(spec.options["path"], spec.max_proposals)
+    return FileProposals(config.path, config.max_proposals)

@@ -25,8 +25,8 @@ detectron2, on the same checkpoint and images.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -38,11 +38,11 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from torch import Tensor, nn
 
-from ..checkpoints import read_state_dict
-from ..config import FREESOLO_CHECKPOINT_ENV, FREESOLO_FILE, FREESOLO_HUB_REPO
+from ..checkpoints import find_checkpoint, read_state_dict
 from ..errors import WeightsError
 from .base import Proposals, check_max_proposals, config_key
-from .registry import ProposalSpec
+from .configs import FREESOLO_CHECKPOINT_ENV, FREESOLO_FILE, FREESOLO_HUB_REPO, FREESOLO_WEIGHTS, FreeSoloConfig
+from .registry import Configured, ProposalSpec, config_of
 
 RANDOM = "random"
 #: What FreeSOLO's training leaves in its checkpoint beside the network's weights.
@@ -52,24 +52,6 @@ TRAINING_ONLY = ("_iter",)
 MAX_ASPECT = 20
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclass(frozen=True)
-class FreeSoloConfig:
-    """FreeSOLO's network shape and test settings (its ``freesolo_30k.yaml`` over SOLOv2's
-    defaults). ``max_proposals`` caps the masks after FreeSOLO's own 100."""
-
-    num_classes: int = 2
-    num_grids: tuple[int, ...] = (40, 36, 24, 16, 12)
-    strides: tuple[int, ...] = (8, 8, 16, 32, 32)
-    short_side: int = 800
-    score_threshold: float = 0.1
-    max_before_nms: int = 500
-    update_threshold: float = 0.05
-    mask_threshold: float = 0.5
-    max_per_image: int = 100
-    nms_sigma: float = 2.0
-    max_proposals: Optional[int] = 100
 
 
 # -- the network --------------------------------------------------------------------------------
@@ -415,21 +397,9 @@ def _to_original(soft: Tensor, input_size: tuple[int, int], original_size: tuple
 def resolve_checkpoint(checkpoint: Optional[str]) -> str:
     """``checkpoint``, else ``$ZSRIS_FREESOLO_CHECKPOINT``, else FreeSOLO's file in the Hugging
     Face cache (downloaded when online); one line saying where to get it when none is found."""
-    checkpoint = checkpoint or os.environ.get(FREESOLO_CHECKPOINT_ENV)
-    if checkpoint:
-        return checkpoint
-    try:
-        from huggingface_hub import hf_hub_download, try_to_load_from_cache
-
-        cached = try_to_load_from_cache(FREESOLO_HUB_REPO, FREESOLO_FILE)
-        if isinstance(cached, str):
-            return cached
-        from ..backbones import _network_reachable
-
-        if _network_reachable():
-            return hf_hub_download(FREESOLO_HUB_REPO, FREESOLO_FILE)
-    except Exception:  # noqa: BLE001 - no hub, no network, a refused download: all mean "not here"
-        pass
+    found = find_checkpoint(FREESOLO_WEIGHTS, checkpoint)
+    if found is not None:
+        return found.path
     raise WeightsError(
         f"FreeSOLO proposals need its checkpoint {FREESOLO_FILE}: download it from "
         f"https://huggingface.co/{FREESOLO_HUB_REPO} and pass --freesolo-checkpoint PATH "
@@ -469,7 +439,7 @@ def build_freesolo(checkpoint: Optional[str], device: str | torch.device = "cpu"
     return model.to(device).eval(), source
 
 
-class FreeSoloProposals:
+class FreeSoloProposals(Configured):
     """Mask proposals from FreeSOLO, the paper's generator: FreeSOLO's masks, scores and boxes
     in its order, capped at ``max_proposals``."""
 
@@ -477,16 +447,17 @@ class FreeSoloProposals:
 
     def __init__(self, checkpoint: Optional[str] = None, device: str | torch.device = "cpu",
                  config: Optional[FreeSoloConfig] = None, **overrides) -> None:
-        base = config or FreeSoloConfig()
-        self.config = FreeSoloConfig(**{**base.__dict__, **overrides})
+        self.config = dataclasses.replace(config or FreeSoloConfig(), **overrides)
+        if checkpoint is not None:
+            self.config = dataclasses.replace(self.config, checkpoint=checkpoint)
         check_max_proposals(self.config.max_proposals)
-        self.spec = ProposalSpec(self.name, self.config.max_proposals, {"freesolo_checkpoint": checkpoint})
-        self.model, self.checkpoint = build_freesolo(checkpoint, device, self.config)
+        self.model, self.checkpoint = build_freesolo(self.config.checkpoint, device, self.config)
         self.device = torch.device(device)
 
     @property
     def cache_key(self) -> str:
-        return config_key(self.name, 1, self.config, checkpoint=Path(self.checkpoint).name)
+        """Its config, the checkpoint named by the file it resolved to."""
+        return config_key(self.name, 1, dataclasses.replace(self.config, checkpoint=Path(self.checkpoint).name))
 
     @torch.inference_mode()
     def run(self, image: np.ndarray) -> FreeSoloOutput:
@@ -508,5 +479,5 @@ class FreeSoloProposals:
 
 
 def from_spec(spec: ProposalSpec, device: torch.device) -> FreeSoloProposals:
-    """The registry's factory: FreeSOLO with the spec's ``freesolo_checkpoint``, on ``device``."""
-    return FreeSoloProposals(spec.options.get("freesolo_checkpoint"), device=device, max_proposals=spec.max_proposals)
+    """The registry's factory: FreeSOLO with the spec's ``freesolo_checkpoint`` and settings, on ``device``."""
+    return FreeSoloProposals(device=device, config=config_of(FreeSoloConfig, spec))

@@ -1,8 +1,9 @@
 """The registry of proposal generators and the spec that names one: plain data, no torch.
 
 :data:`PROPOSAL_REGISTRY` maps a generator's name to where its factory lives
-(``"module:function"``, imported only when that generator is built) and its own settings with
-their defaults. It is the one list of generators: the command line offers its names, and a
+(``"module:function"``, imported only when that generator is built) and its config class
+(:mod:`zsris.proposals.configs`), whose fields are the generator's own settings with their
+defaults. It is the one list of generators: the command line offers its names, and a
 registered generator can be rebuilt from its spec in the engine's worker processes.
 """
 from __future__ import annotations
@@ -10,10 +11,11 @@ from __future__ import annotations
 import dataclasses
 import importlib
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, TypeVar
 
 from ..errors import ZsrisError
 from .base import ProposalGenerator, check_max_proposals
+from .configs import OPTION, ClassicalConfig, FileConfig, FreeSoloConfig, Sam2Config, Sam3Config, SamConfig
 
 if TYPE_CHECKING:
     import torch
@@ -25,10 +27,11 @@ class ProposalSpec:
 
     ``name`` is a key of :data:`zsris.proposals.PROPOSAL_REGISTRY`; ``max_proposals`` caps the
     proposals per image (None: no cap); ``options`` are the generator's own settings, as its
-    registry entry names them (``sam``: ``checkpoint``, ``model``; ``sam2``: those,
-    ``points_per_side`` and its two thresholds; ``freesolo``: ``freesolo_checkpoint``; ``file``: ``path``), so a new
-    generator needs no new field here. A spec inside a :class:`SegmenterConfig` has every
-    option of its generator spelled out (:func:`zsris.proposals.canonical_spec`).
+    registry entry names them: the fields of its config class (``sam``: ``checkpoint``, ``model``,
+    ``points_per_side`` ...; ``freesolo``: ``freesolo_checkpoint`` ...; ``file``: ``path``), so a
+    new generator needs no new field here. A spec inside a :class:`SegmenterConfig` has every
+    option of its generator spelled out (:func:`zsris.proposals.canonical_spec`); a built
+    generator's spec is its config's (:func:`spec_of`).
     """
 
     name: str = "classical"
@@ -40,18 +43,87 @@ class ProposalSpec:
         return self.options.get(name)
 
 
+C = TypeVar("C")
+
+
+def option_name(config_field: dataclasses.Field) -> str:
+    """The option a config field is: its own name, unless its metadata names another."""
+    return config_field.metadata.get(OPTION, config_field.name)
+
+
+def _option_value(value: Any) -> Any:
+    """A config field's value as an option: a tuple as a list, JSON's kind, so that a spec is
+    equal to itself read back from a record or a run's stored settings."""
+    return list(value) if isinstance(value, tuple) else value
+
+
+def config_options(config_class: type) -> dict[str, Any]:
+    """A generator's options and their defaults: its config class's fields, but ``max_proposals``
+    (the spec's own)."""
+    return {option_name(f): _option_value(f.default) for f in dataclasses.fields(config_class)
+            if f.name != "max_proposals"}
+
+
+def spec_of(name: str, config: Any) -> ProposalSpec:
+    """The spec of the generator ``name`` built with ``config``: its cap and every option, what it
+    runs with. A generator's ``spec`` is this, so the settings a segmenter records from it and
+    the cache key derived from the same config cannot disagree."""
+    options = {option_name(f): _option_value(getattr(config, f.name)) for f in dataclasses.fields(config)
+               if f.name != "max_proposals"}
+    return ProposalSpec(name, config.max_proposals, options)
+
+
+class Configured:
+    """What a generator built from a config dataclass (``config``) shares: its ``spec`` is its
+    config's (:func:`spec_of`), or, where a registry entry built it under a name other than its
+    own ``name``, the spec of that entry it was built from (``registered``, set by
+    :func:`zsris.proposals.create_proposals`), which that entry rebuilds in a worker."""
+
+    name: str
+    config: Any
+    registered: Optional[ProposalSpec] = None
+
+    @property
+    def spec(self) -> ProposalSpec:
+        """What a segmenter records of it, and what rebuilds it in a worker."""
+        return self.registered or spec_of(self.name, self.config)
+
+
+def config_of(config_class: type[C], spec: ProposalSpec) -> C:
+    """The config a generator is built with from ``spec`` (its registry factory's work): the
+    spec's cap and options, an option left out or None taking its default, a list where the
+    default is a tuple made a tuple again. The registry has refused any other option
+    (:func:`canonical_spec`)."""
+    values: dict[str, Any] = {"max_proposals": spec.max_proposals}
+    for config_field in dataclasses.fields(config_class):
+        value = spec.options.get(option_name(config_field))
+        if config_field.name != "max_proposals" and value is not None:
+            as_tuple = isinstance(config_field.default, tuple) and isinstance(value, list)
+            values[config_field.name] = tuple(value) if as_tuple else value
+    return config_class(**values)
+
+
 @dataclass(frozen=True)
 class GeneratorEntry:
     """A registered generator. ``factory`` is ``"module:function"`` (or the function itself),
     called with the spec and the device; ``options`` are the generator's own settings and their
-    defaults (a spec may set only these); ``in_model_process``: the generator is a model on the
-    device (SAM), so it runs in the process that runs CLIP, never in CPU worker processes."""
+    defaults (a spec may set only these), derived from its ``config`` class where it has one
+    (the built-in generators: :mod:`zsris.proposals.configs`); ``in_model_process``: the
+    generator is a model on the device (SAM), so it runs in the process that runs CLIP, never in
+    CPU worker processes."""
 
     factory: str | Callable[[ProposalSpec, "torch.device"], ProposalGenerator]
     options: Mapping[str, Any] = field(default_factory=dict)
     in_model_process: bool = False
     summary: str = ""
     prompted: bool = False  # its proposals depend on the expressions (SAM 3): no class-agnostic file of them
+    config: Optional[type] = None
+
+    def __post_init__(self) -> None:
+        if self.config is not None:
+            if self.options:
+                raise ZsrisError("a generator's options are its config class's fields: give one or the other")
+            object.__setattr__(self, "options", config_options(self.config))
 
     def load(self) -> Callable[[ProposalSpec, "torch.device"], ProposalGenerator]:
         if callable(self.factory):
@@ -61,30 +133,29 @@ class GeneratorEntry:
 
 
 PROPOSAL_REGISTRY: dict[str, GeneratorEntry] = {
-    "classical": GeneratorEntry("zsris.proposals.classical:from_spec", summary="needs no weights"),
-    "sam": GeneratorEntry("zsris.proposals.sam:from_spec", {"checkpoint": None, "model": "vit_h"},
-                          in_model_process=True, summary="SAM's automatic mask generator"),
-    "sam2": GeneratorEntry("zsris.proposals.sam2:from_spec",
-                           {"checkpoint": None, "model": "tiny", "points_per_side": 32, "pred_iou_thresh": 0.8,
-                            "stability_score_thresh": 0.95},
-                           in_model_process=True, summary="SAM 2.1's automatic mask generator (transformers)"),
-    "sam3": GeneratorEntry("zsris.proposals.sam3:from_spec",
-                           {"checkpoint": None, "with_classical": False, "presence_threshold": 0.5,
-                            "score_threshold": 0.3},
-                           in_model_process=True, summary="SAM 3's instances of each expression's noun phrase",
-                           prompted=True),
-    "freesolo": GeneratorEntry("zsris.proposals.freesolo:from_spec", {"freesolo_checkpoint": None},
-                               in_model_process=True, summary="FreeSOLO, the paper's proposals (ResNet-101 SOLOv2)"),
-    "file": GeneratorEntry("zsris.proposals.file:from_spec", {"path": None},
-                           summary="precomputed masks: COCO RLE JSON or PNG folders"),
+    "classical": GeneratorEntry("zsris.proposals.classical:from_spec", summary="needs no weights",
+                                config=ClassicalConfig),
+    "sam": GeneratorEntry("zsris.proposals.sam:from_spec", in_model_process=True,
+                          summary="SAM's automatic mask generator", config=SamConfig),
+    "sam2": GeneratorEntry("zsris.proposals.sam2:from_spec", in_model_process=True,
+                           summary="SAM 2.1's automatic mask generator (transformers)", config=Sam2Config),
+    "sam3": GeneratorEntry("zsris.proposals.sam3:from_spec", in_model_process=True,
+                           summary="SAM 3's instances of each expression's noun phrase", prompted=True,
+                           config=Sam3Config),
+    "freesolo": GeneratorEntry("zsris.proposals.freesolo:from_spec", in_model_process=True,
+                               summary="FreeSOLO, the paper's proposals (ResNet-101 SOLOv2)", config=FreeSoloConfig),
+    "file": GeneratorEntry("zsris.proposals.file:from_spec", summary="precomputed masks: COCO RLE JSON or PNG folders",
+                           config=FileConfig),
 }
 
 
 def register_generator(name: str, factory: str | Callable[[ProposalSpec, "torch.device"], ProposalGenerator],
                        options: Optional[Mapping[str, Any]] = None, in_model_process: bool = False,
-                       summary: str = "") -> None:
-    """Make a generator known by ``name`` to :func:`create_proposals` and every command."""
-    PROPOSAL_REGISTRY[name] = GeneratorEntry(factory, dict(options or {}), in_model_process, summary)
+                       summary: str = "", config: Optional[type] = None) -> None:
+    """Make a generator known by ``name`` to :func:`create_proposals` and every command. Its
+    settings are ``options`` (with their defaults), or the fields of its ``config`` dataclass
+    (then its ``spec`` can be :func:`spec_of` its config, and its factory use :func:`config_of`)."""
+    PROPOSAL_REGISTRY[name] = GeneratorEntry(factory, dict(options or {}), in_model_process, summary, config=config)
 
 
 def check_class_agnostic(name: str, command: str) -> None:

@@ -6,49 +6,38 @@ mask NMS and capped, best (predicted IoU x stability) first.
 """
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
+import dataclasses
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
 
-from ..checkpoints import read_state_dict
-from ..config import SAM_CHECKPOINT_ENV, SAM_CHECKPOINTS, SAM_MODEL_TYPES, SAM_RELEASE_URL
+from ..checkpoints import find_checkpoint, read_state_dict
 from ..errors import WeightsError, ZsrisError
 from ..extras import require_extra
 from ..masks import mask_nms
 from .base import Proposals, check_max_proposals, config_key
-from .registry import ProposalSpec
+from .configs import SAM_CHECKPOINT_ENV, SAM_CHECKPOINTS, SAM_MODEL_TYPES, SAM_RELEASE_URL, SAM_WEIGHTS, SamConfig
+from .registry import Configured, ProposalSpec, config_of
 
 
-@dataclass(frozen=True)
-class SamConfig:
-    model_type: str = "vit_h"
-    points_per_side: int = 32
-    points_per_batch: int = 64
-    pred_iou_thresh: float = 0.88
-    stability_score_thresh: float = 0.95
-    min_area: float = 0.001
-    nms_iou: float = 0.8
-    max_proposals: Optional[int] = 100
-
-
-def build_sam(model_type: str, checkpoint: Optional[str], device: str | torch.device = "cpu"):
-    """SAM of ``model_type`` with weights from ``checkpoint`` (or ``$ZSRIS_SAM_CHECKPOINT``);
-    ``checkpoint="random"`` builds the real architecture with random weights."""
+def build_sam(model_type: str, checkpoint: Optional[str], device: str | torch.device = "cpu") -> tuple[Any, str]:
+    """SAM of ``model_type`` with weights from ``checkpoint`` (or ``$ZSRIS_SAM_CHECKPOINT``), and
+    the checkpoint it was built from; ``checkpoint="random"`` builds the real architecture with
+    random weights."""
     require_extra("sam", "SAM proposals")
     from segment_anything import sam_model_registry
 
     if model_type not in SAM_MODEL_TYPES:
         raise ZsrisError(f"unknown SAM model {model_type!r}; choose one of {', '.join(SAM_MODEL_TYPES)}")
-    checkpoint = checkpoint or os.environ.get(SAM_CHECKPOINT_ENV)
-    if not checkpoint:
+    found = find_checkpoint(SAM_WEIGHTS, checkpoint)
+    if found is None:
         raise WeightsError(
             f"SAM proposals need a checkpoint: pass --sam-checkpoint PATH (or set {SAM_CHECKPOINT_ENV}) "
             f"to {SAM_CHECKPOINTS[model_type]} ({SAM_RELEASE_URL}{SAM_CHECKPOINTS[model_type]})"
         )
+    checkpoint = found.path
     # segment-anything's own loader unpickles without weights_only: the tensors are read here.
     path = Path(checkpoint).expanduser()
     state_dict = None if checkpoint == "random" else read_state_dict(path, "SAM checkpoint")
@@ -60,23 +49,21 @@ def build_sam(model_type: str, checkpoint: Optional[str], device: str | torch.de
             first = str(error).strip().splitlines()[0]
             raise WeightsError(f"SAM checkpoint {path} does not fit SAM {model_type} ({first}); "
                                f"pass the --sam-model it was made for") from None
-    return model.to(device).eval()
+    return model.to(device).eval(), checkpoint
 
 
-class SamProposals:
+class SamProposals(Configured):
     """Mask proposals from SAM's automatic mask generator."""
 
     name = "sam"
 
     def __init__(self, checkpoint: Optional[str] = None, config: Optional[SamConfig] = None,
                  device: str | torch.device = "cpu", **overrides) -> None:
-        base = config or SamConfig()
-        self.config = SamConfig(**{**base.__dict__, **overrides})
+        self.config = dataclasses.replace(config or SamConfig(), **overrides)
+        if checkpoint is not None:
+            self.config = dataclasses.replace(self.config, checkpoint=checkpoint)
         check_max_proposals(self.config.max_proposals)
-        self.checkpoint = checkpoint or os.environ.get(SAM_CHECKPOINT_ENV) or ""
-        self.spec = ProposalSpec(self.name, self.config.max_proposals,
-                                 {"checkpoint": checkpoint, "model": self.config.model_type})
-        model = build_sam(self.config.model_type, checkpoint, device)
+        model, self.checkpoint = build_sam(self.config.model_type, self.config.checkpoint, device)
         from segment_anything import SamAutomaticMaskGenerator  # present: build_sam checked
 
         self.generator = SamAutomaticMaskGenerator(
@@ -89,7 +76,8 @@ class SamProposals:
 
     @property
     def cache_key(self) -> str:
-        return config_key(self.name, 1, self.config, checkpoint=Path(self.checkpoint).name)
+        """Its config, the checkpoint named by the file it resolved to."""
+        return config_key(self.name, 1, dataclasses.replace(self.config, checkpoint=Path(self.checkpoint).name))
 
     @torch.inference_mode()
     def __call__(self, image: np.ndarray, image_id: Optional[str] = None) -> Proposals:
@@ -116,6 +104,5 @@ def select_masks(masks: np.ndarray, scores: np.ndarray, min_area: float, nms_iou
 
 
 def from_spec(spec: ProposalSpec, device: torch.device) -> SamProposals:
-    """The registry's factory: SAM of the spec's ``model`` with its ``checkpoint``, on ``device``."""
-    return SamProposals(spec.options.get("checkpoint"), model_type=spec.options.get("model", "vit_h"),
-                        max_proposals=spec.max_proposals, device=device)
+    """The registry's factory: SAM of the spec's ``model`` with its ``checkpoint`` and settings, on ``device``."""
+    return SamProposals(config=config_of(SamConfig, spec), device=device)

@@ -14,8 +14,7 @@ architecture of the chosen size untrained (for tests and timing).
 """
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
+import dataclasses
 from pathlib import Path
 from typing import Any, Optional
 
@@ -24,11 +23,12 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import masks_to_boxes, nms
 
-from ..config import SAM2_CHECKPOINT_ENV, SAM2_MODELS
+from ..checkpoints import find_checkpoint
 from ..errors import WeightsError, ZsrisError
 from ..extras import require_extra
 from .base import Proposals, check_max_proposals, config_key
-from .registry import ProposalSpec
+from .configs import SAM2_CHECKPOINT_ENV, SAM2_MODELS, SAM2_WEIGHTS, Sam2Config
+from .registry import Configured, ProposalSpec, config_of
 from .sam import select_masks
 
 #: SAM 2.1's image encoders (Hiera) by size, as its release configs give them: hidden size,
@@ -49,22 +49,6 @@ HIERA: dict[str, dict[str, Any]] = {
 }
 
 
-@dataclass(frozen=True)
-class Sam2Config:
-    """SAM 2's automatic-generator settings (its defaults), then zsris's filter and cap."""
-
-    model: str = "tiny"
-    points_per_side: int = 32
-    points_per_batch: int = 64
-    pred_iou_thresh: float = 0.8
-    stability_score_thresh: float = 0.95
-    stability_score_offset: float = 1.0
-    box_nms_thresh: float = 0.7
-    min_area: float = 0.001
-    nms_iou: float = 0.8
-    max_proposals: Optional[int] = 100
-
-
 def random_sam2(model: str, seed: int = 0) -> Any:
     """``Sam2Model`` of size ``model`` with random weights (seeded)."""
     from transformers import Sam2Config as HfSam2Config
@@ -80,36 +64,22 @@ def random_sam2(model: str, seed: int = 0) -> Any:
     return Sam2Model(config).eval()
 
 
-def _hub_folder(hub: str) -> Optional[str]:
-    from huggingface_hub import try_to_load_from_cache
-
-    found = try_to_load_from_cache(hub, "config.json")
-    return str(Path(found).parent) if isinstance(found, str) else None
-
-
 def resolve_checkpoint(checkpoint: Optional[str], model: str) -> str:
     """``checkpoint``, else ``$ZSRIS_SAM2_CHECKPOINT``, else the hub copy of ``model`` in the
     Hugging Face cache (downloaded when online): ``random``, a folder or a hub id."""
-    checkpoint = checkpoint or os.environ.get(SAM2_CHECKPOINT_ENV)
-    if checkpoint:
-        path = Path(checkpoint).expanduser()
-        if checkpoint == "random" or path.is_dir():
-            return checkpoint
-        if path.is_file():
-            raise WeightsError(f"SAM 2.1 checkpoint {path} is a file; zsris reads SAM 2.1 in the transformers format, "
-                               f"a folder with config.json and model.safetensors (`hf download {SAM2_MODELS[model]}`)")
-        raise WeightsError(f"SAM 2.1 checkpoint {path} does not exist")
+    found = find_checkpoint(SAM2_WEIGHTS, checkpoint, model)
     hub = SAM2_MODELS[model]
-    folder = _hub_folder(hub)
-    if folder:
-        return folder
-    from ..backbones import _network_reachable
-
-    if _network_reachable():
-        return hub
-    raise WeightsError(f"SAM 2.1 proposals need {hub} (not in the Hugging Face cache, and no network): download it "
-                       f"once with `hf download {hub}`, or pass --sam2-checkpoint FOLDER (or set "
-                       f"{SAM2_CHECKPOINT_ENV}); --sam2-checkpoint random for an untrained model")
+    if found is None:
+        raise WeightsError(f"SAM 2.1 proposals need {hub} (not in the Hugging Face cache, and no network): "
+                           f"download it once with `hf download {hub}`, or pass --sam2-checkpoint FOLDER (or set "
+                           f"{SAM2_CHECKPOINT_ENV}); --sam2-checkpoint random for an untrained model")
+    path = Path(found.path).expanduser()
+    if not found.given or found.path == "random" or path.is_dir():
+        return found.path
+    if path.is_file():
+        raise WeightsError(f"SAM 2.1 checkpoint {path} is a file; zsris reads SAM 2.1 in the transformers format, "
+                           f"a folder with config.json and model.safetensors (`hf download {hub}`)")
+    raise WeightsError(f"SAM 2.1 checkpoint {path} does not exist")
 
 
 def build_sam2(checkpoint: Optional[str], model: str = "tiny", device: str | torch.device = "cpu") -> tuple[Any, str]:
@@ -145,19 +115,18 @@ def stability_scores(logits: torch.Tensor, offset: float) -> torch.Tensor:
     return inside.float() / outside.clamp_min(1).float()
 
 
-class Sam2Proposals:
+class Sam2Proposals(Configured):
     """Mask proposals from SAM 2.1's automatic mask generator."""
 
     name = "sam2"
 
     def __init__(self, checkpoint: Optional[str] = None, config: Optional[Sam2Config] = None,
                  device: str | torch.device = "cpu", **overrides) -> None:
-        base = config or Sam2Config()
-        self.config = Sam2Config(**{**base.__dict__, **overrides})
+        self.config = dataclasses.replace(config or Sam2Config(), **overrides)
+        if checkpoint is not None:
+            self.config = dataclasses.replace(self.config, checkpoint=checkpoint)
         check_max_proposals(self.config.max_proposals)
-        self.spec = ProposalSpec(self.name, self.config.max_proposals,
-                                 {"checkpoint": checkpoint, "model": self.config.model})
-        self.network, self.checkpoint = build_sam2(checkpoint, self.config.model, device)
+        self.network, self.checkpoint = build_sam2(self.config.checkpoint, self.config.model, device)
         self.device = torch.device(device)
         from transformers import Sam2ImageProcessor
 
@@ -167,7 +136,8 @@ class Sam2Proposals:
 
     @property
     def cache_key(self) -> str:
-        return config_key(self.name, 1, self.config, checkpoint=Path(self.checkpoint).name)
+        """Its config, the checkpoint named by the folder it resolved to."""
+        return config_key(self.name, 1, dataclasses.replace(self.config, checkpoint=Path(self.checkpoint).name))
 
     @torch.inference_mode()
     def __call__(self, image: np.ndarray, image_id: Optional[str] = None) -> Proposals:
@@ -215,5 +185,4 @@ class Sam2Proposals:
 def from_spec(spec: ProposalSpec, device: torch.device) -> Sam2Proposals:
     """The registry's factory: SAM 2.1 of the spec's ``model`` with its ``checkpoint``, point grid
     (``points_per_side``: the time is about linear in its square) and thresholds, on ``device``."""
-    settings = {name: value for name, value in spec.options.items() if name != "checkpoint" and value is not None}
-    return Sam2Proposals(spec.options.get("checkpoint"), max_proposals=spec.max_proposals, device=device, **settings)
+    return Sam2Proposals(config=config_of(Sam2Config, spec), device=device)

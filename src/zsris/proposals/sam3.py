@@ -18,34 +18,22 @@ local folder in the transformers format, or ``random`` (the real architecture, u
 """
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
+import dataclasses
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
 
-from ..config import SAM3_CHECKPOINT_ENV, SAM3_HUB_REPO
+from ..checkpoints import find_checkpoint
 from ..errors import WeightsError, ZsrisError
 from ..extras import require_extra
-from .base import Proposals, check_max_proposals, config_key
-from .registry import ProposalSpec
+from .base import Candidates, Proposals, check_max_proposals, config_key
+from .configs import SAM3_CHECKPOINT_ENV, SAM3_HUB_REPO, SAM3_WEIGHTS, Sam3Config
+from .registry import Configured, ProposalSpec, config_of
 
 #: SAM 3's text context (its CLIP text tower's positions).
 CONTEXT = 32
-
-
-@dataclass(frozen=True)
-class Sam3Config:
-    """``score_threshold`` and ``mask_threshold`` are SAM 3's own post-processing defaults; an
-    instance's score is its query's probability times the presence probability."""
-
-    score_threshold: float = 0.3
-    mask_threshold: float = 0.5
-    presence_threshold: float = 0.5
-    with_classical: bool = False
-    max_proposals: Optional[int] = 100  # per phrase, and for the class-agnostic part
 
 
 def gated_message(reason: str) -> str:
@@ -58,22 +46,13 @@ def gated_message(reason: str) -> str:
 def resolve_checkpoint(checkpoint: Optional[str]) -> str:
     """``checkpoint``, else ``$ZSRIS_SAM3_CHECKPOINT``, else ``facebook/sam3`` in the Hugging Face
     cache (the hub id when online): ``random``, a folder or the hub id."""
-    checkpoint = checkpoint or os.environ.get(SAM3_CHECKPOINT_ENV)
-    if checkpoint:
-        if checkpoint != "random" and not Path(checkpoint).expanduser().is_dir():
-            raise WeightsError(f"SAM 3 checkpoint {checkpoint} is not a folder in the transformers format "
-                               f"(config.json, model.safetensors)")
-        return checkpoint
-    from huggingface_hub import try_to_load_from_cache
-
-    found = try_to_load_from_cache(SAM3_HUB_REPO, "config.json")
-    if isinstance(found, str):
-        return str(Path(found).parent)
-    from ..backbones import _network_reachable
-
-    if _network_reachable():
-        return SAM3_HUB_REPO
-    raise WeightsError(gated_message("not in the Hugging Face cache, and no network"))
+    found = find_checkpoint(SAM3_WEIGHTS, checkpoint)
+    if found is None:
+        raise WeightsError(gated_message("not in the Hugging Face cache, and no network"))
+    if found.given and found.path != "random" and not Path(found.path).expanduser().is_dir():
+        raise WeightsError(f"SAM 3 checkpoint {found.path} is not a folder in the transformers format "
+                           f"(config.json, model.safetensors)")
+    return found.path
 
 
 class StandInText:
@@ -90,25 +69,22 @@ class StandInText:
         return {"input_ids": ids, "attention_mask": (ids != 0).long()}
 
 
-class Sam3Proposals:
+class Sam3Proposals(Configured):
     """Instances of each expression's noun phrase from SAM 3, with the image's class-agnostic
     proposals when ``with_classical``."""
 
     name = "sam3"
-    prompted = True
 
     def __init__(self, checkpoint: Optional[str] = None, config: Optional[Sam3Config] = None,
                  device: str | torch.device = "cpu", network: Any = None, **overrides) -> None:
-        base = config or Sam3Config()
-        self.config = Sam3Config(**{**base.__dict__, **overrides})
+        self.config = dataclasses.replace(config or Sam3Config(), **overrides)
+        if checkpoint is not None:
+            self.config = dataclasses.replace(self.config, checkpoint=checkpoint)
         check_max_proposals(self.config.max_proposals)
         for name in ("presence_threshold", "score_threshold", "mask_threshold"):
             value = getattr(self.config, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
                 raise ZsrisError(f"SAM 3's {name} is a probability between 0 and 1, not {value!r}")
-        self.spec = ProposalSpec(self.name, self.config.max_proposals,
-                                 {"checkpoint": checkpoint, "with_classical": self.config.with_classical,
-                                  "presence_threshold": self.config.presence_threshold})
         self.device = torch.device(device)
         self.passes = 0
         require_extra("hf", "SAM 3 proposals")
@@ -119,7 +95,7 @@ class Sam3Proposals:
             size = network.config.vision_config.image_size
             self.image_processor, self.text = Sam3ImageProcessor(size={"height": size, "width": size}), StandInText()
         else:
-            self.checkpoint = resolve_checkpoint(checkpoint)
+            self.checkpoint = resolve_checkpoint(self.config.checkpoint)
             self.network, self.image_processor, self.text = self._load(self.checkpoint)
         self.classical = None
         if self.config.with_classical:
@@ -154,7 +130,8 @@ class Sam3Proposals:
 
     @property
     def cache_key(self) -> str:
-        return config_key(self.name, 1, self.config, checkpoint=Path(self.checkpoint).name)
+        """Its config, the checkpoint named by the folder it resolved to."""
+        return config_key(self.name, 1, dataclasses.replace(self.config, checkpoint=Path(self.checkpoint).name))
 
     def __call__(self, image: np.ndarray, image_id: Optional[str] = None) -> Proposals:
         """The class-agnostic part (classical proposals with ``with_classical``, else none)."""
@@ -187,6 +164,11 @@ class Sam3Proposals:
             found[phrase] = (proposals, presence)
         return found
 
+    @property
+    def prompting(self) -> "PhraseInstances":
+        """How the expressions prompt SAM 3 (:class:`PhraseInstances`)."""
+        return PhraseInstances(self)
+
     def with_instances(self, image: np.ndarray, base: Proposals, phrases: Sequence[str]) -> Proposals:
         """``base`` (class-agnostic, prompt ``""``) and every phrase's instances, labelled with it."""
         found = self.instances(image, phrases)
@@ -197,7 +179,42 @@ class Sam3Proposals:
                          np.array(prompts, dtype=object), {phrase: presence for phrase, (_, presence) in found.items()})
 
 
+class PhraseInstances:
+    """SAM 3's prompting: an image's proposals are completed with each expression's noun phrase's
+    instances (proposals that have them already are kept as they are), and an expression chooses
+    among its phrase's instances and the class-agnostic proposals (those alone without a noun
+    phrase); a presence below the threshold, or no candidate at all, answers "no such object"."""
+
+    prompted = True
+
+    def __init__(self, generator: Sam3Proposals) -> None:
+        self.generator = generator
+
+    def complete(self, image: np.ndarray, proposals: Proposals, phrases: Sequence[str]) -> Proposals:
+        if proposals.prompts is not None:
+            return proposals
+        return self.generator.with_instances(image, proposals, phrases)
+
+    def candidates(self, phrase: Optional[str], proposals: Proposals) -> Candidates:
+        if proposals.prompts is None:  # not completed for any expression: every proposal, as any generator's
+            return Candidates()
+        rows = proposals.candidates(phrase)
+        presence = (proposals.presence or {}).get(phrase) if phrase is not None else None
+        threshold = self.generator.config.presence_threshold
+        record = {"generator": self.generator.name, "noun_phrase_sent": phrase,
+                  "instances": int(np.count_nonzero(proposals.prompts == phrase)) if phrase is not None else 0,
+                  "class_agnostic": int(np.count_nonzero(proposals.prompts == "")), "presence": presence,
+                  "presence_threshold": threshold}
+        if phrase is None:
+            record["fallback"] = "no noun phrase: the class-agnostic proposals only"
+        refusal = None
+        if presence is not None and presence < threshold:
+            refusal = "presence"
+        elif not len(rows):
+            refusal = "no candidates"
+        return Candidates(rows, refusal, record)
+
+
 def from_spec(spec: ProposalSpec, device: torch.device) -> Sam3Proposals:
     """The registry's factory: SAM 3 from the spec's ``checkpoint``, with its options, on ``device``."""
-    settings = {name: value for name, value in spec.options.items() if name != "checkpoint" and value is not None}
-    return Sam3Proposals(spec.options.get("checkpoint"), max_proposals=spec.max_proposals, device=device, **settings)
+    return Sam3Proposals(config=config_of(Sam3Config, spec), device=device)
