@@ -74,12 +74,23 @@ def _files(root: Path) -> dict[str, Path]:
         "rle without counts": {"shapes.png": [{"segmentation": {"size": [320, 480]}}]},
         "score not a number": {"shapes.png": [{"segmentation": {"size": [320, 480], "counts": [153600]},
                                                "score": "high"}]},
+        "NaN score": {"shapes.png": [{"segmentation": {"size": [320, 480], "counts": [100, 50, 153450]},
+                                      "score": float("nan")}]},
+        "box a million pixels out": {"shapes.png": [{"segmentation": {"size": [320, 480], "counts": [100, 50, 153450]},
+                                                     "box": [0, 0, 1e6, 1e6]}]},
+        "infinite box": {"shapes.png": [{"segmentation": {"size": [320, 480], "counts": [100, 50, 153450]},
+                                         "box": [0, 0, float("inf"), 10]}]},
     }.items():
         path = root / f"{name.replace(' ', '-')}.json"
         path.write_text(json.dumps(content))
         files[name] = path
     (root / "not-json.json").write_text("{")
     files["proposals not JSON"] = root / "not-json.json"
+    (root / "deep.json").write_text("[" * 200_000 + "]" * 200_000)
+    files["nested 200000 deep"] = root / "deep.json"
+    rle = json.dumps({"segmentation": {"size": [320, 480], "counts": [100, 50, 153450]}})
+    (root / "twice.json").write_text(f'{{"shapes.png": [{rle}], "shapes.png": []}}')
+    files["an image named twice"] = root / "twice.json"
     data = root / "data" / "refcoco"
     data.mkdir(parents=True)
     (data / "refs(unc).p").write_bytes(pickle.dumps({"not": "a list"}))
@@ -150,9 +161,21 @@ def cli_cases(files: dict[str, Path], out: Path) -> list[tuple[str, list[str]]]:
         ("proposals: no such image", ["proposals", str(out / "nope.png"), "-o", str(out / "p.json")]),
         ("proposals: --proposals file", ["proposals", str(EXAMPLE), "--proposals", "file", "-o", str(out / "p.json")]),
         ("flag: --image-timeout 0", ["eval", "--data", str(out), "--out", str(out / "run"), "--image-timeout", "0"]),
+        ("expression: not UTF-8 (shell bytes)", [*segment[:2], os.fsdecode(b"the \xff\xfe circle"), "-o", str(out),
+                                                 *FAST]),
+        ("calibration: nested 200000 deep", [*segment, *FAST, "--calibration", str(files["nested 200000 deep"])]),
+        ("flag: another generator's --sam-checkpoint", [*segment, *FAST, "--sam-checkpoint", "s.pth"]),
+        ("flag: --presence-threshold 2", [*segment, *FAST, "--proposals", "sam3", "--presence-threshold", "2"]),
+        ("flag: --workers without --engine ray", ["eval", "--data", str(out), "--out", str(out / "run"),
+                                                   "--workers", "5"]),
+        ("flag: --cache with --no-cache", ["eval", "--data", str(out), "--out", str(out / "run"), "--cache",
+                                           str(out / "c"), "--no-cache"]),
+        ("flag: --gt-proposals with --proposals file", ["eval", "--data", str(out), "--out", str(out / "run"),
+                                                        "--gt-proposals", "--proposals", "file"]),
     ]
     for name in ("rle 100000x100000", "rle negative counts", "rle huge counts", "no proposals", "rle without counts",
-                 "score not a number", "proposals not JSON"):
+                 "score not a number", "proposals not JSON", "NaN score", "box a million pixels out", "infinite box",
+                 "nested 200000 deep", "an image named twice"):
         cases.append((f"proposals file: {name}", [*segment, *FAST[:2], "--proposals", "file",
                                                   "--proposals-path", str(files[name])]))
     return cases
@@ -177,6 +200,7 @@ def api_cases() -> list[tuple[str, Callable[[], object]]]:
         ("api: bomb bytes", lambda: load_image(_png_of_size(20000, 20000))),
         ("api: zero-width expression", lambda: check_expression("\u200b\u200d")),
         ("api: non-text expression", lambda: check_expression(42)),
+        ("api: lone surrogate in an expression", lambda: check_expression("a \ud83d dog")),
         ("api: max_proposals=0", lambda: create_proposals("classical", max_proposals=0)),
         ("api: max_proposals=-1", lambda: create_proposals("classical", max_proposals=-1)),
     ]

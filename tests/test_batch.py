@@ -116,12 +116,31 @@ def test_rows_that_cannot_be_done_become_error_pairs(tmp_path):
     ("img,expr\na,b\n", "line 1: the header has no 'image' or 'expression' column"),
     ("image,expression\n", "holds no rows"),
     ("id,image,expression\n7,a.jpg,x\n7,b.jpg,y\n", "line 3: id '7' is also the id of line 2"),
+    ("image,expression,expression\na.jpg,x,y\n", "line 1: the header names 'expression' twice"),
 ])
 def test_manifests_that_cannot_be_read_are_refused_with_the_line(tmp_path, content, message):
     path = tmp_path / "pairs.csv"
     path.write_text(content)
     with pytest.raises(ManifestError, match=message.replace("(", r"\(")):
         read_manifest(path)
+
+
+@pytest.mark.parametrize("kind", ["csv", "jsonl"])
+def test_rows_end_at_line_breaks_alone(tmp_path, kind):
+    """U+2028, U+2029 and U+0085 inside an expression are characters of it (str.splitlines would
+    end a row there); a NUL in an image path fails its own row, not the batch."""
+    expression = "the cat\u2028on the left\u0085 and\u2029 more"
+    path = tmp_path / f"pairs.{kind}"
+    if kind == "csv":
+        path.write_text(f"image,expression\r\na.jpg,{expression}\r\nb.jpg,dog\r\n", newline="")
+    else:
+        rows = [{"image": "a.jpg", "expression": expression}, {"image": "b.jpg", "expression": "dog"}]
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\r\n" for r in rows), newline="")
+    pairs = read_manifest(path)
+    assert [(p.image, p.expression, p.error) for p in pairs] == [("a.jpg", expression, None), ("b.jpg", "dog", None)]
+    nul = tmp_path / "nul.jsonl"
+    nul.write_text('{"image": "a\\u0000.jpg", "expression": "x"}\n{"image": "b.jpg", "expression": "y"}\n')
+    assert [p.error for p in read_manifest(nul)] == ["line 1: the image path holds a NUL character", None]
 
 
 def test_jsonl_and_encoding_errors_name_the_line(tmp_path):

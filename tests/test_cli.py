@@ -97,6 +97,12 @@ def test_local_checkpoint_is_loaded(real_image_path, tmp_path, capsys):
     assert "RANDOM" not in err
     code, _, err = _run(["segment", str(real_image_path), "a cat", "--weights", str(tmp_path / "nope.pt")], capsys)
     assert code == 1 and "does not exist" in err
+    damaged = model.state_dict()
+    damaged["visual.proj"][0, 0] = float("nan")  # every score would be NaN, every answer arbitrary
+    torch.save(damaged, tmp_path / "damaged.bin")
+    code, _, err = _run(["segment", str(real_image_path), "a cat", "--weights", str(tmp_path / "damaged.bin")], capsys)
+    assert code == 1 and err.strip().endswith("the weight visual.proj holds NaN or infinite values; the checkpoint "
+                                              "is damaged")
 
 
 @pytest.mark.slow

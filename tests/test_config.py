@@ -77,10 +77,16 @@ def test_flags_become_exactly_one_config():
         backbone="RN50", pretrained="laion", weights="w.pt", alpha=0.7, beta=0.2, k=2, fusion="normalized",
         preprocess="clip", proposals=ProposalSpec("sam", None, {"checkpoint": "s.pth", "model": "vit_b"}),
         spacy_model="en_core_web_lg", device="cpu", batch_size=8, max_pixels=1000)
-    # another generator's flags are not its settings; --proposal-option reaches any generator's own
+    # another generator's flag would be ignored, so it is refused; --proposal-option reaches any generator's own
     args = parser.parse_args(["segment", "x.jpg", "a", "--sam-model", "vit_b", "--proposals", "file",
                               "--proposal-option", "path=m.json"])
+    with pytest.raises(ZsrisError, match="^--sam-model is a setting of --proposals sam, and this run's proposals "
+                                         "are file; leave it out or choose --proposals sam$"):
+        config_from_args(args)
+    args = parser.parse_args(["segment", "x.jpg", "a", "--proposals", "file", "--proposal-option", "path=m.json"])
     assert config_from_args(args).proposals == ProposalSpec("file", 100, {"path": "m.json"})
+    with pytest.raises(SystemExit):  # argparse's own one-line refusal, before anything loads
+        parser.parse_args(["segment", "x.jpg", "a", "--proposals", "sam3", "--presence-threshold", "2"])
     with pytest.raises(ZsrisError, match="the classical generator has no setting cells"):
         config_from_args(parser.parse_args(["segment", "x.jpg", "a", "--proposal-option", "cells=3"]))
 
@@ -122,3 +128,23 @@ def test_cuda_only_precisions_are_refused_on_the_cpu_and_bf16_without_its_units(
     monkeypatch.setattr(precision_module, "cpu_bf16_units", lambda: ())
     with pytest.raises(ZsrisError, match="needs bf16 instructions \\(AVX512-BF16 or AMX-BF16\\), which this CPU lacks"):
         Segmenter(tiny_vit, ClassicalProposals(max_proposals=3), precision="bf16")
+
+
+def test_flags_that_would_be_ignored_are_refused_in_one_line():
+    """A Ray flag without --engine ray, --cache with --no-cache, --gt-proposals with --proposals:
+    each would be ignored or contradicted, so each is refused before anything loads."""
+    from zsris.cli.evaluate import data_spec_from_args
+    from zsris.cli.flags import execution_from_args
+
+    parser = make_parser()
+    common = ["eval", "--data", "d", "--out", "o"]
+    for flags, flag in ((["--workers", "5"], "--workers"), (["--ray-address", "auto"], "--ray-address"),
+                        (["--ray-prepare", "tasks"], "--ray-prepare")):
+        with pytest.raises(ZsrisError, match=f"^{flag} sets how Ray runs; add --engine ray"):
+            execution_from_args(parser.parse_args([*common, *flags]))
+    ray = execution_from_args(parser.parse_args([*common, "--engine", "ray", "--workers", "5"]))
+    assert ray.ray_workers == 5 and execution_from_args(parser.parse_args(common)).ray_workers == 2
+    with pytest.raises(ZsrisError, match="--cache names where the proposal cache is and --no-cache turns it off"):
+        data_spec_from_args(parser.parse_args([*common, "--cache", "c", "--no-cache"]))
+    with pytest.raises(ZsrisError, match="--gt-proposals .* contradicts --proposals file"):
+        data_spec_from_args(parser.parse_args([*common, "--gt-proposals", "--proposals", "file"]))

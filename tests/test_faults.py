@@ -102,6 +102,33 @@ def test_a_manifest_line_nested_too_deeply_is_one_line(tmp_path):
         read_manifest(manifest)
 
 
+def test_json_files_nested_too_deeply_are_refused_in_one_line(tmp_path):
+    """A dataset's instances and refs, a calibration file, a proposals file: one line each, not a
+    RecursionError; a cache entry so nested is made anew."""
+    from zsris.cache import ProposalCache
+    from zsris.calibration import read_calibration
+    from zsris.datasets import ReferDataset, read_json_list
+    from zsris.errors import DatasetError, ProposalError, ZsrisError
+    from zsris.proposals.file import FileProposals
+
+    deep = "[" * 200_000 + "]" * 200_000
+    path = tmp_path / "deep.json"
+    path.write_text(deep)
+    with pytest.raises(DatasetError, match="deep.json: not a list of refs .nested too deeply to read.$"):
+        read_json_list(path, "refs")
+    with pytest.raises(ZsrisError, match="deep.json: not a calibration file .nested too deeply"):
+        read_calibration(path)
+    with pytest.raises(ProposalError, match="deep.json: not a proposals file .nested too deeply"):
+        FileProposals._read_json(path)
+    dataset = ReferDataset.__new__(ReferDataset)
+    dataset.instances_path = path
+    with pytest.raises(DatasetError, match="deep.json: not COCO instances .nested too deeply"):
+        dataset._read_instances()
+    cache = ProposalCache(tmp_path / "cache", "classical-v3")
+    cache._path("image").write_text(deep)
+    assert cache.get("image") is None
+
+
 def test_a_link_out_of_the_manifest_folder_is_refused_like_dot_dot(tmp_path):
     outside = tmp_path / "private"
     outside.mkdir()
@@ -376,3 +403,91 @@ def test_a_local_checkpoint_takes_its_activation_from_its_pretrained_tag():
     assert not weights_source("ViT-B/32", "laion2b_s34b_b79k", "clip.safetensors").quick_gelu
     with pytest.raises(WeightsError, match="no pretrained tag 'mine'.*the tag says how the file was trained"):
         weights_source("ViT-B/32", "mine", "clip.bin")
+
+
+def test_a_proposals_file_is_taken_only_as_it_can_be_meant(tmp_path):
+    """Scores that rank (finite), boxes that can be cropped (finite, near the image), one entry per
+    image, and an image whose stem is '..' reads no folder above the proposals'."""
+    from zsris.errors import ProposalError
+    from zsris.masks import encode_rle
+    from zsris.proposals.file import FileProposals
+
+    image = np.zeros((40, 60, 3), np.uint8)
+    mask = np.zeros((40, 60), bool)
+    mask[5:20, 10:30] = True
+    good = {"segmentation": encode_rle(mask), "score": 0.5}
+
+    def proposals(records, text=None):
+        path = tmp_path / "p.json"
+        path.write_text(text if text is not None else json.dumps({"a.jpg": records}))
+        return FileProposals(path, max_proposals=1)(image, "a.jpg")
+
+    assert len(proposals([good, good])) == 1
+    with pytest.raises(ProposalError, match="proposal 1 of image 'a.jpg' has the score nan; scores are finite"):
+        proposals([good, {**good, "score": float("nan")}])
+    for box, why in (([0, 0, float("inf"), 10], "is not finite"), ([0, 0, 1e7, 10], "far outside the 60x40 image"),
+                     ([-1e6, 0, 10, 10], "far outside")):
+        with pytest.raises(ProposalError, match=why):
+            proposals([{**good, "box": box}])
+    assert len(proposals([{**good, "box": [-3, -2, 62, 41]}])) == 1  # a little outside, as FreeSOLO's may be
+    twice = '{"a.jpg": [%s], "a.jpg": []}' % json.dumps(good)
+    with pytest.raises(ProposalError, match="'a.jpg' is named twice in one object"):
+        proposals(None, twice)
+    folder = tmp_path / "masks" / "inner"
+    folder.mkdir(parents=True)
+    Image.fromarray(mask.astype(np.uint8) * 255).save(tmp_path / "masks" / "up.png")  # beside inner/, not in it
+    with pytest.raises(ProposalError, match="no proposal masks for image '...png'"):
+        FileProposals(folder)(image, "...png")
+
+
+def test_a_pipe_or_device_is_never_read_as_a_manifest_calibration_or_image_to_hash(tmp_path):
+    """A FIFO would block for ever and a link to /dev/zero never end: each is refused in one line
+    (the resume key's hash of an image too, so the image then fails saying why)."""
+    import signal
+
+    from zsris.cache import file_digest
+    from zsris.calibration import read_calibration
+
+    fifo = tmp_path / "pipe.csv"
+    os.mkfifo(fifo)
+    zero = tmp_path / "zero.jsonl"
+    zero.symlink_to("/dev/zero")
+    signal.alarm(20)  # a regression would hang here: fail instead
+    try:
+        for path in (fifo, zero):
+            with pytest.raises(ManifestError, match="not a regular file .a pipe, socket or device., not a manifest"):
+                read_manifest(path)
+        with pytest.raises(ZsrisError, match="not a regular file .* not a calibration file"):
+            read_calibration(zero)
+        with pytest.raises(OSError, match="not a regular file"):
+            file_digest(fifo)
+    finally:
+        signal.alarm(0)
+    assert len(file_digest(__file__)) == 64  # a regular file is hashed as before
+
+
+@pytest.mark.parametrize("damage", ["cut in half", "header overwritten"])
+def test_a_damaged_store_says_how_to_start_over(tmp_path, damage):
+    """Running again would fail the same way for ever: the message says what is intact and how to
+    start over, and --overwrite's way (clearing the folder before the store opens) does."""
+    import shutil
+
+    from zsris.store import BatchStore, PredictionStore
+
+    path = tmp_path / "run" / "batch.sqlite"
+    with BatchStore(path, {"a": 1}) as store:
+        store.add([(f"p{i}", i, "a.png", f"expression {i} " * 40, True, {"mask": "x" * 3000}) for i in range(300)])
+    with BatchStore(path, {"a": 1}) as store:  # intact: opens and resumes
+        assert len(store.done()) == 300
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if damage == "cut in half" else b"\0" * 100 + data[100:])
+    for extra in (path.parent / "batch.sqlite-wal", path.parent / "batch.sqlite-shm"):
+        extra.unlink(missing_ok=True)
+    with pytest.raises(ZsrisError, match="batch.sqlite is damaged .*, so this run cannot go on; the results.jsonl "
+                                         "and errors.jsonl beside it hold every pair done before; give --overwrite"):
+        BatchStore(path, {"a": 1})
+    with pytest.raises(ZsrisError, match="is damaged .*; use another --out to start over"):
+        PredictionStore(path, {"a": 1})
+    with BatchStore(path, {"a": 1}, on_locked=lambda: shutil.rmtree(path.parent, ignore_errors=True) or
+                    path.parent.mkdir()) as store:
+        assert store.done() == {}

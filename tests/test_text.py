@@ -99,6 +99,14 @@ def test_parsing_together_equals_one_at_a_time(refcoco_mini):
         ExpressionParser().parse_many(["the dog", "  "])
 
 
+@pytest.mark.parametrize("bad", [b"the \xff\xfe circle".decode("utf-8", "surrogateescape"), "a \ud83d dog"])
+def test_an_expression_that_is_not_utf8_text_is_refused_in_one_line(parser, bad):
+    """Bytes a shell passed that are not UTF-8 (Python keeps them as lone surrogates), or a lone
+    surrogate from Python: spaCy would end in a UnicodeEncodeError traceback."""
+    with pytest.raises(ExpressionError, match="^the expression is not UTF-8 text: it holds the lone surrogate U\\+D"):
+        parser(bad)
+
+
 def test_non_text_expression_is_refused(parser):
     with pytest.raises(ExpressionError, match="must be text"):
         parser(42)  # type: ignore[arg-type]

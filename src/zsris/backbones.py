@@ -347,10 +347,19 @@ def load_backbone(
         model = _create(source.backbone, None, source.quick_gelu)
     elif source.kind == "path":
         model = _load_from_path(source.backbone, source.path, source.quick_gelu)
+        _check_finite(model, str(source.path))
     else:
         model = _load_pretrained(source)
+        _check_finite(model, f"{source.backbone} ({source.tag})")
     return _ready(model, device, text_tokenizer(source.backbone, model, source.kind == RANDOM), source.backbone,
                   source.tag)
+
+
+def _check_finite(model: nn.Module, where: str) -> None:
+    """Refuse weights holding NaN or infinity: every score would be NaN, and every answer arbitrary."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise WeightsError(f"{where}: the weight {name} holds NaN or infinite values; the checkpoint is damaged")
 
 
 class StandInTokenizer:

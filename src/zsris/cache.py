@@ -6,6 +6,7 @@ crash never leaves a half-written entry.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -23,7 +24,10 @@ DEFAULT_CACHE = Path(os.environ.get("ZSRIS_CACHE", Path.home() / ".cache" / "zsr
 
 
 def file_digest(path: str | Path) -> str:
-    """The SHA-256 of a file's bytes (hex), read a megabyte at a time."""
+    """The SHA-256 of a file's bytes (hex), read a megabyte at a time. A pipe, socket or device is
+    refused (OSError) rather than read: one may block for ever, another never end."""
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise OSError(errno.EINVAL, "not a regular file (a folder, pipe, socket or device)", str(path))
     digest = hashlib.sha256()
     with open(path, "rb") as stream:
         for block in iter(lambda: stream.read(1 << 20), b""):
@@ -57,7 +61,7 @@ class ProposalCache:
             entry = json.loads(path.read_text())
             masks = [decode_rle(rle) for rle in entry["masks"]]
             height, width = entry["size"]
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, RecursionError):  # not an entry of ours: made anew
             return None
         if entry.get("generator") != self.generator_key:
             return None

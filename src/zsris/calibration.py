@@ -39,14 +39,25 @@ class Calibration:
         Path(path).write_text(json.dumps(asdict(self), indent=2))
 
 
+#: The largest calibration file read (zsris calibrate writes a few hundred bytes).
+MAX_CALIBRATION_BYTES = 1 << 20
+
+
 def read_calibration(path: str | Path) -> Calibration:
     """A calibration file, checked field by field (one line names the field that is wrong)."""
+    if Path(path).exists() and not Path(path).is_file():  # a pipe may block for ever, a device never end
+        raise ZsrisError(f"{path}: not a regular file (a folder, pipe, socket or device), not a calibration file")
+    if Path(path).is_file() and Path(path).stat().st_size > MAX_CALIBRATION_BYTES:
+        raise ZsrisError(f"{path}: not a calibration file (zsris calibrate writes a few hundred bytes, this holds "
+                         f"{Path(path).stat().st_size:,})")
     try:
         data = json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise ZsrisError(f"{path}: no such calibration file (write one with zsris calibrate)") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ZsrisError(f"{path}: not a calibration file ({error})") from None
+    except RecursionError:
+        raise ZsrisError(f"{path}: not a calibration file (nested too deeply to read)") from None
     if not isinstance(data, dict):
         raise ZsrisError(f"{path}: not a calibration file (expected an object)")
     low, high = SCORE_RANGE

@@ -196,6 +196,8 @@ class ReferDataset:
             categories = {int(c["id"]): str(c["name"]) for c in data.get("categories", [])}
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
             raise DatasetError(f"{self.instances_path}: not readable JSON ({error})") from None
+        except RecursionError:
+            raise DatasetError(f"{self.instances_path}: not COCO instances (nested too deeply to read)") from None
         except (KeyError, TypeError, ValueError) as error:
             raise DatasetError(f"{self.instances_path}: malformed COCO instances (missing or bad {error})") from None
         return images, annotations, categories
@@ -251,6 +253,8 @@ def read_json_list(path: Path, what: str) -> list[Any]:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise DatasetError(f"{path}: not readable JSON ({error})") from None
+    except RecursionError:
+        raise DatasetError(f"{path}: not a list of {what} (nested too deeply to read)") from None
     if not isinstance(data, list):
         raise DatasetError(f"{path}: expected a list of {what}, found {type(data).__name__}")
     return data

@@ -78,14 +78,17 @@ class RunStore:
     ``schema`` creates the records' table ``table``, whose column ``image_column`` names each
     record's image, and the table ``image_keys``: each image's content key (:meth:`forget_changed`)
     under the same column. ``new_run_hint`` ends the message that refuses a resume with other
-    settings (how to start a new run instead). ``on_locked`` runs once the run folder's lock is
-    held, before the database is opened (a batch's ``--overwrite`` clears the folder there, so it
-    never deletes what another process is writing)."""
+    settings (how to start a new run instead), ``damaged_hint`` the message that refuses a file
+    cut short or overwritten (how to start over: running again would fail the same way).
+    ``on_locked`` runs once the run folder's lock is held, before the database is opened (a
+    batch's ``--overwrite`` clears the folder there, so it never deletes what another process is
+    writing)."""
 
     schema = ""
     table = ""
     image_column = ""
     new_run_hint = "use another --out to start a new run"
+    damaged_hint = "use another --out to start over, or delete the run folder"
 
     def __init__(self, path: str | Path, settings: dict[str, Any],
                  on_locked: Optional[Callable[[], None]] = None) -> None:
@@ -96,13 +99,25 @@ class RunStore:
             if on_locked is not None:
                 on_locked()
             self.connection = sqlite3.connect(self.path, isolation_level=None, timeout=30)
-            self.connection.execute("PRAGMA journal_mode=WAL")
-            self.connection.execute("PRAGMA synchronous=FULL")
-            self.connection.executescript(META + self.schema)
+            try:
+                self.connection.execute("PRAGMA journal_mode=WAL")
+                self.connection.execute("PRAGMA synchronous=FULL")
+                self._check_intact()
+                self.connection.executescript(META + self.schema)
+            except sqlite3.DatabaseError as error:  # running again would fail the same way: say how to start over
+                raise ZsrisError(f"{self.path} is damaged ({error}), so this run cannot go on; "
+                                 f"{self.damaged_hint}") from None
             self._check_settings(settings)
         except BaseException:
             os.close(self._lock)
             raise
+
+    def _check_intact(self) -> None:
+        """Refuse a store whose file was cut short or overwritten (SQLite's quick check: every page
+        read once, a fraction of a second for a split's records)."""
+        problems = [row[0] for row in self.connection.execute("PRAGMA quick_check")]
+        if problems != ["ok"]:
+            raise sqlite3.DatabaseError(problems[0])
 
     def _check_settings(self, settings: dict[str, Any]) -> None:
         wanted = json.dumps(settings, sort_keys=True)
@@ -227,6 +242,8 @@ class BatchStore(RunStore):
     schema = BATCH_SCHEMA
     table, image_column = "pairs", "image"
     new_run_hint = "give --overwrite to replace it, or another -o"
+    damaged_hint = ("the results.jsonl and errors.jsonl beside it hold every pair done before; give --overwrite to "
+                    "start over, or another -o")
 
     def done(self) -> dict[str, tuple[str, str]]:
         """Each done pair's id -> (image, expression as JSON)."""

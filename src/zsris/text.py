@@ -111,8 +111,8 @@ MAX_EXPRESSION_CHARS = 4000
 
 
 def check_expression(expression: object) -> str:
-    """``expression`` unchanged if it holds at least one visible character and at most
-    :data:`MAX_EXPRESSION_CHARS` characters, else ExpressionError."""
+    """``expression`` unchanged if it holds at least one visible character, at most
+    :data:`MAX_EXPRESSION_CHARS` characters and no lone surrogate, else ExpressionError."""
     if not isinstance(expression, str):
         raise ExpressionError(f"an expression must be text, not {type(expression).__name__}")
     if len(expression) > MAX_EXPRESSION_CHARS:
@@ -120,6 +120,10 @@ def check_expression(expression: object) -> str:
                               f"{MAX_EXPRESSION_CHARS:,} (CLIP reads about 300)")
     if not any(not c.isspace() and unicodedata.category(c) not in _INVISIBLE for c in expression):
         raise ExpressionError("the expression is empty (it holds no visible character)")
+    lone = next((c for c in expression if "\ud800" <= c <= "\udfff"), None)
+    if lone is not None:  # bytes that were not UTF-8 (a shell's, kept by surrogateescape): no text to parse
+        raise ExpressionError(f"the expression is not UTF-8 text: it holds the lone surrogate U+{ord(lone):04X} "
+                              f"(what a byte that is not UTF-8 becomes)")
     return expression
 
 

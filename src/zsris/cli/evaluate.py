@@ -6,7 +6,9 @@ import argparse
 from pathlib import Path
 
 from ..datasets import DATASETS, GT_MASKS, SPLIT_BYS, SPLITS
+from ..errors import ZsrisError
 from .flags import (
+    DEFAULTS,
     add_engine_flags,
     add_model_flags,
     add_proposal_flags,
@@ -21,6 +23,12 @@ from .flags import (
 def data_spec_from_args(args: argparse.Namespace):
     from ..jobs.evaluation import DataSpec
 
+    if args.cache is not None and args.no_cache:
+        raise ZsrisError("--cache names where the proposal cache is and --no-cache turns it off; give one of them")
+    if getattr(args, "gt_proposals", False) and getattr(args, "proposals", DEFAULTS.proposals.name) != \
+            DEFAULTS.proposals.name:
+        raise ZsrisError(f"--gt-proposals makes the ground-truth masks the proposals; it contradicts --proposals "
+                         f"{args.proposals} (leave one of them out)")
     return DataSpec(args.data, args.dataset, split_by_from_args(args), args.images, args.gt_mask, args.cache,
                     args.no_cache,
                     getattr(args, "gt_proposals", False))

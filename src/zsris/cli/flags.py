@@ -77,6 +77,17 @@ def non_negative_int(text: str) -> int:
     return _whole_number(text, 0, "0 or more")
 
 
+def probability(text: str) -> float:
+    """argparse type: a probability, between 0 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, not {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must lie between 0 and 1, not {value:g}")
+    return value
+
+
 def proposal_cap(text: str) -> Optional[int]:
     """argparse type of --max-proposals: a positive count, or ``all`` to lift the cap explicitly."""
     if text.strip().lower() == "all":
@@ -123,7 +134,7 @@ def add_proposal_flags(parser: argparse.ArgumentParser) -> None:
                             f"then {SAM3_HUB_REPO} in the Hugging Face cache, a gated model; 'random' for tests)")
     props.add_argument("--sam3-with-classical", action="store_const", const=True, default=None,
                        help="with --proposals sam3: the classical proposals join each noun phrase's instances")
-    props.add_argument("--presence-threshold", type=float, default=None, metavar="P",
+    props.add_argument("--presence-threshold", type=probability, default=None, metavar="P",
                        help=f"with --proposals sam3: SAM 3's presence probability below P answers 'no such object' "
                             f"(default: {PROPOSAL_REGISTRY['sam3'].options['presence_threshold']})")
     props.add_argument("--freesolo-checkpoint", default=None, metavar="PATH",
@@ -214,12 +225,12 @@ def add_engine_flags(parser: argparse.ArgumentParser, model_stage: bool = True) 
                                  "(default: 4 on CUDA, 1 on the CPU; results equal up to float rounding)")
         engine.add_argument("--engine", choices=("local", "ray"), default="local",
                             help="'ray' spreads images over Ray workers (needs the 'ray' extra)")
-        engine.add_argument("--workers", type=positive_int, default=2, help="Ray workers (default: %(default)s)")
+        engine.add_argument("--workers", type=positive_int, default=None, help="Ray workers (default: 2)")
         engine.add_argument("--ray-address", default=None, help="an existing Ray cluster (default: start a local one)")
         engine.add_argument("--gpus-per-worker", type=float, default=None, metavar="G",
                             help="GPUs each Ray worker asks for, and uses, on its node; a fraction shares one "
                                  "(default: 1 when --device is CUDA, else 0)")
-        engine.add_argument("--ray-prepare", choices=RAY_PREPARE, default="auto",
+        engine.add_argument("--ray-prepare", choices=RAY_PREPARE, default=None,
                             help="where a Ray run decodes images and makes proposals: 'tasks', Ray CPU tasks on "
                                  "the cores the workers leave free, ahead of them; 'actors', each worker its own; "
                                  "'auto' (default): tasks for GPU workers when a core is free")
@@ -235,11 +246,18 @@ def execution_from_args(args: argparse.Namespace):
     command line's Ctrl-C event."""
     from ..jobs.run import Execution
 
-    return Execution(engine=getattr(args, "engine", "local"), proposal_workers=args.proposal_workers,
-                     ray_workers=getattr(args, "workers", 2), ray_address=getattr(args, "ray_address", None),
+    engine = getattr(args, "engine", "local")
+    ray_flags = {"--workers": "workers", "--ray-address": "ray_address", "--gpus-per-worker": "gpus_per_worker",
+                 "--ray-prepare": "ray_prepare"}
+    given = [flag for flag, dest in ray_flags.items() if getattr(args, dest, None) is not None]
+    if given and engine != "ray":  # it would be ignored: say so rather than run without it
+        raise ZsrisError(f"{given[0]} sets how Ray runs; add --engine ray (or leave it out: the local engine's "
+                         f"processes are --proposal-workers)")
+    return Execution(engine=engine, proposal_workers=args.proposal_workers,
+                     ray_workers=getattr(args, "workers", None) or 2, ray_address=getattr(args, "ray_address", None),
                      stop=getattr(args, "stop", None), image_timeout=args.image_timeout,
                      gpus_per_worker=getattr(args, "gpus_per_worker", None),
-                     ray_prepare=getattr(args, "ray_prepare", "auto"))
+                     ray_prepare=getattr(args, "ray_prepare", None) or "auto")
 
 
 def proposal_spec_from_args(args: argparse.Namespace, name: Optional[str] = None) -> ProposalSpec:
@@ -247,8 +265,13 @@ def proposal_spec_from_args(args: argparse.Namespace, name: Optional[str] = None
     that belong to it, then --proposal-option; an option the generator does not have is refused
     in one line."""
     name = name or args.proposals
-    options = {option: getattr(args, dest) for dest, (generator, option) in OPTION_FLAGS.items()
-               if generator == name and getattr(args, dest, None) is not None}
+    given = {dest: owner for dest, (owner, _) in OPTION_FLAGS.items() if getattr(args, dest, None) is not None}
+    stray = sorted(dest for dest, owner in given.items() if owner != name)
+    if stray:  # it would be ignored: say so rather than run without it
+        flag, owner = "--" + stray[0].replace("_", "-"), given[stray[0]]
+        raise ZsrisError(f"{flag} is a setting of --proposals {owner}, and this run's proposals are {name}; "
+                         f"leave it out or choose --proposals {owner}")
+    options = {option: getattr(args, dest) for dest, (generator, option) in OPTION_FLAGS.items() if dest in given}
     options.update(getattr(args, "proposal_option", None) or [])
     return canonical_spec(ProposalSpec(name, args.max_proposals), **options)
 

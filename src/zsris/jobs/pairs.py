@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import os
 from dataclasses import dataclass
@@ -88,6 +89,10 @@ def folder_pairs(folder: str | Path, expressions: Sequence[str]) -> list[Pair]:
     return pairs
 
 
+#: The largest manifest read: 10 million pairs of about 100 bytes.
+MAX_MANIFEST_BYTES = 1 << 30
+
+
 def read_manifest(path: str | Path, allow_outside: bool = False) -> list[Pair]:
     """The pairs of a CSV, TSV or JSONL manifest (by suffix). Image paths are relative to the
     manifest's folder, or absolute; a relative path that leaves the folder through ``..`` is
@@ -96,6 +101,11 @@ def read_manifest(path: str | Path, allow_outside: bool = False) -> list[Pair]:
     kind = MANIFEST_FORMATS.get(path.suffix.lower())
     if kind is None:
         raise ManifestError(f"{path}: a manifest ends in {', '.join(MANIFEST_FORMATS)} (or give a folder)")
+    if path.exists() and not path.is_file():  # a pipe may block for ever, a link to /dev/zero never end
+        raise ManifestError(f"{path}: not a regular file (a pipe, socket or device), not a manifest")
+    if path.is_file() and path.stat().st_size > MAX_MANIFEST_BYTES:
+        raise ManifestError(f"{path}: {path.stat().st_size:,} bytes, over the {MAX_MANIFEST_BYTES:,} a manifest may "
+                            f"hold; split it")
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8-sig")
@@ -116,7 +126,9 @@ def read_manifest(path: str | Path, allow_outside: bool = False) -> list[Pair]:
 
 
 def _table_rows(path: Path, text: str, kind: str) -> Iterator[tuple[int, dict]]:
-    reader = csv.DictReader(text.splitlines(keepends=True), delimiter="," if kind == "csv" else "\t", strict=True)
+    # rows end at line breaks alone (newline=""): str.splitlines would also split at U+2028, U+0085 ...
+    # inside an expression, and read the rest of it as another row
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="," if kind == "csv" else "\t", strict=True)
     start = 1
     try:
         header = reader.fieldnames or []
@@ -124,6 +136,9 @@ def _table_rows(path: Path, text: str, kind: str) -> Iterator[tuple[int, dict]]:
         if missing:
             raise ManifestError(f"{path} line 1: the header has no {' or '.join(repr(m) for m in missing)} column "
                                 f"(it has {', '.join(repr(h) for h in header) or 'nothing'})")
+        twice = sorted({name for name in header if header.count(name) > 1})
+        if twice:  # csv would keep the last one's values, silently
+            raise ManifestError(f"{path} line 1: the header names {', '.join(repr(n) for n in twice)} twice")
         start = reader.line_num + 1
         for row in reader:
             yield start, row
@@ -133,7 +148,7 @@ def _table_rows(path: Path, text: str, kind: str) -> Iterator[tuple[int, dict]]:
 
 
 def _jsonl_rows(path: Path, text: str) -> Iterator[tuple[int, dict]]:
-    for line, content in enumerate(text.splitlines(), 1):
+    for line, content in enumerate(text.split("\n"), 1):  # not splitlines: U+2028 may stand inside a string
         if not content.strip():
             continue
         try:
@@ -159,6 +174,8 @@ def _pair(row: dict, line: int, folder: Path, allow_outside: bool) -> Pair:
     image = str(image)
     if not image.strip():
         return Pair(pair_id, image, "", expression, pair_id, f"line {line} has an empty image path")
+    if "\0" in image:  # no file system takes it: this row fails, the others go on
+        return Pair(pair_id, image, "", expression, pair_id, f"line {line}: the image path holds a NUL character")
     resolved = os.path.normpath(folder / image)
     if not allow_outside and not Path(image).is_absolute():
         # by its words (..) or through a symbolic link on the way

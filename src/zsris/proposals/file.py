@@ -11,6 +11,7 @@ file name without extension.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Optional
 
@@ -50,9 +51,13 @@ class FileProposals(Configured):
     @staticmethod
     def _read_json(path: Path) -> dict[str, list[dict[str, Any]]]:
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(path.read_text(), object_pairs_hook=_once_each)
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
             raise ProposalError(f"{path}: not a readable JSON proposals file ({error})") from None
+        except _NamedTwice as twice:
+            raise ProposalError(f"{path}: {twice} is named twice in one object (which one is meant?)") from None
+        except RecursionError:
+            raise ProposalError(f"{path}: not a proposals file (nested too deeply to read)") from None
         grouped: dict[str, list[dict[str, Any]]] = {}
         if isinstance(data, dict):
             for key, records in data.items():
@@ -73,6 +78,10 @@ class FileProposals(Configured):
             scores = [float(record.get("score", 1.0)) for record in records]
         except (TypeError, ValueError, OverflowError, AttributeError) as error:
             raise ProposalError(f"{self.path}: malformed proposal for image {key!r} ({error})") from None
+        unranked = next((i for i, score in enumerate(scores) if not math.isfinite(score)), None)
+        if unranked is not None:  # the cap would keep an arbitrary few
+            raise ProposalError(f"{self.path}: proposal {unranked} of image {key!r} has the score "
+                                f"{scores[unranked]}; scores are finite numbers")
         kept = range(len(records))
         if self.config.max_proposals is not None and len(records) > self.config.max_proposals:
             kept = sorted(sorted(kept, key=lambda i: -scores[i])[: self.config.max_proposals])
@@ -84,6 +93,7 @@ class FileProposals(Configured):
                     boxes.append([float(v) for v in records[index]["box"]])
                     if len(boxes[-1]) != 4 or not boxes[-1][0] <= boxes[-1][2] or not boxes[-1][1] <= boxes[-1][3]:
                         raise ValueError(f"box must be x1, y1, x2, y2 with x1 <= x2 and y1 <= y2, not {boxes[-1]}")
+                    _check_box(boxes[-1], shape)
             except (KeyError, TypeError, ValueError, OverflowError, AttributeError) as error:
                 raise ProposalError(f"{self.path}: malformed proposal for image {key!r} ({error})") from None
         if not masks:
@@ -121,11 +131,34 @@ class FileProposals(Configured):
                 return self._from_records(next(iter(self._records.values())), shape, "").non_empty()
             raise ProposalError(f"{self.path}: no proposals for image {image_id!r}")
         for key in keys:
-            if (self.path / key).is_dir():
+            if key not in (".", "..") and Path(key).name == key and (self.path / key).is_dir():  # below path only
                 return self._from_folder(self.path / key, shape, key).non_empty()
         if any(self.path.glob("*.png")):
             return self._from_folder(self.path, shape, image_id or "").non_empty()
         raise ProposalError(f"{self.path}: no proposal masks for image {image_id!r}")
+
+
+class _NamedTwice(ValueError):
+    """A JSON object that names one key twice (json keeps the last, silently)."""
+
+
+def _once_each(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in found:
+            raise _NamedTwice(repr(key))
+        found[key] = value
+    return found
+
+
+def _check_box(box: list[float], shape: tuple[int, int]) -> None:
+    """A box's crop is read from the image: finite, and within one image size of it (FreeSOLO's
+    boxes may leave the image a little; one a million pixels out would be a crop of terabytes)."""
+    height, width = shape
+    if not all(math.isfinite(v) for v in box):
+        raise ValueError(f"box {box} is not finite")
+    if box[0] < -width or box[2] > 2 * width or box[1] < -height or box[3] > 2 * height:
+        raise ValueError(f"box {box} lies far outside the {width}x{height} image")
 
 
 def from_spec(spec: ProposalSpec, device: object = None) -> FileProposals:
