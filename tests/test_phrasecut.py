@@ -102,6 +102,7 @@ def test_a_targets_mask_is_the_union_of_its_instances_polygons_drawn_with_pil(ph
     (lambda tasks, infos: tasks[0]["instance_boxes"].append([0, 0, 1, 1]), "task #0: field 'Polygons' must hold one"),
     (lambda tasks, infos: tasks[2].update(image_id=999), "task #2: field 'image_id' 999 is not in"),
     (lambda tasks, infos: infos[0].pop("height"), "image #0 has no field 'height'"),
+    (lambda tasks, infos: infos[0].update(width=-5), r"image #0 is -5x\d+; a width and height are positive"),
 ])
 def test_malformed_files_name_the_field(phrasecut, tmp_path, change, message):
     broken = tmp_path / "VGPhraseCut_v0"

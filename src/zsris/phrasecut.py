@@ -96,9 +96,12 @@ class PhraseCutDataset(ReferDataset):
             try:
                 image_id = int(entry["image_id"])
                 images[image_id] = ImageInfo(image_id, f"{image_id}.jpg", int(entry["height"]), int(entry["width"]))
-            except (TypeError, ValueError) as error:
+            except (TypeError, ValueError, OverflowError) as error:
                 raise DatasetError(f"{path}: image #{index}: field 'image_id', 'width' or 'height' is malformed "
                                    f"({error})") from None
+            if images[image_id].height < 1 or images[image_id].width < 1:  # no mask can be drawn on it
+                raise DatasetError(f"{path}: image #{index} is {entry['width']}x{entry['height']}; a width and "
+                                   f"height are positive")
             splits[image_id] = str(entry["split"])
         return images, splits
 
