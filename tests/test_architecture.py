@@ -22,8 +22,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "zsris"
 #: The floors, lowest first: a module may import its own floor and those below. A module is on the
 #: floor of the longest prefix listed (``zsris.jobs`` holds ``zsris.jobs.batch``).
 FLOORS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("data and settings", ("zsris.errors", "zsris.extras", "zsris.config", "zsris.types", "zsris.masks",
-                           "zsris.images", "zsris.names", "zsris.datasets", "zsris.phrasecut", "zsris.metrics",
+    ("data and settings", ("zsris.errors", "zsris.extras", "zsris.factories", "zsris.config", "zsris.types",
+                           "zsris.masks", "zsris.images", "zsris.names", "zsris.datasets", "zsris.phrasecut",
+                           "zsris.metrics",
                            "zsris.records", "zsris.cache", "zsris.store", "zsris.calibration", "zsris.report",
                            "zsris.paper", "zsris.proposals", "zsris.proposals.base", "zsris.proposals.registry",
                            "zsris.proposals.configs", "zsris.methods", "zsris.methods.base",

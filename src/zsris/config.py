@@ -9,11 +9,11 @@ run must match. This module imports nothing heavy, so the command line can build
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from .errors import ZsrisError
+from .factories import load_factory
 from .images import DEFAULT_MAX_PIXELS
 from .methods.registry import MethodSpec, canonical_method, method_entry
 from .proposals.registry import ProposalSpec, canonical_spec, generator_entry
@@ -160,8 +160,7 @@ class SegmenterConfig:
         with ``changes`` on top (``weights``, ``device``, ``freesolo_checkpoint`` ...)."""
         if name not in PRESETS:
             raise ZsrisError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-        module, _, function = PRESETS[name].partition(":")
-        settings = getattr(importlib.import_module(module), function)(dataset)
+        settings = load_factory(PRESETS[name])(dataset)
         return cls(**settings, from_preset=name).replace(**changes)
 
     def replace(self, **changes: Any) -> "SegmenterConfig":

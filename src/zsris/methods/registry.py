@@ -10,11 +10,11 @@ settings with their defaults, and the image towers it works with.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
 
 from ..errors import ZsrisError
+from ..factories import load_factory
 
 if TYPE_CHECKING:
     from ..config import SegmenterConfig
@@ -49,10 +49,7 @@ class MethodEntry:
     summary: str = ""
 
     def load(self) -> Callable[["SegmenterConfig", "ClipEncoder"], "Method"]:
-        if callable(self.factory):
-            return self.factory
-        module, _, name = self.factory.partition(":")
-        return getattr(importlib.import_module(module), name)
+        return load_factory(self.factory)
 
 
 METHOD_REGISTRY: dict[str, MethodEntry] = {

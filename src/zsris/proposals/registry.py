@@ -9,11 +9,11 @@ registered generator can be rebuilt from its spec in the engine's worker process
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, TypeVar
 
 from ..errors import ZsrisError
+from ..factories import load_factory
 from .base import ProposalGenerator, check_max_proposals
 from .configs import OPTION, ClassicalConfig, FileConfig, FreeSoloConfig, Sam2Config, Sam3Config, SamConfig
 
@@ -57,20 +57,18 @@ def _option_value(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
-def config_options(config_class: type) -> dict[str, Any]:
-    """A generator's options and their defaults: its config class's fields, but ``max_proposals``
-    (the spec's own)."""
-    return {option_name(f): _option_value(f.default) for f in dataclasses.fields(config_class)
-            if f.name != "max_proposals"}
+def config_options(config: Any) -> dict[str, Any]:
+    """A generator's options: every field of its config but ``max_proposals`` (the spec's own),
+    with the values of a config, or the defaults of a config class."""
+    return {option_name(f): _option_value(f.default if isinstance(config, type) else getattr(config, f.name))
+            for f in dataclasses.fields(config) if f.name != "max_proposals"}
 
 
 def spec_of(name: str, config: Any) -> ProposalSpec:
     """The spec of the generator ``name`` built with ``config``: its cap and every option, what it
     runs with. A generator's ``spec`` is this, so the settings a segmenter records from it and
     the cache key derived from the same config cannot disagree."""
-    options = {option_name(f): _option_value(getattr(config, f.name)) for f in dataclasses.fields(config)
-               if f.name != "max_proposals"}
-    return ProposalSpec(name, config.max_proposals, options)
+    return ProposalSpec(name, config.max_proposals, config_options(config))
 
 
 class Configured:
@@ -126,10 +124,7 @@ class GeneratorEntry:
             object.__setattr__(self, "options", config_options(self.config))
 
     def load(self) -> Callable[[ProposalSpec, "torch.device"], ProposalGenerator]:
-        if callable(self.factory):
-            return self.factory
-        module, _, name = self.factory.partition(":")
-        return getattr(importlib.import_module(module), name)
+        return load_factory(self.factory)
 
 
 PROPOSAL_REGISTRY: dict[str, GeneratorEntry] = {
