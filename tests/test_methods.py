@@ -52,7 +52,8 @@ class LocalOnly(GlobalLocal):
 def test_the_default_method_is_the_papers_and_its_settings_are_recorded(tiny_vit):
     segmenter = Segmenter(tiny_vit, ClassicalProposals(max_proposals=6))
     assert isinstance(segmenter.method, GlobalLocal)
-    assert segmenter.config.settings()["method"] == {"name": "global-local", "options": {}}
+    assert segmenter.config.settings()["method"] == {
+        "name": "global-local", "options": {"visual": "global-local", "text": "sentence-phrase", "masking": "tokens"}}
     assert SegmenterConfig(method="global-local") == SegmenterConfig()
 
 
@@ -111,6 +112,11 @@ def test_a_run_stored_before_methods_and_spelled_out_options_resumes(tmp_path, r
     with PredictionStore(tmp_path / "predictions.sqlite", old):
         pass
     with PredictionStore(tmp_path / "predictions.sqlite", settings):  # the paper's method, the same proposals
+        pass
+    before_ablations = {**settings, "method": {"name": "global-local", "options": {}}}
+    with PredictionStore(tmp_path / "ablations" / "predictions.sqlite", before_ablations):
+        pass
+    with PredictionStore(tmp_path / "ablations" / "predictions.sqlite", settings):  # its settings at their defaults
         pass
     register_method("local-only", LocalOnly, options={"scale": 1.0})
     with pytest.raises(ZsrisError, match=r"other settings \(method differ\)"):

@@ -200,3 +200,17 @@ def test_eval_runs_with_sam3(tmp_path, refcoco_mini, small_registry):
                  "--out", str(tmp_path / "eval"), "--cache", str(tmp_path / "cache"), *FLAGS]) == 0
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())["metrics"]
     assert metrics["images"] == 2 and metrics["proposals/image"] > 0
+
+
+def test_a_phrase_sam3_finds_nothing_for_leaves_the_others_their_answer(vit_b32, network, image):
+    """With nothing above the score threshold, SAM 3's post-processing returns no masks at its own
+    resolution (288 x 288 at full size): they must not meet the image's proposals (a traceback)."""
+    generator = Sam3Proposals(network=network, with_classical=True, score_threshold=0.99, presence_threshold=0.0,
+                              max_proposals=4)
+    found, other = Segmenter(vit_b32, generator, SegmenterConfig()).segment(image, ["the red circle", "the scooter"])
+    assert found.prompt["instances"] == 0 and other.prompt["instances"] == 0
+    assert found.found and found.mask.shape == image.shape[:2]  # among the class-agnostic proposals
+    alone = Segmenter(vit_b32, Sam3Proposals(network=network, score_threshold=0.99, presence_threshold=0.0),
+                      SegmenterConfig())
+    with pytest.raises(ZsrisError, match="the sam3 generator found nothing to choose from"):
+        alone.segment(image, "the red circle")

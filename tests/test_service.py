@@ -24,7 +24,8 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    running = Server(["--max-proposals", "6", "--max-request-mb", "2"], tmp_path_factory.mktemp("serve") / "serve.log")
+    running = Server(["--max-proposals", "6", "--max-request-mb", "2", "--method", "global-local,cropping"],
+                     tmp_path_factory.mktemp("serve") / "serve.log")
     yield running.url
     running.stop()
 
@@ -59,6 +60,23 @@ def test_segment_request(server):
         x1, y1, x2, y2 = record["box"]
         ys, xs = np.nonzero(mask)
         assert (x1, y1, x2, y2) == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+
+
+def test_each_request_chooses_among_the_servers_methods(server):
+    """The server loaded two methods over one generator: the first answers by default, the other
+    when named, and a method it did not load is a 422 that names those it has."""
+    assert httpx.get(f"{server}/api/health").json()["methods"] == ["global-local", "cropping"]
+    image = EXAMPLE.read_bytes()
+    default = _segment(server, image, ["the red circle"]).json()
+    cropping = _segment(server, image, ["the red circle"], method="cropping").json()
+    assert default["settings"]["method"]["name"] == "global-local"
+    assert cropping["settings"]["method"]["name"] == "cropping"
+    ours, theirs = default["results"][0]["top_proposals"], cropping["results"][0]["top_proposals"]
+    assert theirs[0]["global_score"] is None and ours[0]["global_score"] is not None
+    local_of = {p["index"]: p["local_score"] for p in ours}  # cropping ranks by the paper's local score
+    assert all(abs(p["score"] - local_of[p["index"]]) < 1e-5 for p in theirs if p["index"] in local_of)
+    wrong = _segment(server, image, ["the red circle"], method="grad-cam")
+    assert wrong.status_code == 422 and "global-local, cropping" in wrong.json()["detail"]
 
 
 def test_malformed_requests(server):
@@ -126,6 +144,7 @@ def test_page_in_headless_chromium(server, real_image_path, tmp_path):
         page.goto(server + "/", wait_until="load")
         page.wait_for_selector("#zsris-submit", timeout=60_000)
         assert "the red circle on the left\nthe blue square" in page.inner_text("#zsris-examples")  # one per line
+        assert page.locator("#zsris-method").is_visible()  # the server has two methods: the page offers both
         page.set_input_files("#zsris-image input[type=file]", str(real_image_path))
         page.wait_for_selector("#zsris-image img", timeout=60_000)
         page.fill("#zsris-expressions textarea", "\n".join(expressions))

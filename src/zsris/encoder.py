@@ -9,7 +9,7 @@ What a method makes of these features is the method's (:mod:`zsris.methods`).
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING, Callable, Iterable, Optional, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -42,6 +42,9 @@ class ClipEncoder:
         self.batch_size = batch_size
         self.precision = precision
         self.text_encoder = text
+        #: Shared by encoders that work on one image in turn with the same proposals (several
+        #: methods compared: :class:`zsris.jobs.compare.CompareJob`): each part computed once.
+        self.memo: Optional[dict] = None
 
     @classmethod
     def create(cls, backbone: ClipBackbone, preprocess: Preprocess, config: "SegmenterConfig") -> "ClipEncoder":
@@ -63,18 +66,23 @@ class ClipEncoder:
         return self.backbone.device
 
     def visual(self, images: Sequence[ImageTensors], masks: Sequence[Tensor], boxes: Sequence[Optional[Tensor]],
-               parts: Iterable[str] = ("global", "local"), batch_size: Optional[int] = None) -> dict[str, list[Tensor]]:
+               parts: Iterable[str] = ("global", "local"), batch_size: Optional[int] = None,
+               masking: str = "tokens", proposals: Optional[Sequence[Any]] = None) -> dict[str, list[Tensor]]:
         """Each image's raw ``global`` and/or ``local`` features ``[N, D]`` (float32), the images'
-        proposals sharing forward passes."""
+        proposals sharing forward passes; ``masking``: how the global pass sees the mask
+        (:func:`zsris.visual.global_features_many`). ``proposals``, the objects the masks and
+        boxes come from, lets a :attr:`memo` serve what another method computed of them."""
         parts = tuple(parts)
         antialias = self.preprocess.antialias
+        if self.memo is not None and proposals is not None:
+            return self._remembered(images, masks, boxes, parts, batch_size, masking, proposals)
 
         def compute(size: int) -> dict[str, list[Tensor]]:
             found = {}
             if "global" in parts:
                 found["global"] = visual.global_features_many(
                     self.model, torch.cat([t.clip_input.to(self.device) for t in images]), masks, self.k,
-                    batch_size=size, antialias=antialias)
+                    batch_size=size, antialias=antialias, masking=masking)
             if "local" in parts:
                 found["local"] = visual.local_features_many(
                     self.model, [t.full for t in images], masks, self.preprocess.fill, self.backbone.input_size,
@@ -82,6 +90,23 @@ class ClipEncoder:
             return {name: [f.float() for f in features] for name, features in found.items()}
 
         return self.retrying(compute, len(images), batch_size)
+
+    def _remembered(self, images: Sequence[ImageTensors], masks: Sequence[Tensor], boxes: Sequence[Optional[Tensor]],
+                    parts: tuple[str, ...], batch_size: Optional[int], masking: str,
+                    proposals: Sequence[Any]) -> dict[str, list[Tensor]]:
+        """:meth:`visual` through :attr:`memo`: a part another method computed for these image
+        tensors and proposals (the same objects, kept alive by the memo) on the same model and
+        settings is not computed again."""
+        found = {}
+        for part in parts:
+            key = ("visual", part, tuple(id(t) for t in images), tuple(id(p) for p in proposals), id(self.model),
+                   self.precision, self.k, self.preprocess, self.backbone.input_size,
+                   masking if part == "global" else None)
+            if key not in self.memo:
+                computed = self.visual(images, masks, boxes, (part,), batch_size, masking)[part]
+                self.memo[key] = ((list(images), list(proposals)), computed)
+            found[part] = self.memo[key][1]
+        return found
 
     def retrying(self, compute: Callable[[int], Result], images: int = 1, batch_size: Optional[int] = None) -> Result:
         """``compute(batch_size)`` at the configured precision. Out of GPU memory (a huge image, a

@@ -134,11 +134,46 @@ _PREPARE: Optional[Callable[[ImageTask], Prepared]] = None
 _THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
+#: Set for the engine's fork server, and so for its workers: the pid of the process running the engine.
+OWNER_VARIABLE = "ZSRIS_ENGINE_OWNER"
+#: Why a job cannot run from a script without a main guard, in one line.
+UNGUARDED = ("the worker processes import your script to start, and it started this job again in them: put the "
+             "code that runs the job under `if __name__ == \"__main__\":`")
+
+
+def _unguarded_marker(owner: int) -> Path:
+    """Where a worker that re-ran the owner's unguarded script leaves word of it."""
+    return Path(tempfile.gettempdir()) / f"zsris-unguarded-{owner}"
+
+
+def refuse_while_importing_main() -> None:
+    """Refuse a job that a starting worker process runs because it imports the user's script,
+    which has no ``if __name__ == "__main__":`` guard. In a zsris worker, it leaves word for the
+    owner (which then raises :data:`UNGUARDED`) and ends the worker at once; elsewhere it raises."""
+    if not getattr(multiprocessing.current_process(), "_inheriting", False):
+        return
+    owner = os.environ.get(OWNER_VARIABLE)
+    if owner and owner.isdigit():
+        _unguarded_marker(int(owner)).touch()
+        os._exit(1)
+    raise ZsrisError(UNGUARDED)
+
+
+def _raise_if_unguarded() -> None:
+    """Raise :data:`UNGUARDED` where a worker of this process left word that it re-ran the script."""
+    marker = _unguarded_marker(os.getpid())
+    if marker.exists():
+        marker.unlink(missing_ok=True)
+        raise ZsrisError(UNGUARDED)
+
+
 @contextlib.contextmanager
 def _one_thread_per_worker() -> Iterator[None]:
-    """The environment that processes spawned in the block start with: single-threaded libraries."""
-    saved = {name: os.environ.get(name) for name in _THREAD_VARIABLES}
+    """The environment that processes spawned in the block start with: single-threaded libraries,
+    and the owner's pid (:func:`refuse_while_importing_main`)."""
+    saved = {name: os.environ.get(name) for name in (*_THREAD_VARIABLES, OWNER_VARIABLE)}
     os.environ.update({name: "1" for name in _THREAD_VARIABLES})
+    os.environ[OWNER_VARIABLE] = str(os.getpid())
     try:
         yield
     finally:
@@ -427,6 +462,7 @@ class Engine:
                 try:
                     prepared = _receive(future.result(timeout=self.image_timeout))
                 except (BrokenProcessPool, FutureTimeout) as error:
+                    _raise_if_unguarded()
                     pending.popleft()
                     for other, _ in reversed(pending):
                         queue.appendleft(other)

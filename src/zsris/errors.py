@@ -46,3 +46,7 @@ class ZsrisWarning(UserWarning):
     """Something the user should know that does not stop the work (an expression truncated ...).
 
     The command line shows every one of them, once, whatever code raised it."""
+
+
+class MethodError(ZsrisError):
+    """A method that is not there: not registered, or not loaded by the server asked."""

@@ -46,8 +46,10 @@ class PageService(Protocol):
 
     def load(self, image: Any, name: str) -> np.ndarray: ...
 
-    def segment(self, image: Any, expressions: list[str],
-                name: str = ...) -> tuple[np.ndarray, Proposals, list[SegmentResult]]: ...
+    methods: dict[str, Any]
+
+    def segment(self, image: Any, expressions: list[str], name: str = ...,
+                method: Optional[str] = ...) -> tuple[np.ndarray, Proposals, list[SegmentResult]]: ...
 
     def output_folder(self) -> Path: ...
 
@@ -66,10 +68,14 @@ def answer_label(number: int, result: SegmentResult) -> str:
     return f"{number}. {caption(result.expression, result.found)}"
 
 
+def _score(value: Optional[float]) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
 def ranked_table(result: SegmentResult, top_k: int) -> str:
     rows = ["| rank | proposal | fused | global | local | box |", "|---|---|---|---|---|---|"]
-    rows += [f"| {rank} | {p.index} | {p.score:.3f} | {p.global_score:.3f} | {p.local_score:.3f} | {list(p.box)} |"
-             for rank, p in enumerate(result.ranked(top_k), start=1)]
+    rows += [f"| {rank} | {p.index} | {p.score:.3f} | {_score(p.global_score)} | {_score(p.local_score)} | "
+             f"{list(p.box)} |" for rank, p in enumerate(result.ranked(top_k), start=1)]
     return "\n".join(rows)
 
 
@@ -135,7 +141,8 @@ class PageHandlers:
         gr.Warning(message)
         return None, [], None, f"**Error:** {message}"
 
-    def run(self, image_path: Optional[str], text: str, top_k: float, progress: gr.Progress = gr.Progress()) -> tuple:
+    def run(self, image_path: Optional[str], text: str, top_k: float, method: Optional[str] = None,
+            progress: gr.Progress = gr.Progress()) -> tuple:
         """The overlay of every answer with its legend, each expression's view, the downloads
         (each answer's mask PNG and JSON record) and the status line."""
         if not image_path:
@@ -144,7 +151,7 @@ class PageHandlers:
             expressions = self.service.parse_expressions(text or "")
             path = uploaded_file(image_path)
             progress(0.1, desc="proposals and visual features")
-            pixels, proposals, results = self.service.segment(path, expressions, path.name)
+            pixels, proposals, results = self.service.segment(path, expressions, path.name, method)
         except ZsrisError as error:
             return self.failed(str(error))
         progress(0.9, desc="pictures and downloads")
@@ -200,8 +207,9 @@ def _header(random_weights: bool) -> str:
             "of the object each one refers to (global-local CLIP, Yu et al., CVPR 2023)." + warning)
 
 
-def _inputs_column() -> tuple[gr.Image, gr.Textbox, gr.Slider, gr.Button, gr.Markdown]:
-    """The left column: image, expressions, ranking length, the button, the status line, examples."""
+def _inputs_column(methods: list[str]) -> tuple[gr.Image, gr.Textbox, gr.Slider, gr.Dropdown, gr.Button, gr.Markdown]:
+    """The left column: image, expressions, ranking length, the method (shown where the server
+    has several), the button, the status line, examples."""
     examples = sorted(str(p) for p in EXAMPLES.glob("*.png"))
     with gr.Column():
         image = image_input(label="Image", sources=["upload", "clipboard", "webcam"], height=320,
@@ -209,12 +217,14 @@ def _inputs_column() -> tuple[gr.Image, gr.Textbox, gr.Slider, gr.Button, gr.Mar
         text = gr.Textbox(lines=3, label="Expressions (one per line)", placeholder="the man on the left",
                           elem_id="zsris-expressions")
         top_k = gr.Slider(1, 20, value=DEFAULT_TOP_K, step=1, label="Ranked proposals to show")
+        method = gr.Dropdown(methods, value=methods[0], label="Method", visible=len(methods) > 1,
+                             elem_id="zsris-method")
         button = gr.Button("Segment", variant="primary", elem_id="zsris-submit")
         status = gr.Markdown(elem_id="zsris-status")
         if examples:
             gr.Examples(examples=[[p, EXAMPLE_EXPRESSIONS] for p in examples], inputs=[image, text],
                         elem_id="zsris-examples")
-    return image, text, top_k, button, status
+    return image, text, top_k, method, button, status
 
 
 def _outputs_column() -> tuple[gr.AnnotatedImage, gr.File]:
@@ -238,10 +248,10 @@ def build_demo(service: PageService) -> gr.Blocks:
         gr.Markdown(_header(handlers.random_weights))
         answers = gr.State([])
         with gr.Row():
-            image, text, top_k, button, status = _inputs_column()
+            image, text, top_k, method, button, status = _inputs_column(list(service.methods))
             overlay_view, files = _outputs_column()
         gr.render(inputs=answers)(show_answers)
         image.upload(handlers.check_image, inputs=image, outputs=status, api_name="show_preview")
-        button.click(handlers.run, inputs=[image, text, top_k], outputs=[overlay_view, answers, files, status],
+        button.click(handlers.run, inputs=[image, text, top_k, method], outputs=[overlay_view, answers, files, status],
                      concurrency_limit=1, api_name="run")
     return demo

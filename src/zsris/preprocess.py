@@ -7,7 +7,7 @@ another implementation fed the same tensors can be compared number for number.
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -33,11 +33,22 @@ class Preprocessor:
         self.config = config
         self.input_size = input_size
         self.device = device
+        #: Where several methods work on one image at a time (:class:`zsris.jobs.compare.CompareJob`),
+        #: the tensors of the image being worked on, shared by them: ``(pixels, tensors)``.
+        self.memo: Optional[dict] = None
 
     def __call__(self, image: np.ndarray) -> ImageTensors:
         """Both tensors of ``image`` (``[H, W, 3]`` uint8). Under ``preprocess='paper'`` both are
         made, as the authors' loop makes them, from the image first resized to a shorter side of
         800 (PIL), with unantialiased tensor resizes."""
+        if self.memo is None:
+            return self._tensors(image)
+        key = ("tensors", id(image), self.config, self.input_size, str(self.device))
+        if key not in self.memo or self.memo[key][0] is not image:
+            self.memo[key] = (image, self._tensors(image))
+        return self.memo[key][1]
+
+    def _tensors(self, image: np.ndarray) -> ImageTensors:
         short_side = self.config.short_side
         if short_side is None:
             full = self.image_tensor(image)

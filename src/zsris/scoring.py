@@ -24,13 +24,22 @@ from .types import Answer, Proposals, Scores, SegmentResult
 @dataclass
 class ScoreTable:
     """Every expression (rows) against every proposal (columns), on the CPU: ``fused`` ranks
-    them; ``global_`` and ``local`` are the parts a record shows; ``phrase`` (the noun phrase
-    alone, where asked for) picks the spatial rule's candidates."""
+    them; ``global_`` and ``local`` are the parts a record shows (None for a method without
+    them); ``phrase`` (the noun phrase alone, where asked for) picks the spatial rule's candidates."""
 
     fused: Tensor
-    global_: Tensor
-    local: Tensor
+    global_: Optional[Tensor] = None
+    local: Optional[Tensor] = None
     phrase: Optional[Tensor] = None
+
+    def parts(self, row: int, index: Optional[Tensor] = None) -> tuple[Optional[np.ndarray], Optional[np.ndarray]]:
+        """Row ``row``'s global and local scores (of the proposals ``index``), None where absent."""
+        def part(table: Optional[Tensor]) -> Optional[np.ndarray]:
+            if table is None:
+                return None
+            return (table[row] if index is None else table[row][index]).numpy()
+
+        return part(self.global_), part(self.local)
 
 
 def results(table: ScoreTable, parsed: Sequence[ParsedExpression], proposals: Proposals, policy: Policy,
@@ -44,8 +53,7 @@ def results(table: ScoreTable, parsed: Sequence[ParsedExpression], proposals: Pr
         phrase = None if phrase_scores is None else phrase_scores[row]
         candidates = prompting.candidates(parse.noun_phrase if parse.has_noun_phrase else None, proposals)
         if candidates.rows is None:
-            scores = Scores(table.fused[row].numpy(), table.global_[row].numpy(), table.local[row].numpy(),
-                            order[row].numpy())
+            scores = Scores(table.fused[row].numpy(), *table.parts(row), order[row].numpy())
             answers.append(segment_result(parse, scores, proposals, decide(scores, proposals, policy, parse.spatial,
                                                                            phrase)))
             continue
@@ -63,8 +71,7 @@ def _among(table: ScoreTable, row: int, parse: ParsedExpression, proposals: Prop
     decided."""
     index = torch.from_numpy(rows)
     fused = table.fused[row][index]
-    scores = Scores(fused.numpy(), table.global_[row][index].numpy(), table.local[row][index].numpy(),
-                    torch.argsort(fused, descending=True, stable=True).numpy())
+    scores = Scores(fused.numpy(), *table.parts(row, index), torch.argsort(fused, descending=True, stable=True).numpy())
     candidates = proposals.select(rows)
     best = float(fused.max()) if len(rows) else -1.0
     record = dict(record)

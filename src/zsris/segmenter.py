@@ -25,7 +25,8 @@ from .decide import Policy
 from .encoder import ClipEncoder
 from .errors import NoProposalsError, ZsrisError
 from .images import ImageInput, load_image
-from .methods import Method, create_method
+from .methods import Method, check_tower, create_method
+from .methods.registry import tower_of
 from .preprocess import Preprocessor
 from .proposals import ProposalGenerator, create_proposals, prompting
 from .scoring import results
@@ -281,9 +282,32 @@ def create_segmenter(
     elif proposals is not None:
         changes["proposals"] = proposals
     config = (config or SegmenterConfig()).replace(**changes)
+    check_tower(config.method, tower_of(config.backbone) == "vit")  # before CLIP loads
     parser = parser or ExpressionParser(model=config.spacy_model)  # first: a missing model fails in a second
     device = resolve_device(config.device)
     clip = load_backbone(config.backbone, config.pretrained, config.weights, device)
     if generator is None:
         generator = create_proposals(config.proposals, device)
     return Segmenter(clip, generator, config, parser)
+
+
+def create_segmenters(configs: Sequence[SegmenterConfig], parser: Optional[ExpressionParser] = None) -> list[Segmenter]:
+    """One segmenter per config (several methods to compare), loading each CLIP once and the
+    proposal generator once: the configs must agree on the proposals, the device and the parser."""
+    if not configs:
+        return []
+    first = configs[0]
+    for config in configs[1:]:
+        if (config.proposals, config.device, config.spacy_model) != (first.proposals, first.device, first.spacy_model):
+            raise ZsrisError("segmenters made together share their proposals, device and spaCy model")
+    for config in configs:
+        check_tower(config.method, tower_of(config.backbone) == "vit")
+    parser = parser or ExpressionParser(model=first.spacy_model)
+    device = resolve_device(first.device)
+    backbones: dict[tuple, ClipBackbone] = {}
+    for config in configs:
+        key = (config.backbone, config.pretrained, config.weights)
+        if key not in backbones:
+            backbones[key] = load_backbone(*key, device)
+    generator = create_proposals(first.proposals, device)
+    return [Segmenter(backbones[c.backbone, c.pretrained, c.weights], generator, c, parser) for c in configs]

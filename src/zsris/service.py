@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Optional
 
-from .errors import ExpressionError, ImageError, ImageTooLargeError, ProposalError, ZsrisError
+from .errors import ExpressionError, ImageError, ImageTooLargeError, MethodError, ProposalError, ZsrisError
 from .extras import require_extra
 from .images import load_image
 from .proposals.base import is_prompted
@@ -53,6 +53,7 @@ ERROR_STATUS: tuple[tuple[type[ZsrisError], int], ...] = (
     (ImageError, 400),
     (ExpressionError, 422),
     (ProposalError, 422),
+    (MethodError, 422),
 )
 
 
@@ -94,12 +95,19 @@ def _lower_priority() -> None:
 
 
 class SegmentationService:
-    """Thread-safe access to one segmenter, with request limits."""
+    """Thread-safe access to one segmenter, with request limits; or to several that share one
+    proposal generator (``methods``: by name, the first the default), chosen per request."""
 
     def __init__(self, segmenter, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
                  max_expressions: int = DEFAULT_MAX_EXPRESSIONS, decode_slots: int = DEFAULT_DECODE_SLOTS,
-                 file_ttl: float = DEFAULT_FILE_TTL, step_pixels: Optional[int] = None) -> None:
+                 file_ttl: float = DEFAULT_FILE_TTL, step_pixels: Optional[int] = None,
+                 methods: Optional[dict[str, Any]] = None) -> None:
+        from .methods.registry import method_label
+
         self.segmenter = segmenter
+        self.methods = dict(methods) if methods else {method_label(segmenter.config.method): segmenter}
+        if len({id(s.proposals) for s in self.methods.values()}) != 1:
+            raise ZsrisError("the methods of one server share one proposal generator")
         self.step_pixels = step_pixels
         self.max_request_bytes = max_request_bytes
         self.max_expressions = max_expressions
@@ -145,17 +153,27 @@ class SegmentationService:
         with self._slots:
             return load_image(image, self.segmenter.config.max_pixels, name=name)
 
-    def segment(self, image: Any, expressions: list[str], name: str = "the image"):
+    def chosen(self, method: Optional[str] = None):
+        """The segmenter of ``method`` (a name :attr:`methods` has; None: the default)."""
+        if method is None or method == "":
+            return self.segmenter
+        if method not in self.methods:
+            raise MethodError(f"this server has no method {method!r}; it has {', '.join(self.methods)}")
+        return self.methods[method]
+
+    def segment(self, image: Any, expressions: list[str], name: str = "the image", method: Optional[str] = None):
         """``(pixels, proposals, results)``: the image as RGB, its proposals and one result per
-        expression (each keeps every proposal's scores: ``result.ranked(k)``).
+        expression (each keeps every proposal's scores: ``result.ranked(k)``), by ``method``
+        (one of :attr:`methods`; the default where None).
 
         ``image`` is a path or the bytes of an image file; ``name`` stands for it in error messages.
         A decode slot is held from decoding to the answer, so that queued requests cannot pile
         up decoded images. The model lock is taken per step (see the module's docstring).
         """
+        segmenter = self.chosen(method)
         with self._slots:
-            pixels = load_image(image, self.segmenter.config.max_pixels, name=name)
-            generator = self.segmenter.proposals
+            pixels = load_image(image, segmenter.config.max_pixels, name=name)
+            generator = segmenter.proposals
             if runs_in_model_process(generator):  # a model (SAM, FreeSOLO): a step of its own
                 with self._lock:
                     proposals = generator(pixels, None)
@@ -163,11 +181,11 @@ class SegmentationService:
                 proposals = self._proposal_threads.submit(generator, pixels, None).result()
             if is_prompted(generator):  # SAM 3: the expressions' instances, a model step too
                 with self._lock:
-                    proposals = self.segmenter.proposals_for(pixels, None, expressions, proposals)
-            features = self.segmenter.image_features(pixels, proposals=proposals, step=self.model_turn,
-                                                     step_pixels=self.step_pixels)
+                    proposals = segmenter.proposals_for(pixels, None, expressions, proposals)
+            features = segmenter.image_features(pixels, proposals=proposals, step=self.model_turn,
+                                                step_pixels=self.step_pixels)
             with self._lock:
-                return pixels, features.proposals, self.segmenter.score(features, expressions)
+                return pixels, features.proposals, segmenter.score(features, expressions)
 
     def model_turn(self) -> FairLock:
         """The model lock, for one step of a request's work."""
@@ -208,7 +226,7 @@ def create_app(service: SegmentationService):
     @app.get("/api/health")
     def health() -> dict[str, Any]:
         """Liveness and the loaded model's settings."""
-        return {"status": "ok", "settings": settings(service.segmenter),
+        return {"status": "ok", "settings": settings(service.segmenter), "methods": list(service.methods),
                 "random_weights": service.segmenter.backbone.is_random}
 
     @app.post("/api/segment")
@@ -216,18 +234,21 @@ def create_app(service: SegmentationService):
         image: UploadFile = File(..., description="the image (JPEG, PNG, ...)"),
         expressions: list[str] = Form(..., description="one or more referring expressions (repeat the field)"),
         top_k: int = Form(DEFAULT_TOP_K, ge=1, le=100, description="ranked proposals returned per expression"),
+        method: Optional[str] = Form(None, description="the scoring method, one the server loaded "
+                                                       "(GET /api/health lists them; default: its first)"),
     ) -> dict[str, Any]:
         """Segment the object each expression refers to; one record per expression."""
         data = image.file.read(service.max_request_bytes + 1)
         if len(data) > service.max_request_bytes:
             raise HTTPException(413, f"image over the limit of {service.max_request_bytes} bytes")
         try:
+            segmenter = service.chosen(method)
             parsed = service.parse_expressions(expressions)
-            _, _, results = service.segment(data, parsed, Path(image.filename or "upload").name)
+            _, _, results = service.segment(data, parsed, Path(image.filename or "upload").name, method)
         except ZsrisError as error:
             raise HTTPException(http_status(error), str(error)) from None
         records = [result_record(result, image.filename, top_k) for result in results]
-        return {"results": records, "settings": settings(service.segmenter)}
+        return {"results": records, "settings": settings(segmenter)}
 
     demo = build_demo(service)
     gradio_app = gr.mount_gradio_app(

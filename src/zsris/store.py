@@ -20,9 +20,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
 from .errors import ZsrisError
-from .methods.registry import DEFAULT_METHOD
+from .methods.registry import DEFAULT_METHOD, METHOD_REGISTRY
 from .proposals.registry import PROPOSAL_REGISTRY
 
+#: The file that marks a run folder (and holds its lock).
+RUN_LOCK = "run.lock"
 META = "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS predictions (
@@ -39,7 +41,7 @@ CREATE TABLE IF NOT EXISTS image_keys (
 
 def _lock_run(folder: Path) -> int:
     """An open descriptor holding the run folder's exclusive lock; refuses if another process has it."""
-    handle = os.open(folder / "run.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    handle = os.open(folder / RUN_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -57,8 +59,9 @@ def _current_layout(settings: dict[str, Any]) -> dict[str, Any]:
     unchanged: until version 0.1.0 a run's proposal spec held every built-in generator's settings
     as fields (``sam_checkpoint``, ``sam_model``, ``path``), now its own generator's under
     ``options``; a spec now spells out every setting of its generator's config (those it left out
-    were at their defaults); and a run stored before methods could be chosen was scored by the
-    paper's."""
+    were at their defaults); a run stored before methods could be chosen was scored by the
+    paper's; and a method spec spells out every setting of its method (those added later were at
+    their defaults)."""
     spec = settings.get("proposals")
     if isinstance(spec, dict) and "options" not in spec and "sam_model" in spec:
         options = {"sam": {"checkpoint": spec.get("sam_checkpoint"), "model": spec.get("sam_model")},
@@ -69,6 +72,9 @@ def _current_layout(settings: dict[str, Any]) -> dict[str, Any]:
     layout = {**settings, "proposals": spec} if spec is not None else dict(settings)
     if "method" not in layout and "alpha" in layout:  # a segmenter's settings, not a proposal run's
         layout["method"] = {"name": DEFAULT_METHOD, "options": {}}
+    method = layout.get("method")
+    if isinstance(method, dict) and isinstance(method.get("options"), dict) and method.get("name") in METHOD_REGISTRY:
+        layout["method"] = {**method, "options": {**METHOD_REGISTRY[method["name"]].options, **method["options"]}}
     return layout
 
 

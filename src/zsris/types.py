@@ -121,8 +121,8 @@ class RankedProposal:
 
     index: int
     score: float
-    global_score: float
-    local_score: float
+    global_score: Optional[float]  # None for a method without a global part (the baselines)
+    local_score: Optional[float]
     box: tuple[int, int, int, int]
     area: int
 
@@ -130,14 +130,18 @@ class RankedProposal:
 @dataclass
 class Scores:
     """Every proposal's scores against one expression: ``fused`` (what ranks them), ``global_``
-    and ``local`` (``[N]`` float32 each), and ``order``, the proposals by fused score, best
-    first (ties in proposal order). Kept whole, so that a ranking of any length, a margin or a
-    threshold can be asked of a result after the fact."""
+    and ``local`` (``[N]`` float32 each; None for a method without these parts), and ``order``,
+    the proposals by fused score, best first (ties in proposal order). Kept whole, so that a
+    ranking of any length, a margin or a threshold can be asked of a result after the fact."""
 
     fused: np.ndarray
-    global_: np.ndarray
-    local: np.ndarray
+    global_: Optional[np.ndarray]
+    local: Optional[np.ndarray]
     order: np.ndarray
+
+
+def _part(scores: Optional[np.ndarray], index: int) -> Optional[float]:
+    return None if scores is None else float(scores[index])
 
 
 @dataclass
@@ -191,7 +195,7 @@ class SegmentResult:
         """The ``k`` best proposals (all of them for None), best first."""
         scores, proposals = self.scores, self.proposals
         return [
-            RankedProposal(int(i), float(scores.fused[i]), float(scores.global_[i]), float(scores.local[i]),
+            RankedProposal(int(i), float(scores.fused[i]), _part(scores.global_, i), _part(scores.local, i),
                            tuple(int(v) for v in proposals.boxes[i]), int(proposals.areas[i]))
             for i in scores.order[: None if k is None else max(k, 1)]
         ]

@@ -25,10 +25,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import ZsrisError
 from .masks import masks_boxes
+from .methods.registry import MASKINGS
 from .resample import crop_resize, resize_masks
 
 if TYPE_CHECKING:
@@ -184,11 +186,23 @@ def global_features_many(
     normalize_map: bool = True,
     batch_size: int = 64,
     antialias: bool = True,
+    masking: str = "tokens",
 ) -> list[Tensor]:
     """:func:`global_features` of several images (``[B, 3, S, S]``) and their masks at once:
     one trunk pass for all the images, then ``batch_size`` masks per pass through the rest,
     whichever images they belong to (several images' worth of small passes become a few large
-    ones on a GPU). Each image's features come back as they would alone, up to float rounding."""
+    ones on a GPU). Each image's features come back as they would alone, up to float rounding.
+
+    ``masking`` is how the mask reaches the features (the paper's Table 1 ablations): ``tokens``
+    (the paper's: patch tokens times the mask before each of the last ``k`` blocks; a ResNet's
+    map times the mask, the pool's query their mean), ``one-block`` (ViT: before the first of
+    them only, as the authors' ``specific_masking``), ``attention`` (ViT: the tokens left whole,
+    every token of the last ``k`` blocks attending only to the class token and the patches at
+    least half inside the mask) or ``image-query`` (ResNet: the pool's query the mean of the
+    whole map, as the authors' ``query_masking=False``)."""
+    allowed = ("tokens",) if is_map_vit(model) else MASKINGS["vit" if is_vit(model) else "resnet"]
+    if masking not in allowed:
+        raise ValueError(f"masking {masking!r} is not one of this tower's: {', '.join(allowed)}")
     if images.dim() != 4 or images.shape[1] != 3 or len(images) != len(masks):
         raise ValueError(f"expected images [B, 3, S, S] and B mask stacks, got {tuple(images.shape)} "
                          f"and {len(masks)} stacks")
@@ -204,7 +218,9 @@ def global_features_many(
         if normalize_map:
             fmap = fmap / fmap.norm(dim=1, keepdim=True)
         weights = _grid_weights(masks, fmap.shape[-2:], images.device, antialias)
-        pooled = [visual.attnpool(fmap[who] * w.to(fmap.dtype)[:, None])
+        query = masking == "image-query"
+        pooled = [attention_pool(visual.attnpool, fmap[who] * w.to(fmap.dtype)[:, None], query=fmap[who]) if query
+                  else visual.attnpool(fmap[who] * w.to(fmap.dtype)[:, None])
                   for w, who in zip(weights.split(batch_size), image_of.split(batch_size))]
         return _per_image(pooled, counts, fmap.new_zeros(0, visual.attnpool.c_proj.out_features))
     if is_map_vit(model):
@@ -218,11 +234,100 @@ def global_features_many(
     outputs = []
     for w, who in zip(weights.split(batch_size), image_of.split(batch_size)):
         x = trunk[who]
-        for block in tail:
-            x = torch.cat([x[:, :1], x[:, 1:] * w], dim=1)
-            x = _run_blocks(visual, [block], x)
+        if masking == "attention":
+            x = _attention_masked(visual, tail, x, w[:, :, 0] >= 0.5)
+        else:
+            for position, block in enumerate(tail):
+                if masking == "tokens" or position == 0:
+                    x = torch.cat([x[:, :1], x[:, 1:] * w], dim=1)
+                x = _run_blocks(visual, [block], x)
         outputs.append(_vit_head(visual, x[:, 0]))
     return _per_image(outputs, counts, trunk.new_zeros(0, visual.output_dim))
+
+
+def _attention_masked(visual: nn.Module, blocks: Sequence[nn.Module], x: Tensor, inside: Tensor) -> Tensor:
+    """``blocks`` on whole tokens ``x`` ``[n, 1 + g*g, D]``, every token attending only to the
+    class token and the patches ``inside`` (``[n, g*g]`` bool) its proposal."""
+    keep = torch.cat([inside.new_ones(len(inside), 1), inside], dim=1)
+    heads = blocks[0].attn.num_heads
+    bias = torch.zeros(keep.shape, dtype=x.dtype, device=x.device).masked_fill(~keep, float("-inf"))
+    bias = bias[:, None, None, :].expand(-1, heads, x.shape[1], -1).reshape(-1, x.shape[1], x.shape[1])
+    batch_first = getattr(visual.transformer, "batch_first", True)
+    x = x if batch_first else x.transpose(0, 1)
+    for block in blocks:
+        x = block(x, attn_mask=bias)
+    return x if batch_first else x.transpose(0, 1)
+
+
+def attention_pool(pool: nn.Module, x: Tensor, query: Optional[Tensor] = None) -> Tensor:
+    """CLIP's ResNet attention pool of maps ``x`` ``[n, C, h, w]``, its query token the mean of
+    ``query`` (default: of ``x``, as the pool itself does), with the pool's weights and positions."""
+    tokens = x.flatten(2).permute(2, 0, 1)
+    mean = (tokens if query is None else query.flatten(2).permute(2, 0, 1)).mean(dim=0, keepdim=True)
+    tokens = torch.cat([mean.expand(-1, tokens.shape[1], -1), tokens]) + pool.positional_embedding[:, None].to(x.dtype)
+    out, _ = F.multi_head_attention_forward(
+        query=tokens[:1], key=tokens, value=tokens, embed_dim_to_check=tokens.shape[-1], num_heads=pool.num_heads,
+        q_proj_weight=pool.q_proj.weight, k_proj_weight=pool.k_proj.weight, v_proj_weight=pool.v_proj.weight,
+        in_proj_weight=None, in_proj_bias=torch.cat([pool.q_proj.bias, pool.k_proj.bias, pool.v_proj.bias]),
+        bias_k=None, bias_v=None, add_zero_attn=False, dropout_p=0.0, out_proj_weight=pool.c_proj.weight,
+        out_proj_bias=pool.c_proj.bias, use_separate_proj_weight=True, training=False, need_weights=False)
+    return out[0]
+
+
+@torch.inference_mode()
+def region_token_features(model: nn.Module, images: Tensor, masks: Sequence[Tensor], start_block: int = 0,
+                          batch_size: int = 64) -> list[Tensor]:
+    """Region-token features ``[N, D]`` of each image's ``masks`` (Li et al., "Adapting CLIP for
+    phrase localization", 2022, as the authors' ``CLIPMaskedSpatialViT`` computes them).
+
+    From ``start_block`` on, each proposal has a copy of the class token that attends to the
+    patches inside the proposal (its mask resized to the patch grid by nearest neighbour) and to
+    itself, the other patches and copies getting a bias of -100, while the image's tokens run
+    through the blocks unchanged; the copy's output goes through ``ln_post`` and the projection.
+    As in the authors' class, the patch convolution is padded by ``(patch - 1) // 2`` (which shifts
+    the grid) and the positions are kept in half precision (with CLIP's released fp16 weights that
+    changes nothing). The image's blocks run once; ``batch_size`` copies at a time join the image's
+    patch tokens in one sequence, as the authors' do, so the patches' keys and values are
+    projected once for them all."""
+    visual = model.visual
+    blocks = list(visual.transformer.resblocks)
+    if not 0 <= start_block < len(blocks):
+        raise ValueError(f"start_block must be between 0 and {len(blocks) - 1} for this model, not {start_block}")
+    patch = visual.conv1.kernel_size[0]
+    x = F.conv2d(images.to(_tower_dtype(visual)), visual.conv1.weight, stride=patch, padding=(patch - 1) // 2)
+    grid = tuple(x.shape[-2:])
+    x = x.flatten(2).permute(0, 2, 1)
+    cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+    x = visual.ln_pre(torch.cat([cls, x], dim=1) + visual.positional_embedding.half().to(x.dtype))
+    tokens = []  # the image's tokens entering each block from start_block on, which the copies read
+    for number, block in enumerate(blocks):
+        if number >= start_block:
+            tokens.append(x)
+        x = _run_blocks(visual, [block], x)
+    batch_first = getattr(visual.transformer, "batch_first", True)
+    outputs = []
+    for image, image_masks in enumerate(masks):
+        inside = F.interpolate(image_masks.to(images.device)[:, None].bool().float(), size=grid,
+                               mode="nearest").flatten(1) > 0.5
+        for rows in inside.split(batch_size):
+            count, patches = len(rows), rows.shape[1]
+            bias = torch.zeros(count, patches + count, dtype=x.dtype, device=x.device)
+            bias[:, :patches] = bias[:, :patches].masked_fill(~rows, -100.0)
+            bias[:, patches:] = (1 - torch.eye(count, dtype=x.dtype, device=x.device)) * -100.0
+            copy = tokens[0][image:image + 1, :1].expand(1, count, -1)
+            for block, seen in zip(blocks[start_block:], tokens):
+                source = block.ln_1(torch.cat([seen[image:image + 1, 1:], copy], dim=1))
+                mask = bias[None].expand(block.attn.num_heads, -1, -1)
+                query = source[:, patches:]
+                if batch_first:
+                    attended = block.attn(query, source, source, need_weights=False, attn_mask=mask)[0]
+                else:
+                    attended = block.attn(query.transpose(0, 1), source.transpose(0, 1), source.transpose(0, 1),
+                                          need_weights=False, attn_mask=mask)[0].transpose(0, 1)
+                copy = copy + getattr(block, "ls_1", nn.Identity())(attended)
+                copy = copy + getattr(block, "ls_2", nn.Identity())(block.mlp(block.ln_2(copy)))
+            outputs.append(_vit_head(visual, copy[0]))
+    return _per_image(outputs, [len(m) for m in masks], x.new_zeros(0, visual.output_dim))
 
 
 def _map_global(model: nn.Module, images: Tensor, masks: Sequence[Tensor], image_of: Tensor, counts: list[int], k: int,

@@ -27,7 +27,7 @@ def _read_pairs(args: argparse.Namespace):
 
     source = Path(args.input)
     if source.is_dir():
-        return folder_pairs(source, args.expressions or [])
+        return folder_pairs(source, args.expressions or [], skip=[Path(args.output)])
     if not source.exists():
         raise ManifestError(f"{source}: no such file or folder")
     if args.expressions:

@@ -17,6 +17,7 @@ from .flags import (
     execution_from_args,
     positive_int,
     proposal_spec_from_args,
+    several_methods,
 )
 
 
@@ -75,6 +76,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     execution = execution_from_args(args)
     execution.check()
+    if several_methods(args.method):
+        return _compare(args, execution)
     config, data = config_from_args(args), data_spec_from_args(args)
     dataset = data.open()  # the data, its images and the output folder are checked before any model loads
     check_split_images(dataset, dataset.refs_by_image(args.split, args.limit), args.split)
@@ -92,6 +95,27 @@ def cmd_eval(args: argparse.Namespace) -> int:
                          f"{outcome.records[0]['error']}); the report counts them as misses, but it is no result")
     if outcome.calibration is not None:
         _print_calibration(outcome, args)
+    return 0
+
+
+def _compare(args: argparse.Namespace, execution) -> int:
+    """`zsris eval --method a,b,...` or `--method table1`: every method in one pass (a CompareJob)."""
+    from ..jobs.compare import CompareJob, comparison_table
+    from ..jobs.evaluation import check_split_images
+    from ..jobs.run import writable_folder
+    from .flags import build_segmenters
+
+    if getattr(args, "calibrate", False):
+        raise ZsrisError("zsris calibrate calibrates one method; give --method one name")
+    data = data_spec_from_args(args)
+    dataset = data.open()  # the data, its images and the output folder are checked before any model loads
+    check_split_images(dataset, dataset.refs_by_image(args.split, args.limit), args.split)
+    writable_folder(Path(args.out))
+    segmenters = list(build_segmenters(args).values())
+    outcome = CompareJob(segmenters, data, args.out, split=args.split, limit=args.limit, execution=execution,
+                         opened=dataset).run()
+    print(comparison_table(outcome.summaries, outcome.backbones, outcome.title))
+    print(f"\nwrote {', '.join(str(path) for path in outcome.written)} and a folder per method")
     return 0
 
 

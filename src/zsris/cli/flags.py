@@ -24,7 +24,8 @@ from ..config import (
     paper_alpha,
 )
 from ..errors import ZsrisError
-from ..methods import METHOD_REGISTRY
+from ..methods import METHOD_REGISTRY, MethodSpec
+from ..methods.registry import check_tower, parse_method, tower_of
 from ..paper import PAPER_BACKBONES, PAPER_PHRASECUT_SUBSET, PAPER_SPACY_MODEL, PAPER_SPLIT_BY, PRESETS
 from ..proposals import PROPOSAL_REGISTRY, canonical_spec
 from ..proposals.configs import (
@@ -164,9 +165,11 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--weights", default=None, metavar="PATH|random",
                        help=f"local CLIP checkpoint (OpenAI .pt, state dict, open_clip .bin/.safetensors), or "
                             f"'random'; default ${WEIGHTS_ENV}, then the pretrained tag")
-    model.add_argument("--method", default=DEFAULTS.method.name, metavar="NAME",
+    model.add_argument("--method", default=DEFAULTS.method.name, metavar="NAME[:SETTING=VALUE...]",
                        help=f"how proposals are scored: {', '.join(METHOD_REGISTRY)} or a method registered with "
-                            f"zsris.methods.register_method (default: %(default)s, the paper's)")
+                            f"zsris.methods.register_method, with its own settings after colons "
+                            f"(global-local:masking=one-block); zsris eval also takes several, comma-separated, "
+                            f"or 'table1' (the paper's Table 1) (default: %(default)s, the paper's)")
     model.add_argument("--alpha", type=float, default=None,
                        help="weight of the global-context visual feature (default: the paper's, 0.85 when "
                             "evaluating RefCOCOg, else 0.95)")
@@ -282,7 +285,6 @@ PRESET_FLAGS = {"backbone": ("--backbone", DEFAULTS.backbone), "pretrained": ("-
                 "alpha": ("--alpha", None), "beta": ("--beta", DEFAULTS.beta), "k": ("-k", DEFAULTS.k),
                 "fusion": ("--fusion", DEFAULTS.fusion), "preprocess": ("--preprocess", DEFAULTS.preprocess),
                 "proposals": ("--proposals", DEFAULTS.proposals.name), "spatial": ("--spatial", DEFAULTS.spatial),
-                "method": ("--method", DEFAULTS.method.name),
                 "spacy_model": ("--spacy-model", None),
                 "no_target_threshold": ("--no-target-threshold", DEFAULTS.no_target_threshold),
                 "multi_target": ("--multi-target", False)}
@@ -330,15 +332,33 @@ def _preset_config(args: argparse.Namespace) -> SegmenterConfig:
     return config.replace(
         backbone=args.backbone if args.backbone in PAPER_BACKBONES else config.backbone,
         spacy_model=args.spacy_model or config.spacy_model, weights=args.weights, proposals=proposals,
+        method=method_from_args(args),
         precision=args.precision, device=args.device, batch_size=args.batch_size, max_pixels=args.max_pixels,
         images_per_pass=getattr(args, "images_per_pass", None))
+
+
+def several_methods(text: str) -> bool:
+    """Whether a ``--method`` value names several methods (a list, or ``table1``)."""
+    return text.strip() == "table1" or "," in text
+
+
+def method_from_args(args: argparse.Namespace) -> MethodSpec:
+    """The one method ``--method`` names, with its settings (``name:setting=value``)."""
+    if several_methods(args.method):
+        raise ZsrisError(f"--method {args.method} names several methods; zsris eval compares several and zsris "
+                         f"serve offers several, this command runs one")
+    return parse_method(args.method)
 
 
 def config_from_args(args: argparse.Namespace) -> SegmenterConfig:
     """The only place where flags become settings. Alpha defaults to the paper's for the
     dataset being evaluated (``--dataset``), else the paper's RefCOCO value."""
-    if getattr(args, "preset", None):
-        return _preset_config(args)
+    config = _preset_config(args) if getattr(args, "preset", None) else _flags_config(args)
+    check_tower(config.method, tower_of(config.backbone) == "vit")  # before any model loads
+    return config
+
+
+def _flags_config(args: argparse.Namespace) -> SegmenterConfig:
     alpha = args.alpha if args.alpha is not None else paper_alpha(getattr(args, "dataset", None))
     threshold, margin = args.no_target_threshold, args.multi_target_margin
     if args.calibration:
@@ -351,7 +371,7 @@ def config_from_args(args: argparse.Namespace) -> SegmenterConfig:
     return SegmenterConfig(
         backbone=args.backbone, pretrained=args.pretrained, weights=args.weights, alpha=alpha, beta=args.beta,
         k=args.k, fusion=args.fusion, preprocess=args.preprocess, proposals=proposal_spec_from_args(args),
-        method=args.method, spacy_model=args.spacy_model, precision=args.precision, spatial=args.spatial,
+        method=method_from_args(args), spacy_model=args.spacy_model, precision=args.precision, spatial=args.spatial,
         no_target_threshold=threshold, multi_target=args.multi_target, multi_target_margin=margin,
         device=args.device, batch_size=args.batch_size, max_pixels=args.max_pixels,
         images_per_pass=getattr(args, "images_per_pass", None),
@@ -364,6 +384,30 @@ def announce_random(segmenter) -> None:
 
     if segmenter.backbone.is_random:
         print(f"{'!' * 78}\n{RANDOM_WEIGHTS_WARNING}\n{'!' * 78}", file=sys.stderr)
+
+
+def build_segmenters(args: argparse.Namespace, **changes: Any) -> dict:
+    """The segmenters ``--method`` names, by method label: one, or several (a comma-separated list,
+    ``table1``) sharing their proposal generator, each CLIP loaded once; ``changes`` to every config."""
+    from ..jobs.compare import row_labels
+    from ..methods.registry import method_label, method_rows
+    from ..segmenter import create_segmenters
+
+    if not several_methods(args.method):
+        segmenter = build_segmenter(config_from_args(args).replace(**changes))
+        return {method_label(segmenter.config.method): segmenter}
+    text, args.method = args.method, DEFAULTS.method.name
+    config = config_from_args(args).replace(**changes)
+    rows = method_rows(text, config.backbone)
+    if config.weights not in (None, "random") and len({backbone for backbone, _ in rows}) > 1:
+        raise ZsrisError(f"--weights {config.weights} is one CLIP, and these methods need "
+                         f"{' and '.join(sorted({b for b, _ in rows}))}: use --weights random, or the pretrained "
+                         f"tags, or name methods of one tower")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="zsris: CLIP has RANDOM")
+        segmenters = create_segmenters([config.replace(backbone=backbone, method=spec) for backbone, spec in rows])
+    announce_random(segmenters[0])
+    return dict(zip(row_labels(segmenters), segmenters))
 
 
 def build_segmenter(config: SegmenterConfig, announce: bool = True):

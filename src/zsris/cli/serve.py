@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import ZsrisError
-from .flags import add_model_flags, build_segmenter, config_from_args, positive_int
+from .flags import add_model_flags, build_segmenters, positive_int
 
 DEFAULT_PORT = 7860
 
@@ -19,9 +19,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if args.max_request_mb < 1 or args.decode_slots < 1 or args.file_ttl < 1:
         raise ZsrisError("--max-request-mb, --decode-slots and --file-ttl must be at least 1")
-    segmenter = build_segmenter(config_from_args(args).replace(text_cache_size=args.text_cache))
-    service = SegmentationService(segmenter, args.max_request_mb * 1024 * 1024,
-                                  decode_slots=args.decode_slots, file_ttl=args.file_ttl)
+    segmenters = build_segmenters(args, text_cache_size=args.text_cache)
+    service = SegmentationService(next(iter(segmenters.values())), args.max_request_mb * 1024 * 1024,
+                                  decode_slots=args.decode_slots, file_ttl=args.file_ttl, methods=segmenters)
     app = create_app(service)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"zsris: serving on {args.host}: reachable from other machines", flush=True)

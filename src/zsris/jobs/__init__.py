@@ -1,7 +1,8 @@
 """The jobs layer: what runs the segmenter over many images and owns the results on disk.
 
-:class:`BatchJob` (``zsris batch``) and :class:`EvalJob` (``zsris eval`` and ``calibrate``) own
-their store, resume, outputs and engine (worker processes, an in-process generator, or Ray);
+:class:`BatchJob` (``zsris batch``), :class:`EvalJob` (``zsris eval`` and ``calibrate``) and
+:class:`CompareJob` (several methods in one ``zsris eval``) own their store, resume, outputs and
+engine (worker processes, an in-process generator, or Ray);
 :func:`segment_pairs` streams answers in Python without a folder. The model below
 (:mod:`zsris.segmenter`) knows nothing of them; the command line and the service above only
 translate. Names are imported on first use, so ``import zsris.jobs`` loads no torch.
@@ -18,6 +19,7 @@ _EXPORTS = {
     "ManifestError": "pairs", "Pair": "pairs", "PairResult": "pairs", "folder_pairs": "pairs",
     "read_manifest": "pairs",
     "Execution": "run", "JobInterrupted": "run",
+    "CompareJob": "compare", "CompareOutcome": "compare",
 }
 
 __all__ = sorted(_EXPORTS)

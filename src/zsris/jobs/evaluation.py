@@ -350,6 +350,17 @@ def build_evaluator(config: SegmenterConfig, data: DataSpec, segmenter: Optional
                           data.gt_proposals)
 
 
+def paper_figures(config: SegmenterConfig, data: DataSpec, split: str) -> dict[str, Any]:
+    """The paper's and the authors' figures for the split, where ``config`` is what they measured:
+    the paper's method with its default settings on ViT-B/32 (none for a baseline or an ablation)."""
+    from ..methods.registry import DEFAULT_METHOD, canonical_method
+    from ..paper import PAPER_BACKBONES, comparison
+
+    if config.method != canonical_method(DEFAULT_METHOD) or config.backbone != PAPER_BACKBONES[0]:
+        return {}
+    return comparison(data.dataset, split)
+
+
 def check_split_images(dataset: ReferDataset, groups: dict[int, list[Ref]], split: str) -> None:
     """Refuse a split none of whose images is on disk (an empty or wrong ``--images`` folder):
     every sentence would fail, and the metrics would look like a result."""
@@ -448,9 +459,9 @@ class EvalJob:
         summary = summarize(records)
         if self.segmenter.config.from_preset == "paper":  # both accountings, and the figures to compare with
             from ..metrics import authors_accounting
-            from ..paper import comparison
 
-            summary = {**summary, **authors_accounting(records), **comparison(self.data.dataset, self.split)}
+            summary = {**summary, **authors_accounting(records), **paper_figures(self.segmenter.config, self.data,
+                                                                                  self.split)}
         write_report(out, summary, settings, [r["iou"] for r in records], title, timing)
         outcome = EvalOutcome(summary, settings, records, title,
                               [out / "metrics.json", out / "report.md", out / "iou_histogram.png"], timing)

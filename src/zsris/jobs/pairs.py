@@ -13,13 +13,15 @@ import hashlib
 import io
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional, Sequence
 
-from ..errors import ZsrisError
+from ..errors import ZsrisError, ZsrisWarning
 from ..names import file_part
 from ..records import PairRecord
+from ..store import RUN_LOCK
 from ..types import DEFAULT_TOP_K, SegmentResult
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
@@ -65,24 +67,50 @@ class PairResult:
 
 
 # -- inputs -------------------------------------------------------------------------------
-def images_under(folder: Path) -> list[Path]:
-    """Every image file under ``folder`` (recursively, by suffix, case-insensitive), in path order;
-    a folder without any is refused."""
-    images = sorted((p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()),
-                    key=lambda p: p.relative_to(folder).as_posix())
+#: What ``zsris segment`` writes beside its records: never an input of a later run.
+OUTPUT_SUFFIXES = (".mask.png", ".overlay.png")
+
+
+def images_under(folder: Path, skip: Sequence[Path] = ()) -> list[Path]:
+    """Every image file under ``folder`` (recursively, by suffix, case-insensitive; symbolic links
+    to folders are not followed), in path order; a folder without any is refused.
+
+    zsris's own outputs are left out: the folders in ``skip`` (a batch's output folder), any folder
+    that holds a zsris run (its ``run.lock``) and ``zsris segment``'s ``*.mask.png`` and
+    ``*.overlay.png``, so that a run never reads what it or an earlier run wrote. A folder that
+    cannot be read is skipped with a warning that names it, not in silence."""
+    skipped = {Path(p).resolve() for p in skip}
+    unreadable: list[OSError] = []
+    images = []
+    for root, folders, files in os.walk(folder, onerror=unreadable.append):
+        here = Path(root)
+        if here.resolve() in skipped or (here != folder and RUN_LOCK in files):
+            folders[:] = []
+            continue
+        for name in files:
+            lowered = name.lower()
+            path = here / name
+            if lowered.endswith(IMAGE_SUFFIXES) and not lowered.endswith(OUTPUT_SUFFIXES) and path.is_file():
+                images.append(path)
+    if unreadable:
+        first = unreadable[0]
+        warnings.warn(f"zsris: {len(unreadable)} folder(s) under {folder} could not be read and were skipped "
+                      f"(the first: {first.filename}: {first.strerror})", ZsrisWarning, stacklevel=2)
+    images.sort(key=lambda p: p.relative_to(folder).as_posix())
     if not images:
         raise ManifestError(f"{folder} holds no images ({', '.join(s[1:] for s in IMAGE_SUFFIXES)})")
     return images
 
 
-def folder_pairs(folder: str | Path, expressions: Sequence[str]) -> list[Pair]:
-    """Every image under ``folder`` (recursively, by suffix, case-insensitive) against every
-    expression, in path order; ids are ``relative/path.jpg#N`` (N counts the expressions from 1)."""
+def folder_pairs(folder: str | Path, expressions: Sequence[str], skip: Sequence[Path] = ()) -> list[Pair]:
+    """Every image under ``folder`` (recursively, by suffix, case-insensitive; zsris's own outputs
+    and the folders in ``skip`` left out: :func:`images_under`) against every expression, in path
+    order; ids are ``relative/path.jpg#N`` (N counts the expressions from 1)."""
     folder = Path(folder)
     if not expressions:
         raise ManifestError("a folder needs expressions: give one or more -e EXPRESSION")
     pairs = []
-    for image in images_under(folder):
+    for image in images_under(folder, skip):
         relative = image.relative_to(folder).as_posix()
         for number, expression in enumerate(expressions, 1):
             pairs.append(Pair(f"{relative}#{number}", relative, str(image), expression, f"e{number}"))

@@ -24,6 +24,7 @@ from ..engine import (
     default_workers,
     engine_for,
     prepare_packed,
+    refuse_while_importing_main,
     unpack_prepared,
     worker_preparer,
 )
@@ -97,9 +98,11 @@ class Execution:
         return default_workers() if self.proposal_workers is None else self.proposal_workers
 
     def check(self, generator: Any = None) -> None:
-        """Refuse, before any model loads, an engine whose extra is missing; and Ray for a
+        """Refuse, before any model loads, an engine whose extra is missing; Ray for a
         ``generator`` that its actors could not rebuild (one without a spec: they would build
-        another from the config)."""
+        another from the config); and a job that a worker process started because it imported a
+        script without a main guard (:func:`zsris.engine.refuse_while_importing_main`)."""
+        refuse_while_importing_main()
         if self.engine != "ray":
             return
         from ..extras import require_extra
@@ -114,6 +117,7 @@ class Execution:
                    exif_transpose: bool = True) -> Engine:
         """The local engine for ``generator`` (:func:`zsris.engine.engine_for`, the one rule of
         where proposals are made)."""
+        refuse_while_importing_main()
         return engine_for(generator, self.workers, cache_root, max_pixels, exif_transpose, self.stop,
                           self.image_timeout)
 

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 def create_method(config: "SegmenterConfig", encoder: "ClipEncoder") -> Method:
     """Build the method ``config.method`` names, on ``encoder`` (refused on a tower it cannot use)."""
-    check_tower(config.method.name, encoder.backbone.is_vit)
+    check_tower(config.method, encoder.backbone.is_vit)
     return method_entry(config.method.name).load()(config, encoder)
 
 

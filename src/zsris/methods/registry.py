@@ -13,7 +13,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
 
-from ..errors import ZsrisError
+from ..errors import MethodError, ZsrisError
 from ..factories import load_factory
 
 if TYPE_CHECKING:
@@ -24,6 +24,12 @@ if TYPE_CHECKING:
 #: The kinds of CLIP image tower a method may need.
 TOWERS = ("vit", "resnet")
 DEFAULT_METHOD = "global-local"
+#: The text features a method may score with, and how a map method turns its map into a choice.
+TEXTS = ("sentence-phrase", "sentence", "phrase")
+VISUALS = ("global-local", "global", "local")
+SELECTS = ("mean", "sum")
+#: How the paper's global feature may see the mask, per image tower (its masking ablations).
+MASKINGS = {"vit": ("tokens", "one-block", "attention"), "resnet": ("tokens", "image-query")}
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,10 @@ class MethodEntry:
     options: Mapping[str, Any] = field(default_factory=dict)
     towers: tuple[str, ...] = TOWERS
     summary: str = ""
+    #: The values a setting may take, where they are few (checked before any model loads).
+    choices: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
+    #: Where a setting's values depend on the tower: setting -> tower -> values (:func:`check_tower`).
+    tower_choices: Mapping[str, Mapping[str, tuple[Any, ...]]] = field(default_factory=dict)
 
     def load(self) -> Callable[["SegmenterConfig", "ClipEncoder"], "Method"]:
         return load_factory(self.factory)
@@ -54,7 +64,25 @@ class MethodEntry:
 
 METHOD_REGISTRY: dict[str, MethodEntry] = {
     DEFAULT_METHOD: MethodEntry("zsris.methods.global_local:from_config",
-                                summary="the paper's global-local CLIP features (Yu et al., CVPR 2023)"),
+                                {"visual": "global-local", "text": "sentence-phrase", "masking": "tokens"},
+                                summary="the paper's global-local CLIP features (Yu et al., CVPR 2023)",
+                                choices={"visual": VISUALS, "text": TEXTS,
+                                         "masking": ("tokens", "one-block", "attention", "image-query")},
+                                tower_choices={"masking": MASKINGS}),
+    "cropping": MethodEntry("zsris.methods.global_local:cropping", {"text": "sentence-phrase"},
+                            summary="the paper's cropping baseline: the local feature alone", choices={"text": TEXTS}),
+    "region-token": MethodEntry("zsris.methods.baselines:region_token", {"start_block": 0, "text": "sentence-phrase"},
+                                towers=("vit",),
+                                summary="the paper's region-token baseline (Li et al. 2022): a masked class token",
+                                choices={"text": TEXTS}),
+    "score-map": MethodEntry("zsris.methods.baselines:score_map", {"text": "sentence-phrase", "select": "mean"},
+                             towers=("resnet",),
+                             summary="the paper's score-map baseline (MaskCLIP): dense cosine, mean per proposal",
+                             choices={"text": TEXTS, "select": SELECTS}),
+    "grad-cam": MethodEntry("zsris.methods.baselines:grad_cam", {"text": "phrase", "select": "mean"},
+                            towers=("resnet",),
+                            summary="the paper's Grad-CAM baseline: CLIP's Grad-CAM, mean per proposal",
+                            choices={"text": TEXTS, "select": SELECTS}),
 }
 
 
@@ -71,7 +99,7 @@ def register_method(name: str, factory: str | Callable[["SegmenterConfig", "Clip
 def method_entry(name: str) -> MethodEntry:
     entry = METHOD_REGISTRY.get(name)
     if entry is None:
-        raise ZsrisError(f"unknown method {name!r}; choose one of {', '.join(METHOD_REGISTRY)}")
+        raise MethodError(f"unknown method {name!r}; choose one of {', '.join(METHOD_REGISTRY)}")
     return entry
 
 
@@ -88,13 +116,123 @@ def canonical_method(spec: str | MethodSpec, **changes: Any) -> MethodSpec:
     if unknown:
         owned = ", ".join(entry.options) or "none"
         raise ZsrisError(f"the {spec.name} method has no setting {', '.join(unknown)} (its settings: {owned})")
+    for key, value in options.items():
+        allowed = entry.choices.get(key)
+        if allowed is not None and value not in allowed:
+            raise ZsrisError(f"the {spec.name} method's {key} is one of {', '.join(map(str, allowed))}, not {value!r}")
+        default = entry.options[key]
+        if default is not None and not _same_kind(value, default):
+            kind = {bool: "true or false", int: "a whole number", float: "a number"}.get(type(default), "a word")
+            raise ZsrisError(f"the {spec.name} method's {key} is {kind} (default {default!r}), not {value!r}")
     return dataclasses.replace(spec, options={**entry.options, **options})
 
 
-def check_tower(name: str, is_vit: bool) -> None:
-    """Refuse a method on an image tower it cannot use, in one line."""
+def _same_kind(value: Any, default: Any) -> bool:
+    """Whether ``value`` may stand where ``default`` does: a bool for a bool, a whole number for an
+    int, a number for a float, a string for a string (anything for other kinds)."""
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, int):
+        return isinstance(value, int)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    if isinstance(default, str):
+        return isinstance(value, str)
+    return True
+
+
+def tower_of(backbone: str) -> str:
+    """The image tower a backbone name implies, before anything loads: open_clip's ResNets are
+    named ``RN...``; every other CLIP zsris loads (open_clip's ViTs, SigLIP, ``hf:``) is a ViT."""
+    return "resnet" if backbone.upper().startswith("RN") else "vit"
+
+
+def check_tower(method: str | MethodSpec, is_vit: bool) -> None:
+    """Refuse, in one line, a method on an image tower it cannot use, or (given its spec) a setting
+    whose value that tower does not have (``global-local:masking=one-block`` on a ResNet)."""
+    name = method.name if isinstance(method, MethodSpec) else method
     tower = "vit" if is_vit else "resnet"
-    towers = method_entry(name).towers
-    if tower not in towers:
-        wanted = " or ".join("a ViT" if t == "vit" else "a ResNet" for t in towers)
+    entry = method_entry(name)
+    if tower not in entry.towers:
+        wanted = " or ".join("a ViT" if t == "vit" else "a ResNet" for t in entry.towers)
         raise ZsrisError(f"the {name} method needs {wanted} backbone, not a {'ViT' if is_vit else 'ResNet'}")
+    if isinstance(method, MethodSpec):
+        for key, by_tower in entry.tower_choices.items():
+            allowed = by_tower.get(tower)
+            if key in method.options and allowed is not None and method.options[key] not in allowed:
+                raise ZsrisError(f"the {name} method's {key} {method.options[key]} needs another backbone; on a "
+                                 f"{'ViT' if is_vit else 'ResNet'} it is one of {', '.join(map(str, allowed))}")
+
+
+def _value(text: str, default: Any) -> Any:
+    """A setting's value as written on a command line, read as the kind of its default (a bool as
+    true or false, a whole number, a number; anything else stays the string, which
+    :func:`canonical_method` then checks)."""
+    text = text.strip()
+    readers = {bool: lambda t: {"true": True, "false": False}[t.lower()], int: int, float: float}
+    reader = readers.get(type(default))
+    if reader is None:
+        return text
+    try:
+        return reader(text)
+    except (KeyError, ValueError):
+        return text
+
+
+def parse_method(text: str) -> MethodSpec:
+    """A method as a command line names it: ``name`` or ``name:setting=value:setting=value``
+    (``global-local:masking=one-block``), every setting spelled out (:func:`canonical_method`)."""
+    name, *settings = [part.strip() for part in str(text).split(":")]
+    defaults = method_entry(name).options
+    options = {}
+    for setting in settings:
+        key, equals, value = setting.partition("=")
+        if not equals or not key.strip():
+            raise ZsrisError(f"a method's setting is written name:setting=value, not {setting!r} in {text!r}")
+        options[key.strip()] = _value(value, defaults.get(key.strip()))
+    return canonical_method(MethodSpec(name, options))
+
+
+def method_label(spec: MethodSpec) -> str:
+    """A method's short name for reports and run folders: its name and the settings that differ
+    from its defaults (``global-local:masking=one-block``)."""
+    defaults = method_entry(spec.name).options
+    changed = [f"{key}={value}" for key, value in spec.options.items() if defaults.get(key) != value]
+    return ":".join([spec.name, *changed])
+
+
+#: The paper's Table 1 as ``--method table1`` runs it: its baselines, its method on both of its
+#: backbones and its ablations (each a method with settings, and the tower it runs on), in the
+#: paper's order. ResNet rows run on the chosen backbone where it is a ResNet, else RN50; ViT rows
+#: on the chosen backbone where it is a ViT, else ViT-B/32. The upper bound is ``--gt-proposals``.
+TABLE1 = (("grad-cam", "resnet"), ("score-map", "resnet"), ("cropping", "resnet"), ("global-local", "resnet"),
+          ("global-local:masking=image-query", "resnet"),
+          ("region-token", "vit"), ("cropping", "vit"), ("global-local", "vit"),
+          ("global-local:masking=one-block", "vit"), ("global-local:masking=attention", "vit"),
+          ("global-local:visual=global", "vit"), ("global-local:text=sentence", "vit"),
+          ("global-local:text=phrase", "vit"))
+#: The paper's two backbones: table1's rows of the tower the chosen backbone is not.
+TABLE1_BACKBONES = {"resnet": "RN50", "vit": "ViT-B/32"}
+
+
+def method_rows(text: str, backbone: str) -> list[tuple[str, MethodSpec]]:
+    """The methods a ``--method`` value names, each with the backbone it runs on: one method, a
+    comma-separated list (each on ``backbone``; a method that cannot use its tower is refused in
+    one line), or ``table1`` (:data:`TABLE1`). The same method twice is refused."""
+    if text.strip() == "table1":
+        wanted = [(name, backbone if tower_of(backbone) == tower else TABLE1_BACKBONES[tower])
+                  for name, tower in TABLE1]
+    else:
+        wanted = [(part, backbone) for part in text.split(",") if part.strip()]
+    if not wanted:
+        raise ZsrisError("--method names no method")
+    rows, seen = [], set()
+    for name, chosen in wanted:
+        spec = parse_method(name)
+        label = method_label(spec)
+        if (label, chosen) in seen:
+            raise ZsrisError(f"--method names {label} twice")
+        seen.add((label, chosen))
+        check_tower(spec, tower_of(chosen) == "vit")
+        rows.append((chosen, spec))
+    return rows

@@ -160,6 +160,8 @@ class Sam3Proposals(Configured):
                 target_sizes=[(height, width)])[0]
             order = torch.argsort(kept["scores"], descending=True, stable=True)[: self.config.max_proposals]
             masks = kept["masks"][order].bool().cpu().numpy()
+            if not len(masks):  # nothing kept: the post-processing leaves the model's mask size, not the image's
+                masks = np.zeros((0, height, width), bool)
             proposals = Proposals(masks, kept["scores"][order].float().cpu().numpy()).non_empty()
             found[phrase] = (proposals, presence)
         return found
