@@ -79,6 +79,11 @@ def test_each_request_chooses_among_the_servers_methods(server):
     assert wrong.status_code == 422 and "global-local, cropping" in wrong.json()["detail"]
 
 
+def test_the_endpoint_says_it_takes_post(server):
+    response = httpx.get(f"{server}/api/segment")
+    assert response.status_code == 405 and response.headers["allow"] == "POST"
+
+
 def test_malformed_requests(server):
     no_image = httpx.post(f"{server}/api/segment", data={"expressions": ["x"]}, timeout=60)
     assert no_image.status_code == 422

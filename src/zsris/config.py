@@ -81,8 +81,9 @@ class SegmenterConfig:
     resizes without antialiasing), ``'clip'`` CLIP's own statistics. ``weights`` is a checkpoint
     path, ``"random"`` or None (``$ZSRIS_CLIP_WEIGHTS``, then the ``pretrained`` tag). ``spacy_model`` pins the English
     spaCy pipeline that finds the target noun phrase (None: ``$ZSRIS_SPACY_MODEL``, else the
-    most accurate installed; records name the one used). ``precision`` (CUDA only) trades
-    fidelity for speed: ``fp32`` (strict, default), ``tf32``, or ``bf16`` / ``fp16`` weights.
+    most accurate installed; records name the one used). ``precision`` trades fidelity
+    for speed: ``fp32`` (strict, default), on CUDA ``tf32`` or ``bf16`` / ``fp16`` weights, on a CPU
+    with bf16 units ``bf16``.
     ``method`` is the scoring method and its own settings (a :class:`MethodSpec`, or a name:
     :mod:`zsris.methods`; the paper's ``global-local`` by default, whose settings are alpha, beta,
     k and fusion above). ``spatial="on"`` lets the target's position, order and size words ("the left lion", "the

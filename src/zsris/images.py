@@ -22,6 +22,43 @@ from .errors import ImageError, ImageTooLargeError
 DEFAULT_MAX_PIXELS = 40_000_000
 
 ImageInput = Union[str, Path, bytes, BinaryIO, Image.Image, np.ndarray]
+#: An image given by URL: the most bytes read, and the seconds the whole download may take.
+MAX_URL_BYTES = 64 * 1024 * 1024
+URL_SECONDS = 30.0
+
+
+def is_url(source: object) -> bool:
+    """Whether ``source`` names an image by an http(s) URL rather than a path."""
+    return isinstance(source, str) and source.lower().startswith(("http://", "https://"))
+
+
+def fetch_url(url: str, max_bytes: int = MAX_URL_BYTES, seconds: float = URL_SECONDS) -> bytes:
+    """The bytes at ``url``, at most ``max_bytes`` and within ``seconds`` in all (a server that
+    sends slowly cannot hold the caller for ever); whatever fails is one :class:`ImageError` line."""
+    import time
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + seconds
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers={"User-Agent": "zsris"}),
+                                    timeout=seconds) as response:
+            chunks, size = [], 0
+            while True:
+                if time.monotonic() > deadline:
+                    raise ImageError(f"{url}: the download took over {seconds:g} s")
+                chunk = response.read(1 << 16)
+                if not chunk:
+                    return b"".join(chunks)
+                size += len(chunk)
+                if size > max_bytes:
+                    raise ImageTooLargeError(f"{url}: over {max_bytes:,} bytes, more than an image is read")
+                chunks.append(chunk)
+    except urllib.error.HTTPError as error:
+        raise ImageError(f"{url}: the server answered {error.code} {error.reason}") from None
+    except (urllib.error.URLError, OSError, ValueError) as error:
+        reason = getattr(error, "reason", None) or error
+        raise ImageError(f"{url}: cannot be fetched ({reason}); offline, download it and give its path") from None
 
 
 def _megapixels(pixels: int) -> str:
@@ -71,9 +108,10 @@ def load_image(source: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS, exif_tr
                name: Optional[str] = None, float_scale: Optional[float] = None) -> np.ndarray:
     """Return an ``HxWx3`` uint8 RGB array of ``source``, by default as a viewer would display it.
 
-    ``source`` is a path, the bytes of an image file, a binary file object, a PIL image or an
-    array. Files are checked against ``max_pixels`` from their header, before any pixel is
-    decoded, so a small compressed file cannot make the caller allocate gigabytes.
+    ``source`` is a path, an http(s) URL (:func:`fetch_url`: a size cap and a time limit), the
+    bytes of an image file, a binary file object, a PIL image or an array. Files are checked
+    against ``max_pixels`` from their header, before any pixel is decoded, so a small compressed
+    file cannot make the caller allocate gigabytes.
     ``exif_transpose=False`` keeps the stored pixel grid (what COCO annotations refer to).
     ``name`` replaces the path in error messages (a server does not show its own paths).
     A float array needs ``float_scale``: 1.0 for values in 0..1, 255.0 for 0..255. It is not
@@ -93,6 +131,8 @@ def load_image(source: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS, exif_tr
         return _decode_file(source, max_pixels, exif_transpose, name or "the image")  # type: ignore[arg-type]
     if not isinstance(source, (str, Path)):
         raise ImageError(f"cannot read an image from a {type(source).__name__}")
+    if is_url(source):
+        return _decode_file(io.BytesIO(fetch_url(str(source))), max_pixels, exif_transpose, name or str(source))
     path = Path(source)
     what = name or str(path)
     if not path.exists():

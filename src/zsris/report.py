@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -45,6 +46,16 @@ def table(summary: dict[str, Any], title: str = "") -> str:
     return "\n".join(lines)
 
 
+#: Characters per line of the histogram's title: a longer one would be cut at the figure's edge.
+TITLE_WIDTH = 70
+
+
+def histogram_title(title: str) -> str:
+    """The title in lines that fit the figure (a run's title names the dataset, split, backbone,
+    proposals and, with random weights, says so at length)."""
+    return textwrap.fill(title, TITLE_WIDTH)
+
+
 def iou_histogram(ious: Sequence[float], path: Path, title: str) -> None:
     import matplotlib
 
@@ -55,7 +66,7 @@ def iou_histogram(ious: Sequence[float], path: Path, title: str) -> None:
     axis.hist(np.asarray(ious, dtype=float), bins=20, range=(0, 1), color="#d9534f", edgecolor="white")
     axis.set_xlabel("IoU of the chosen mask")
     axis.set_ylabel("sentences")
-    axis.set_title(title, fontsize=10)
+    axis.set_title(histogram_title(title), fontsize=10)
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)

@@ -229,6 +229,12 @@ def create_app(service: SegmentationService):
         return {"status": "ok", "settings": settings(service.segmenter), "methods": list(service.methods),
                 "random_weights": service.segmenter.backbone.is_random}
 
+    @app.get("/api/segment", include_in_schema=False)
+    def segment_by_get() -> None:
+        """The page's catch-all would answer 404: say which method the endpoint takes."""
+        raise HTTPException(405, "POST an image and expressions to /api/segment (a multipart form)",
+                            headers={"Allow": "POST"})
+
     @app.post("/api/segment")
     def segment(
         image: UploadFile = File(..., description="the image (JPEG, PNG, ...)"),

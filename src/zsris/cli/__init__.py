@@ -18,6 +18,8 @@ import warnings
 from typing import Iterator, Optional, Sequence
 
 from ..errors import ZsrisError, ZsrisWarning
+from ..methods.registry import load_plugins as load_method_plugins
+from ..proposals.registry import load_plugins as load_proposal_plugins
 from . import batch, evaluate, example, proposals, segment, serve, weights
 from .flags import EPILOG
 
@@ -34,6 +36,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    load_proposal_plugins()  # the generators and methods installed packages declare, offered by the flags
+    load_method_plugins()
     for module in SUBCOMMANDS:
         module.register(commands)
     return parser
@@ -75,12 +79,12 @@ def _interrupt_flag() -> Iterator[threading.Event]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = make_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     warnings.showwarning = _one_line_warnings
     warnings.filterwarnings("ignore", category=UserWarning, module="torch")
     warnings.filterwarnings("always", category=ZsrisWarning)  # zsris's own, wherever they are raised from
+    parser = make_parser()  # after the warnings' format: a broken plug-in is said in one line
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         with _interrupt_flag() as stop:

@@ -187,7 +187,8 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
                        help="English spaCy pipeline for the target noun phrase (default: $ZSRIS_SPACY_MODEL, else "
                             "the most accurate installed of en_core_web_trf, _lg (the paper's), _md, _sm)")
     model.add_argument("--precision", choices=PRECISIONS, default=DEFAULTS.precision,
-                       help="CUDA only: strict fp32 (default, for fidelity), tf32, or bf16/fp16 weights (faster)")
+                       help="strict fp32 (default, for fidelity); on CUDA also tf32, or bf16/fp16 weights (faster); "
+                            "on a CPU with bf16 units (AVX512-BF16 or AMX) also bf16")
     model.add_argument("--spatial", choices=SPATIAL_MODES, default=DEFAULTS.spatial,
                        help="'on': the target's position, order and size words (left, second from the right, "
                             "biggest ...) choose among the noun phrase's candidates; beyond the paper, so off by "

@@ -63,7 +63,7 @@ def _names_an_image(text: str) -> bool:
 
 def cmd_segment(args: argparse.Namespace) -> int:
     from ..images import load_image
-    from ..jobs.run import writable_folder
+    from ..jobs.run import check_writable
     from ..names import file_part, run_tag, slug
     from ..present import explain, save_result
     from ..records import settings
@@ -77,7 +77,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         if _names_an_image(expression):
             raise ZsrisError(f"{expression!r} is an image file, not an expression: segment takes one image and "
                              f"its expressions (zsris batch takes a folder or a list of images)")
-    writable_folder(Path(args.output))  # before any model loads, not after the work
+    check_writable(Path(args.output))  # before any model loads, not after the work (and not made yet)
     segmenter = build_segmenter(config)
     image_id = Path(args.image).name
     progress = StageProgress(sys.stderr.isatty())

@@ -30,7 +30,16 @@ from ..records import SentenceRecord
 from ..store import PredictionStore
 from ..text import check_expression
 from ..types import ImageFeatures, Proposals
-from .run import Execution, ImageSource, ImageWork, answers_here, progress_bar, quiet_segmenter, run_images
+from .run import (
+    Execution,
+    ImageSource,
+    ImageWork,
+    answers_here,
+    bar_stream,
+    progress_bar,
+    quiet_segmenter,
+    run_images,
+)
 
 if TYPE_CHECKING:
     from ..calibration import Calibration
@@ -264,7 +273,8 @@ def evaluate_proposals(dataset: ReferDataset, groups: dict[int, list[Ref]], engi
     best, inters, unions, counts, seconds = [], [], [], [], []
     differing = {"objects": 0, "sentences": 0}
     other = "union" if dataset.gt_mask == "refer" else "refer"
-    progress = tqdm(total=len(groups), desc="proposals", unit="image", disable=not show_progress, dynamic_ncols=True)
+    progress = tqdm(total=len(groups), desc="proposals", unit="image", disable=not show_progress, dynamic_ncols=True,
+                    **bar_stream())
 
     def consume(prepared: Prepared) -> None:
         masks = prepared.proposals.masks if prepared.proposals is not None else np.zeros((0, 1, 1), bool)

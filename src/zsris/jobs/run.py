@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import sys
 import tempfile
 import threading
 import warnings
@@ -144,6 +145,24 @@ def writable_folder(out: Path) -> Path:
     return out
 
 
+def check_writable(out: Path) -> None:
+    """Refuse, before any model loads, an output folder that could not be written, without making
+    it: a file in its place, or a folder (itself, else its nearest existing parent) where nothing
+    can be created (read-only, immutable, another user's). A probe is made there and removed."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ZsrisError(f"{out} is a file; the output names the folder that receives the results")
+    existing = out
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ZsrisError(f"{existing} is a file, so {out} cannot be made there")
+    try:
+        os.rmdir(tempfile.mkdtemp(dir=existing, prefix=".zsris-probe-"))
+    except OSError as error:
+        raise ZsrisError(f"{out}: cannot write the results there ({error.strerror or error})") from None
+
+
 def images_per_pass(segmenter: "Segmenter") -> int:
     """How many images' proposals a job puts through CLIP together: the config's setting, else
     4 on CUDA (small passes leave a GPU waiting on kernel launches) and 1 elsewhere (a CPU gains
@@ -176,6 +195,35 @@ def quiet_segmenter(config: SegmenterConfig) -> "Segmenter":
 STARTING = "starting: loading the workers and preparing the first images"
 
 
+class LogLines:
+    """A progress bar's stream where it is not a terminal (a pipe, a log file): each update a line
+    of its own, at most every :data:`LOG_INTERVAL` seconds, rather than carriage returns that
+    pile up in one endless line."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> None:
+        text = text.replace("\r", "").strip()
+        if text:
+            self.stream.write(text + "\n")
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+#: Seconds between a progress bar's lines in a log (:class:`LogLines`).
+LOG_INTERVAL = 30.0
+
+
+def bar_stream() -> dict[str, Any]:
+    """tqdm's ``file`` and ``mininterval`` for standard error: the bar itself on a terminal,
+    a line every :data:`LOG_INTERVAL` seconds elsewhere."""
+    if sys.stderr.isatty():
+        return {"file": sys.stderr}
+    return {"file": LogLines(sys.stderr), "mininterval": LOG_INTERVAL, "ascii": True}
+
+
 @contextlib.contextmanager
 def progress_bar(total: int, initial: int, desc: str, enabled: bool,
                  saved: Callable[[], str]) -> Iterator["tqdm"]:
@@ -192,7 +240,7 @@ def progress_bar(total: int, initial: int, desc: str, enabled: bool,
             return super().update(n)
 
     bar = StartingBar(total=total, initial=initial, unit="image", desc=desc, dynamic_ncols=True,
-                      disable=not enabled, postfix=STARTING if initial < total else None)
+                      disable=not enabled, postfix=STARTING if initial < total else None, **bar_stream())
     try:
         yield bar
     except KeyboardInterrupt:

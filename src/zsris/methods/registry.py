@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
 
 from ..errors import MethodError, ZsrisError
-from ..factories import load_factory
+from ..factories import add_plugins, load_factory
 
 if TYPE_CHECKING:
     from ..config import SegmenterConfig
@@ -96,7 +96,14 @@ def register_method(name: str, factory: str | Callable[["SegmenterConfig", "Clip
     METHOD_REGISTRY[name] = MethodEntry(factory, dict(options or {}), tuple(towers), summary)
 
 
+def load_plugins() -> None:
+    """The methods installed packages declare (entry points ``zsris.methods``), added once."""
+    add_plugins(METHOD_REGISTRY, "zsris.methods", MethodEntry)
+
+
 def method_entry(name: str) -> MethodEntry:
+    if name not in METHOD_REGISTRY:  # a plug-in's, perhaps (the built-ins need none loaded)
+        load_plugins()
     entry = METHOD_REGISTRY.get(name)
     if entry is None:
         raise MethodError(f"unknown method {name!r}; choose one of {', '.join(METHOD_REGISTRY)}")

@@ -403,7 +403,7 @@ def resolve_checkpoint(checkpoint: Optional[str]) -> str:
     raise WeightsError(
         f"FreeSOLO proposals need its checkpoint {FREESOLO_FILE}: download it from "
         f"https://huggingface.co/{FREESOLO_HUB_REPO} and pass --freesolo-checkpoint PATH "
-        f"(or set {FREESOLO_CHECKPOINT_ENV})"
+        f"(or set {FREESOLO_CHECKPOINT_ENV}); --freesolo-checkpoint random for an untrained model"
     )
 
 

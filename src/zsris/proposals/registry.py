@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, TypeVar
 
 from ..errors import ZsrisError
-from ..factories import load_factory
+from ..factories import add_plugins, load_factory
 from .base import ProposalGenerator, check_max_proposals
 from .configs import OPTION, ClassicalConfig, FileConfig, FreeSoloConfig, Sam2Config, Sam3Config, SamConfig
 
@@ -161,7 +161,14 @@ def check_class_agnostic(name: str, command: str) -> None:
                          f"expression; use it with zsris segment, batch or eval")
 
 
+def load_plugins() -> None:
+    """The generators installed packages declare (entry points ``zsris.proposals``), added once."""
+    add_plugins(PROPOSAL_REGISTRY, "zsris.proposals", GeneratorEntry)
+
+
 def generator_entry(name: str) -> GeneratorEntry:
+    if name not in PROPOSAL_REGISTRY:  # a plug-in's, perhaps (the built-ins need none loaded)
+        load_plugins()
     entry = PROPOSAL_REGISTRY.get(name)
     if entry is None:
         raise ZsrisError(f"unknown proposal generator {name!r}; choose one of {', '.join(PROPOSAL_REGISTRY)}")
