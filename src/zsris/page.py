@@ -252,6 +252,7 @@ def build_demo(service: PageService) -> gr.Blocks:
             overlay_view, files = _outputs_column()
         gr.render(inputs=answers)(show_answers)
         image.upload(handlers.check_image, inputs=image, outputs=status, api_name="show_preview")
-        button.click(handlers.run, inputs=[image, text, top_k, method], outputs=[overlay_view, answers, files, status],
+        chosen = [method] if len(service.methods) > 1 else []  # one method: the page's API as it always was
+        button.click(handlers.run, inputs=[image, text, top_k, *chosen], outputs=[overlay_view, answers, files, status],
                      concurrency_limit=1, api_name="run")
     return demo
