@@ -50,3 +50,15 @@ def add_plugins(registry: dict[str, Any], group: str, kind: type) -> None:
                           f"or a factory", ZsrisWarning, stacklevel=2)
             continue
         registry[point.name] = value if isinstance(value, kind) else kind(value)
+
+
+def registry_entry(registry: dict[str, Any], name: str, group: str, kind: type, what: str,
+                   error: type[Exception]) -> Any:
+    """``registry[name]``, looking among the plug-ins of ``group`` first where it is not a built-in
+    (:func:`add_plugins`); an unknown name is ``error`` in one line listing the ``what`` there are."""
+    if name not in registry:
+        add_plugins(registry, group, kind)
+    entry = registry.get(name)
+    if entry is None:
+        raise error(f"unknown {what} {name!r}; choose one of {', '.join(registry)}")
+    return entry

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
 
 from ..errors import MethodError, ZsrisError
-from ..factories import add_plugins, load_factory
+from ..factories import add_plugins, load_factory, registry_entry
 
 if TYPE_CHECKING:
     from ..config import SegmenterConfig
@@ -102,12 +102,7 @@ def load_plugins() -> None:
 
 
 def method_entry(name: str) -> MethodEntry:
-    if name not in METHOD_REGISTRY:  # a plug-in's, perhaps (the built-ins need none loaded)
-        load_plugins()
-    entry = METHOD_REGISTRY.get(name)
-    if entry is None:
-        raise MethodError(f"unknown method {name!r}; choose one of {', '.join(METHOD_REGISTRY)}")
-    return entry
+    return registry_entry(METHOD_REGISTRY, name, "zsris.methods", MethodEntry, "method", MethodError)
 
 
 def canonical_method(spec: str | MethodSpec, **changes: Any) -> MethodSpec:

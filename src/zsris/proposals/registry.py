@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, TypeVar
 
 from ..errors import ZsrisError
-from ..factories import add_plugins, load_factory
+from ..factories import add_plugins, load_factory, registry_entry
 from .base import ProposalGenerator, check_max_proposals
 from .configs import OPTION, ClassicalConfig, FileConfig, FreeSoloConfig, Sam2Config, Sam3Config, SamConfig
 
@@ -167,12 +167,8 @@ def load_plugins() -> None:
 
 
 def generator_entry(name: str) -> GeneratorEntry:
-    if name not in PROPOSAL_REGISTRY:  # a plug-in's, perhaps (the built-ins need none loaded)
-        load_plugins()
-    entry = PROPOSAL_REGISTRY.get(name)
-    if entry is None:
-        raise ZsrisError(f"unknown proposal generator {name!r}; choose one of {', '.join(PROPOSAL_REGISTRY)}")
-    return entry
+    return registry_entry(PROPOSAL_REGISTRY, name, "zsris.proposals", GeneratorEntry, "proposal generator",
+                          ZsrisError)
 
 
 def canonical_spec(spec: str | ProposalSpec, **changes: Any) -> ProposalSpec:
