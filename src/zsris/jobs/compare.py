@@ -30,7 +30,8 @@ from .evaluation import (
     check_split_images,
     dataset_task,
     image_content_key,
-    paper_figures,
+    pending_images,
+    run_summary,
     sentence_ids,
 )
 from .run import Execution, progress_bar
@@ -101,7 +102,6 @@ class CompareJob:
 
     def run(self) -> CompareOutcome:
         """Evaluate what no method has done yet, then report every method over the whole split."""
-        from ..metrics import authors_accounting, summarize
         from ..report import write_report
 
         first = self.segmenters[0]
@@ -118,9 +118,8 @@ class CompareJob:
             stack.enter_context(self.execution.session(first.device))
             for job, store in zip(self.jobs, stores):
                 job._forget_changed(store, keys)
-            done = [store.done() for store in stores]
-            wanted = {image_id: [m for m in range(len(stores)) if any(
-                s.sent_id not in done[m] for ref in refs for s in ref.sentences)] for image_id, refs in groups.items()}
+            unfinished = [set(pending_images(groups, store.done())) for store in stores]
+            wanted = {image_id: [m for m, images in enumerate(unfinished) if image_id in images] for image_id in groups}
             pending = [image_id for image_id, methods in wanted.items() if methods]
 
             def saved() -> str:
@@ -146,10 +145,7 @@ class CompareJob:
         title = f"{self.data.dataset} {self.split} ({first.config.proposals.name} proposals"
         title += ", RANDOM WEIGHTS: these figures mean nothing)" if first.backbone.is_random else ")"
         for job, label, found in zip(self.jobs, self.labels, records):
-            summary = summarize(found)
-            if job.segmenter.config.from_preset == "paper":
-                summary.update(authors_accounting(found))
-                summary.update(paper_figures(job.segmenter.config, self.data, self.split))
+            summary = run_summary(found, job.segmenter.config, self.data, self.split)
             write_report(job.out, summary, job.settings(), [r["iou"] for r in found], f"{label}: {title}")
             summaries[label] = summary
         backbones = {label: s.config.backbone for label, s in zip(self.labels, self.segmenters)}

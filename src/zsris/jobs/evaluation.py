@@ -371,6 +371,18 @@ def paper_figures(config: SegmenterConfig, data: DataSpec, split: str) -> dict[s
     return comparison(data.dataset, split)
 
 
+def run_summary(records: list[dict[str, Any]], config: SegmenterConfig, data: DataSpec,
+                split: str) -> dict[str, Any]:
+    """A run's metrics over its records; under ``--preset paper`` both accountings too, and the
+    figures to compare with (:func:`paper_figures`)."""
+    from ..metrics import authors_accounting, summarize
+
+    summary = summarize(records)
+    if config.from_preset == "paper":
+        summary = {**summary, **authors_accounting(records), **paper_figures(config, data, split)}
+    return summary
+
+
 def check_split_images(dataset: ReferDataset, groups: dict[int, list[Ref]], split: str) -> None:
     """Refuse a split none of whose images is on disk (an empty or wrong ``--images`` folder):
     every sentence would fail, and the metrics would look like a result."""
@@ -438,7 +450,6 @@ class EvalJob:
     def run(self) -> EvalOutcome:
         """Evaluate the images not done before, then report over the whole split. Raises
         :class:`~zsris.jobs.run.JobInterrupted` on Ctrl-C, with every scored sentence saved."""
-        from ..metrics import summarize
         from ..report import write_report
 
         self.execution.check(self.segmenter.proposals)
@@ -466,12 +477,7 @@ class EvalJob:
 
                 timing = run_images(self.segmenter, self.execution, self._work(groups, pending), commit)
             records = store.records(sentence_ids(groups))
-        summary = summarize(records)
-        if self.segmenter.config.from_preset == "paper":  # both accountings, and the figures to compare with
-            from ..metrics import authors_accounting
-
-            summary = {**summary, **authors_accounting(records), **paper_figures(self.segmenter.config, self.data,
-                                                                                  self.split)}
+        summary = run_summary(records, self.segmenter.config, self.data, self.split)
         write_report(out, summary, settings, [r["iou"] for r in records], title, timing)
         outcome = EvalOutcome(summary, settings, records, title,
                               [out / "metrics.json", out / "report.md", out / "iou_histogram.png"], timing)
