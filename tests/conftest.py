@@ -52,6 +52,15 @@ def vit_b32() -> ClipBackbone:
 
 
 @pytest.fixture(scope="session")
+def two_shapes() -> np.ndarray:
+    """A red square on the left and a blue box on the right, on grey: 72 x 100."""
+    pixels = np.full((72, 100, 3), 200, np.uint8)
+    pixels[8:40, 6:40] = (220, 30, 30)
+    pixels[20:64, 50:92] = (30, 30, 220)
+    return pixels
+
+
+@pytest.fixture(scope="session")
 def refcoco_mini() -> Path:
     if not (REFCOCO_MINI / "refcoco" / "refs(unc).p").is_file():
         pytest.skip(f"refcoco-mini not found at {REFCOCO_MINI} (set ZSRIS_TEST_DATA to its folder)")

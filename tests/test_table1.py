@@ -24,11 +24,8 @@ EXPRESSIONS = ["the red shape on the left", "a blue box", "the grey background"]
 
 
 @pytest.fixture(scope="module")
-def image() -> np.ndarray:
-    pixels = np.full((72, 100, 3), 200, np.uint8)
-    pixels[8:40, 6:40] = (220, 30, 30)
-    pixels[20:64, 50:92] = (30, 30, 220)
-    return pixels
+def image(two_shapes) -> np.ndarray:
+    return two_shapes
 
 
 def _segmenter(backbone, method: str, **options) -> Segmenter:

@@ -56,7 +56,7 @@ DEFAULT_ALPHA = 0.95
 
 #: Named settings (:meth:`SegmenterConfig.preset`): where the function that gives a preset's
 #: fields for a dataset lives, imported when the preset is asked for.
-PRESETS = {"paper": "zsris.paper:paper_settings"}
+PRESETS = {"paper": "zsris.paper:paper_settings", "hybridgl": "zsris.hybridgl_preset:hybridgl_settings"}
 
 
 def paper_alpha(dataset: Optional[str] = None) -> float:

@@ -43,11 +43,13 @@ class Policy:
 
 
 def decide(scores: Scores, proposals: Proposals, policy: Policy, cues: Optional[ParsedSpatial] = None,
-           phrase_scores: Optional[np.ndarray] = None) -> Answer:
+           phrase_scores: Optional[np.ndarray] = None, chosen: Optional[int] = None) -> Answer:
     """The answer the ``policy`` gives for one expression. ``cues`` and ``phrase_scores`` (the
-    noun phrase alone against each proposal) serve the spatial rule and are needed only with it."""
-    best, spatial = int(scores.order[0]), None
-    if policy.spatial:
+    noun phrase alone against each proposal) serve the spatial rule and are needed only with it.
+    ``chosen``: the method's own choice (HybridGL's), which takes the place of the best score and
+    of the spatial rule; the threshold and multi-target rules apply to it as to any."""
+    best, spatial = (int(scores.order[0]) if chosen is None else int(chosen)), None
+    if policy.spatial and chosen is None:
         if phrase_scores is None:
             raise ValueError("the spatial rule needs the noun phrase's scores")
         spatial = rectify(cues or ParsedSpatial(), proposals.masks, phrase_scores, scores.fused)

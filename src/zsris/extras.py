@@ -11,6 +11,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "ray": ("ray",),
     "sam": ("segment_anything",),
     "hf": ("transformers",),
+    "hybridgl": ("cv2", "segment_anything"),
 }
 
 

@@ -62,6 +62,12 @@ def summarize(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         summary["mc-acc"] = _percent(len(correct) / len(with_category))
         cc_union = sum(int(r["union"]) for r in correct)
         summary["cc-oIoU"] = _percent(sum(int(r["intersection"]) for r in correct) / cc_union if cc_union else 0.0)
+    if any("pure_iou" in r for r in records):  # HybridGL's answer without spatial guidance, as its
+        # script reports it beside; a sentence without one (its image failed) counts as a miss
+        p_union = sum(int(r.get("pure_union", r["union"])) for r in records)
+        p_inter = sum(int(r.get("pure_intersection", 0)) for r in records)
+        summary["oIoU (pure HybridGL)"] = _percent(p_inter / p_union if p_union else 0.0)
+        summary["mIoU (pure HybridGL)"] = _percent(float(np.mean([r.get("pure_iou", 0.0) for r in records])))
     with_oracle = [r for r in records if r.get("oracle_iou") is not None]
     if with_oracle:
         summary["oracle mIoU"] = _percent(float(np.mean([r["oracle_iou"] for r in with_oracle])))

@@ -38,7 +38,7 @@ PAPER_PHRASECUT_SUBSET = "unseen"
 __all__ = ["AUTHORS_RERUN", "PAPER_RESULTS", "PRESETS", "comparison", "paper_settings"]
 
 
-def paper_spacy_model() -> Optional[str]:
+def paper_spacy_model(owner: str = "the paper's") -> Optional[str]:
     """``en_core_web_lg`` when installed; else None (the most accurate installed), with a
     warning naming the one that will parse instead."""
     import spacy
@@ -47,7 +47,7 @@ def paper_spacy_model() -> Optional[str]:
     if spacy.util.is_package(PAPER_SPACY_MODEL):
         return PAPER_SPACY_MODEL
     used = os.environ.get(SPACY_MODEL_ENV) or next((m for m in SPACY_MODELS if spacy.util.is_package(m)), None)
-    warnings.warn(f"zsris: the paper's spaCy model {PAPER_SPACY_MODEL} is not installed "
+    warnings.warn(f"zsris: {owner} spaCy model {PAPER_SPACY_MODEL} is not installed "
                   f"(python -m spacy download {PAPER_SPACY_MODEL}); the noun phrases come from {used} instead, "
                   f"which may change some of them", ZsrisWarning, stacklevel=3)
     return None

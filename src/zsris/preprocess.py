@@ -20,10 +20,12 @@ from .backbones import Preprocess
 
 class ImageTensors(NamedTuple):
     """One image as the visual stage takes it: ``full`` ``[1, 3, H, W]`` and ``clip_input``
-    ``[1, 3, S, S]``, normalised, on the model's device."""
+    ``[1, 3, S, S]``, normalised, on the model's device, and its ``pixels`` (``[H, W, 3]`` uint8)
+    for a method that prepares its own images (HybridGL)."""
 
     full: Tensor
     clip_input: Tensor
+    pixels: Optional[np.ndarray] = None
 
 
 class Preprocessor:
@@ -52,12 +54,12 @@ class Preprocessor:
         short_side = self.config.short_side
         if short_side is None:
             full = self.image_tensor(image)
-            return ImageTensors(full, self.clip_input(full))
+            return ImageTensors(full, self.clip_input(full), image)
         resized = TF.resize(Image.fromarray(np.ascontiguousarray(image)), short_side)
         base = self._normalise(torch.tensor(np.asarray(resized), device=self.device))
         size = self.input_size
         return ImageTensors(TF.resize(base, list(image.shape[:2]), antialias=False),
-                            TF.resize(base, [size, size], antialias=False))
+                            TF.resize(base, [size, size], antialias=False), image)
 
     def image_tensor(self, image: np.ndarray) -> Tensor:
         """The normalised full-resolution image ``[1, 3, H, W]`` on the model's device."""

@@ -76,7 +76,8 @@ class SentenceRecord:
     ``oracle_*`` the best proposal's (the method's ceiling; absent for a failed image);
     ``error`` says why an image could not be processed (its sentences count with IoU 0);
     ``no_target``, ``ann_ids``, ``found`` and ``margin_iu`` (the union of the proposals within
-    each calibration margin of the best, as intersection and union) exist for gRefCOCO only.
+    each calibration margin of the best, as intersection and union) exist for gRefCOCO only;
+    ``pure_*`` for a method that keeps a second answer (HybridGL without spatial guidance).
     Fields left :data:`ABSENT` are left out of the JSON form."""
 
     sent_id: int
@@ -101,6 +102,9 @@ class SentenceRecord:
     ann_ids: Any = ABSENT
     found: Any = ABSENT
     margin_iu: Any = ABSENT
+    pure_intersection: Any = ABSENT
+    pure_union: Any = ABSENT
+    pure_iou: Any = ABSENT
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not ABSENT}

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from .decide import Policy, decide, segment_result
+from .errors import ZsrisError
 from .proposals.base import Prompting
 from .text import ParsedExpression
 from .types import Answer, Proposals, Scores, SegmentResult
@@ -25,12 +26,17 @@ from .types import Answer, Proposals, Scores, SegmentResult
 class ScoreTable:
     """Every expression (rows) against every proposal (columns), on the CPU: ``fused`` ranks
     them; ``global_`` and ``local`` are the parts a record shows (None for a method without
-    them); ``phrase`` (the noun phrase alone, where asked for) picks the spatial rule's candidates."""
+    them); ``phrase`` (the noun phrase alone, where asked for) picks the spatial rule's candidates.
+    A method with its own rule of choice (HybridGL's spatial guidance) gives each row's answer as
+    ``choice`` (a proposal index, in place of the best fused score) and what its record should
+    keep of it as ``records``."""
 
     fused: Tensor
     global_: Optional[Tensor] = None
     local: Optional[Tensor] = None
     phrase: Optional[Tensor] = None
+    choice: Optional[list[int]] = None
+    records: Optional[list[dict]] = None
 
     def parts(self, row: int, index: Optional[Tensor] = None) -> tuple[Optional[np.ndarray], Optional[np.ndarray]]:
         """Row ``row``'s global and local scores (of the proposals ``index``), None where absent."""
@@ -54,9 +60,15 @@ def results(table: ScoreTable, parsed: Sequence[ParsedExpression], proposals: Pr
         candidates = prompting.candidates(parse.noun_phrase if parse.has_noun_phrase else None, proposals)
         if candidates.rows is None:
             scores = Scores(table.fused[row].numpy(), *table.parts(row), order[row].numpy())
+            chosen = None if table.choice is None else table.choice[row]
             answers.append(segment_result(parse, scores, proposals, decide(scores, proposals, policy, parse.spatial,
-                                                                           phrase)))
+                                                                           phrase, chosen)))
+            if table.records is not None:
+                answers[-1].method_record = table.records[row]
             continue
+        if table.choice is not None:
+            raise ZsrisError("a method that makes its own choice chooses among every proposal; "
+                             "a prompted generator's candidates are not for it")
         answers.append(_among(table, row, parse, proposals, policy, candidates.rows, candidates.refusal,
                               candidates.record, phrase))
     return answers

@@ -78,6 +78,10 @@ class Segmenter:
         self.encoder = ClipEncoder.create(backbone, preprocess, self.config)
         self.preprocessor = Preprocessor(preprocess, backbone.input_size, backbone.device)
         self.method: Method = create_method(self.config, self.encoder)
+        if getattr(self.method, "chooses", False) and prompting(proposals).prompted:
+            raise ZsrisError(f"the {self.method.name} method chooses among every proposal of an image; the "
+                             f"{getattr(proposals, 'name', 'prompted')} generator's proposals depend on each "
+                             f"expression: choose another generator")
         self.parser = parser or ExpressionParser(model=self.config.spacy_model, cache_size=self.config.text_cache_size)
         self.policy = Policy.from_config(self.config)
         self._last_features: Optional[tuple[Any, Any]] = None

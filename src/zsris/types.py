@@ -178,6 +178,7 @@ class SegmentResult:
     proposal_indices: list[int] = field(default_factory=list)  # the proposals united in the mask
     prompt: Optional[dict[str, Any]] = None  # with a prompted generator: what it was told, and what decided
     candidates: Optional[list[int]] = field(default=None, repr=False)  # prompted: the image proposals chosen among
+    method_record: Optional[dict[str, Any]] = None  # a method's own account of its choice (HybridGL's two answers)
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -229,4 +230,5 @@ class SegmentResult:
             ],
             **({"spatial": self.spatial.record()} if self.spatial is not None else {}),
             **({"prompt": self.prompt} if self.prompt is not None else {}),
+            **({"method": self.method_record} if self.method_record is not None else {}),
         }

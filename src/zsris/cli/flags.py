@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 import warnings
+from dataclasses import dataclass
 from typing import Any, Optional
 
 from ..config import (
@@ -23,7 +24,8 @@ from ..config import (
     SegmenterConfig,
     paper_alpha,
 )
-from ..errors import ZsrisError
+from ..errors import ZsrisError, ZsrisWarning
+from ..hybridgl_preset import HYBRIDGL_BACKBONE
 from ..methods import METHOD_REGISTRY, MethodSpec
 from ..methods.registry import check_tower, parse_method, tower_of
 from ..paper import PAPER_BACKBONES, PAPER_PHRASECUT_SUBSET, PAPER_SPACY_MODEL, PAPER_SPLIT_BY, PRESETS
@@ -154,8 +156,9 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     model = parser.add_argument_group("model")
     model.add_argument("--preset", choices=PRESETS, default=None,
                        help="'paper': the paper's setting (ViT-B/32, FreeSOLO proposals, --preprocess paper, its "
-                            "alpha for the dataset, beta 0.5, k 3, spaCy en_core_web_lg); flags that contradict it "
-                            "are refused; eval then reports both accountings and the paper's figures")
+                            "alpha for the dataset, beta 0.5, k 3, spaCy en_core_web_lg); 'hybridgl': HybridGL's "
+                            "(CVPR 2025: ViT-B/16, SAM ViT-H with its script's settings, --method hybridgl); flags "
+                            "that contradict a preset are refused; eval then reports the preset's published figures")
     model.add_argument("--backbone", default=DEFAULTS.backbone,
                        help="CLIP architecture in open_clip's names: ViT-B/32 (paper), RN50, ViT-B/16 ...; "
                             "or a CLIP in the transformers format: hf:openai/clip-vit-base-patch32 (a hub id) "
@@ -291,28 +294,47 @@ PRESET_FLAGS = {"backbone": ("--backbone", DEFAULTS.backbone), "pretrained": ("-
                 "multi_target": ("--multi-target", False)}
 
 
+@dataclass(frozen=True)
+class PresetRules:
+    """What a preset lets the command line change: the backbones it was published with (its
+    own first), its proposal generator (its masks, or the same written to a file by ``zsris
+    proposals``), PhraseCut's subset it reports, and the method it runs (None: ``--method``
+    chooses among the paper's Table 1)."""
+
+    backbones: tuple[str, ...]
+    proposals: str
+    phrasecut_subset: Optional[str] = None
+    method: Optional[str] = None
+
+
+PRESET_RULES = {"paper": PresetRules(PAPER_BACKBONES, "freesolo", PAPER_PHRASECUT_SUBSET),
+                "hybridgl": PresetRules((HYBRIDGL_BACKBONE,), "sam", None, "hybridgl")}
+
+
 def _preset_config(args: argparse.Namespace) -> SegmenterConfig:
     """The preset's config for the dataset of the command, after refusing, by name, any flag
     given a value the preset does not have (the paper's other backbone, RN50, is allowed)."""
     dataset = getattr(args, "dataset", None)
     config = SegmenterConfig.preset(args.preset, dataset)
+    rules = PRESET_RULES[args.preset]
     for dest, (flag, default) in PRESET_FLAGS.items():
         given = getattr(args, dest)
         wanted = getattr(config, dest)
         wanted = wanted.name if dest in ("proposals", "method") else wanted
-        allowed = {wanted, *PAPER_BACKBONES} if dest == "backbone" else {wanted}
+        allowed = {wanted, *rules.backbones} if dest == "backbone" else {wanted}
         if dest == "proposals":
-            allowed.add("file")  # FreeSOLO's proposals written once by `zsris proposals`
+            allowed.add("file")  # the preset's proposals written once by `zsris proposals`
         if dest == "spacy_model" and wanted is None:
             allowed.add(PAPER_SPACY_MODEL)
         if given != default and given not in allowed:
-            also = {"backbone": f" (or {', '.join(PAPER_BACKBONES[1:])})",
-                    "proposals": " (or file, for FreeSOLO's written by zsris proposals)"}.get(dest, "")
+            also = {"backbone": f" (or {', '.join(rules.backbones[1:])})" if rules.backbones[1:] else "",
+                    "proposals": f" (or file, for {wanted}'s written by zsris proposals)"}.get(dest, "")
             raise ZsrisError(f"--preset {args.preset} sets {flag} {wanted}{also}; it contradicts {flag} {given} "
                              f"(leave one of them out)")
-    if args.max_proposals not in (config.proposals.max_proposals, None):  # FreeSOLO gives at most 100
-        raise ZsrisError(f"--preset {args.preset} keeps FreeSOLO's {config.proposals.max_proposals} masks; it "
-                         f"contradicts --max-proposals {args.max_proposals}")
+    if args.max_proposals not in (config.proposals.max_proposals, None, DEFAULTS.proposals.max_proposals):
+        owner, cap = {"freesolo": "FreeSOLO's", "sam": "SAM's"}[rules.proposals], config.proposals.max_proposals
+        kept = f"{owner} {cap} masks" if cap else f"every one of {owner} masks"
+        raise ZsrisError(f"--preset {args.preset} keeps {kept}; it contradicts --max-proposals {args.max_proposals}")
     if args.calibration:
         raise ZsrisError(f"--preset {args.preset} answers one mask per expression, as the paper does; "
                          f"leave out --calibration")
@@ -320,22 +342,63 @@ def _preset_config(args: argparse.Namespace) -> SegmenterConfig:
     if split_by and dataset in PAPER_SPLIT_BY and split_by != PAPER_SPLIT_BY[dataset]:
         raise ZsrisError(f"--preset {args.preset} evaluates {dataset} on its {PAPER_SPLIT_BY[dataset]} split, as "
                          f"the paper does; it contradicts --split-by {split_by}")
-    if dataset == "phrasecut":  # the paper's PhraseCut figure is on the unseen categories
+    if dataset == "phrasecut" and rules.phrasecut_subset is not None:  # the paper's figure: unseen categories
         subset = getattr(args, "phrasecut_subset", None)
-        if subset not in (None, PAPER_PHRASECUT_SUBSET):
-            raise ZsrisError(f"--preset {args.preset} evaluates PhraseCut's {PAPER_PHRASECUT_SUBSET} phrases, as the "
+        if subset not in (None, rules.phrasecut_subset):
+            raise ZsrisError(f"--preset {args.preset} evaluates PhraseCut's {rules.phrasecut_subset} phrases, as the "
                              f"paper does; it contradicts --phrasecut-subset {subset}")
-        args.phrasecut_subset = PAPER_PHRASECUT_SUBSET
+        args.phrasecut_subset = rules.phrasecut_subset
     if getattr(args, "gt_proposals", False):
         proposals = ProposalSpec("classical", args.max_proposals)
-    else:  # FreeSOLO, or its proposals written once to a file
-        proposals = proposal_spec_from_args(args, "file" if args.proposals == "file" else "freesolo")
+    elif args.proposals == "file" or rules.method is None:  # FreeSOLO, or its proposals written once to a file
+        proposals = proposal_spec_from_args(args, "file" if args.proposals == "file" else rules.proposals)
+    else:  # the preset's generator settings, with the flags that say where its weights are
+        proposals = _preset_proposals(args, config.proposals)
     return config.replace(
-        backbone=args.backbone if args.backbone in PAPER_BACKBONES else config.backbone,
+        backbone=args.backbone if args.backbone in rules.backbones else config.backbone,
         spacy_model=args.spacy_model or config.spacy_model, weights=args.weights, proposals=proposals,
-        method=method_from_args(args),
+        method=_preset_method(args, rules, config),
         precision=args.precision, device=args.device, batch_size=args.batch_size, max_pixels=args.max_pixels,
         images_per_pass=getattr(args, "images_per_pass", None))
+
+
+#: What a preset's SAM settings leave to the command line: where the weights are, which SAM
+#: (warned about), and how many points a pass (speed only).
+PRESET_SAM_OPTIONS = ("checkpoint", "model", "points_per_batch")
+
+
+def _preset_proposals(args: argparse.Namespace, spec: ProposalSpec) -> ProposalSpec:
+    """The preset's generator ``spec`` with the options the command line gave it (``--sam-checkpoint``,
+    ``--proposal-option``); one that would change the preset's masks is refused by name."""
+    proposal_spec_from_args(args, spec.name)  # refuses another generator's flags
+    given = {option: getattr(args, dest) for dest, (owner, option) in OPTION_FLAGS.items()
+             if owner == spec.name and getattr(args, dest, None) is not None}
+    given.update(getattr(args, "proposal_option", None) or [])
+    for option, value in given.items():
+        if option not in PRESET_SAM_OPTIONS and value != spec.option(option):
+            raise ZsrisError(f"--preset {args.preset} sets {spec.name}'s {option} {spec.option(option)}; it "
+                             f"contradicts {option}={value} (leave one of them out)")
+    return canonical_spec(spec, **given)
+
+
+def _preset_method(args: argparse.Namespace, rules: PresetRules, config: SegmenterConfig) -> MethodSpec:
+    """The method a preset runs: ``--method`` where the preset leaves it open; else the preset's,
+    with its settings from ``--method`` (``hybridgl:fusion=L2G``) and any other method refused.
+    A SAM model other than ViT-H under ``--preset hybridgl`` is warned about."""
+    if rules.method is None:
+        return method_from_args(args)
+    if args.method == DEFAULTS.method.name:
+        spec = config.method
+    else:
+        spec = method_from_args(args)
+        if spec.name != rules.method:
+            raise ZsrisError(f"--preset {args.preset} runs --method {rules.method}; it contradicts --method "
+                             f"{spec.name} (leave one of them out)")
+    model = config.proposals.option("model") if config.proposals.name == "sam" else None
+    if getattr(args, "sam_model", None) not in (None, model):
+        warnings.warn(f"zsris: --preset {args.preset}'s figures assume SAM {model}; this run's proposals come from "
+                      f"SAM {args.sam_model}", ZsrisWarning, stacklevel=2)
+    return spec
 
 
 def several_methods(text: str) -> bool:

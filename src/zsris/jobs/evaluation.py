@@ -204,6 +204,11 @@ class ImageEvaluator:
                     record.noun_phrase = result.noun_phrase
                     record.chosen_category = proposal_category[result.image_proposal_index] if result.found else None
                     record.intersection, record.union, record.iou = inter, union, iou(inter, union)
+                    pure = (result.method_record or {}).get("pure_proposal_index")
+                    if pure is not None:  # HybridGL: its answer without spatial guidance, scored too
+                        p_inter, p_union = intersection_union(result.proposals.masks[pure], target)
+                        record.pure_intersection, record.pure_union = p_inter, p_union
+                        record.pure_iou = iou(p_inter, p_union)
                 for name, value in self._generalized(ref, result, target, proposals).items():
                     setattr(record, name, value)
                 position += 1
@@ -380,6 +385,10 @@ def run_summary(records: list[dict[str, Any]], config: SegmenterConfig, data: Da
     summary = summarize(records)
     if config.from_preset == "paper":
         summary = {**summary, **authors_accounting(records), **paper_figures(config, data, split)}
+    if config.from_preset == "hybridgl":
+        from ..hybridgl_preset import hybridgl_figures
+
+        summary = {**summary, **hybridgl_figures(data.dataset, split)}
     return summary
 
 

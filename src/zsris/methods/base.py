@@ -11,8 +11,10 @@ steps, so that the per-image work is done once for every expression about the im
 - :meth:`Method.scores`: every parsed expression against every proposal of one image, as a
   :class:`zsris.scoring.ScoreTable`.
 
-It is built by its registry entry's factory from the segmenter's config and encoder
-(:func:`zsris.methods.register_method`).
+A method with a rule of its own for the answer (HybridGL's spatial guidance) gives each row's
+choice in the table (:attr:`zsris.scoring.ScoreTable.choice`) and sets ``chooses = True``; the
+shared rules (threshold, multi-target) then apply around its choice. It is built by its registry
+entry's factory from the segmenter's config and encoder (:func:`zsris.methods.register_method`).
 """
 from __future__ import annotations
 

@@ -30,6 +30,8 @@ VISUALS = ("global-local", "global", "local")
 SELECTS = ("mean", "sum")
 #: How the paper's global feature may see the mask, per image tower (its masking ablations).
 MASKINGS = {"vit": ("tokens", "one-block", "attention"), "resnet": ("tokens", "image-query")}
+#: HybridGL's fusions of its local and global streams (the script's ``--fusion_mode``).
+HYBRIDGL_FUSIONS = ("G2L", "L2G", "G2L&L2G", "token_masking", "attn_masking")
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,12 @@ METHOD_REGISTRY: dict[str, MethodEntry] = {
                             towers=("resnet",),
                             summary="the paper's Grad-CAM baseline: CLIP's Grad-CAM, mean per proposal",
                             choices={"text": TEXTS, "select": SELECTS}),
+    "hybridgl": MethodEntry("zsris.methods.hybridgl:from_config",
+                            {"fusion": "G2L", "r": 0.5, "alpha": 0.6, "k1": 3, "k2": 6, "masking_block": 9},
+                            towers=("vit",),
+                            summary="HybridGL (Liu and Li, CVPR 2025): hybrid global-local features with spatial "
+                                    "guidance (GEM)",
+                            choices={"fusion": HYBRIDGL_FUSIONS}),
 }
 
 

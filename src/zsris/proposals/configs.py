@@ -52,14 +52,18 @@ class ClassicalConfig:
 
 @dataclass(frozen=True)
 class SamConfig:
-    """SAM's automatic-generator settings, then zsris's filter and cap. ``checkpoint``: a file,
-    ``random`` or None (``$ZSRIS_SAM_CHECKPOINT``)."""
+    """SAM's automatic-generator settings (``crop_n_layers``, ``crop_n_points_downscale_factor``
+    and ``min_mask_region_area`` as SAM names them; the last needs OpenCV), then zsris's filter
+    and cap. ``checkpoint``: a file, ``random`` or None (``$ZSRIS_SAM_CHECKPOINT``)."""
 
     model_type: str = field(default="vit_h", metadata={OPTION: "model"})
     points_per_side: int = 32
     points_per_batch: int = 64
     pred_iou_thresh: float = 0.88
     stability_score_thresh: float = 0.95
+    crop_n_layers: int = 0
+    crop_n_points_downscale_factor: int = 1
+    min_mask_region_area: int = 0
     min_area: float = 0.001
     nms_iou: float = 0.8
     max_proposals: Optional[int] = 100

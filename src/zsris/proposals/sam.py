@@ -63,6 +63,8 @@ class SamProposals(Configured):
         if checkpoint is not None:
             self.config = dataclasses.replace(self.config, checkpoint=checkpoint)
         check_max_proposals(self.config.max_proposals)
+        if self.config.min_mask_region_area > 0:
+            require_extra("hybridgl", "SAM's min_mask_region_area (OpenCV)")
         model, self.checkpoint = build_sam(self.config.model_type, self.config.checkpoint, device)
         from segment_anything import SamAutomaticMaskGenerator  # present: build_sam checked
 
@@ -72,6 +74,9 @@ class SamProposals(Configured):
             points_per_batch=self.config.points_per_batch,
             pred_iou_thresh=self.config.pred_iou_thresh,
             stability_score_thresh=self.config.stability_score_thresh,
+            crop_n_layers=self.config.crop_n_layers,
+            crop_n_points_downscale_factor=self.config.crop_n_points_downscale_factor,
+            min_mask_region_area=self.config.min_mask_region_area,
         )
 
     @property
