@@ -2,6 +2,7 @@
 (clean), or an exception escaping to the user (a traceback).
 
     python scripts/probe_bad_inputs.py            # CLI and Python API cases, about a minute on 2 cores
+    (ulimit -v 16000000; python scripts/probe_bad_inputs.py)   # the same under a 16 GB memory cap
 
 The service's bad inputs (bomb uploads, client-named paths, oversized page uploads) are probed
 against a real server by tests/test_service_hardening.py.
@@ -105,6 +106,15 @@ def _files(root: Path) -> dict[str, Path]:
                                                                   "split": "val"}]))
     (phrasecut / "refer_val.json").write_text(json.dumps([{"image_id": 1, "phrase": "a cat"}]))
     files["PhraseCut task without Polygons"] = phrasecut
+    (root / "loop-a.pt").symlink_to(root / "loop-b.pt")
+    (root / "loop-b.pt").symlink_to(root / "loop-a.pt")
+    files["a loop of symbolic links"] = root / "loop-a.pt"
+    os.mkfifo(root / "fifo.pt")
+    files["a FIFO"] = root / "fifo.pt"
+    (root / "zero.pt").symlink_to("/dev/zero")
+    files["a link to /dev/zero"] = root / "zero.pt"
+    (root / "folder.pt").mkdir()
+    files["a folder"] = root / "folder.pt"
     return files
 
 
@@ -172,6 +182,22 @@ def cli_cases(files: dict[str, Path], out: Path) -> list[tuple[str, list[str]]]:
                                            str(out / "c"), "--no-cache"]),
         ("flag: --gt-proposals with --proposals file", ["eval", "--data", str(out), "--out", str(out / "run"),
                                                         "--gt-proposals", "--proposals", "file"]),
+    ]
+    for name in ("a loop of symbolic links", "a FIFO", "a link to /dev/zero", "a folder"):
+        cases.append((f"weights: {name}", [*segment, "--weights", str(files[name]), "--max-proposals", "4"]))
+        cases.append((f"image: {name}", ["segment", str(files[name]), "a cat", "-o", str(out), *FAST]))
+    cases += [
+        ("hybridgl: on RN50", [*segment, *FAST, "--method", "hybridgl", "--backbone", "RN50"]),
+        ("hybridgl: an unknown fusion", [*segment, *FAST, "--method", "hybridgl:fusion=sideways"]),
+        ("hybridgl: with --spatial on", [*segment, *FAST, "--method", "hybridgl", "--backbone", "ViT-B/16",
+                                         "--spatial", "on"]),
+        ("hybridgl preset: --max-proposals 5", [*segment, "--weights", "random", "--preset", "hybridgl",
+                                                "--max-proposals", "5"]),
+        ("hybridgl preset: another method", [*segment, "--weights", "random", "--preset", "hybridgl", "--method",
+                                             "cropping"]),
+        ("hybridgl preset: SAM's points changed", [*segment, "--weights", "random", "--preset", "hybridgl",
+                                                   "--proposal-option", "points_per_side=16"]),
+        ("hybridgl preset: no SAM checkpoint", [*segment, "--weights", "random", "--preset", "hybridgl"]),
     ]
     for name in ("rle 100000x100000", "rle negative counts", "rle huge counts", "no proposals", "rle without counts",
                  "score not a number", "proposals not JSON", "NaN score", "box a million pixels out", "infinite box",

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -460,6 +461,11 @@ def test_batch_job_in_python_writes_and_resumes_what_the_cli_writes(segmenter, p
     assert json.loads((tmp_path / "out" / "coco_results.json").read_text())[0]["pair_id"] == records[0]["id"]
     again = BatchJob(segmenter, pairs, tmp_path / "out", top_k=2, execution=quiet).run()
     assert (again.done, again.skipped, again.images_this_run) == (0, 6, 0)
+    shutil.rmtree(tmp_path / "out" / "masks")  # #38: pictures asked for by a rerun of a finished batch
+    pictures = BatchJob(segmenter, pairs, tmp_path / "out", top_k=2, save_masks=True, save_overlays=True,
+                        execution=quiet).run()
+    assert pictures.done == 0 and len(list((tmp_path / "out" / "masks").glob("*.png"))) == 3
+    assert len(list((tmp_path / "out" / "overlays").glob("*.png"))) == 3
     retried = BatchJob(segmenter, pairs, tmp_path / "out", top_k=2, retry_failed=True, execution=quiet).run()
     assert (retried.retried, retried.failed) == (3, 3)
 

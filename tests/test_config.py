@@ -34,7 +34,8 @@ def test_settings_are_asdict_less_the_runtime_fields():
                                      "options": {"model": "vit_b", "points_per_side": 32, "points_per_batch": 64,
                                                  "pred_iou_thresh": 0.88, "stability_score_thresh": 0.95,
                                                  "crop_n_layers": 0, "crop_n_points_downscale_factor": 1,
-                                                 "min_mask_region_area": 0, "min_area": 0.001, "nms_iou": 0.8, "checkpoint": None}}
+                                                 "min_mask_region_area": 0, "min_area": 0.001, "nms_iou": 0.8,
+                                                 "checkpoint": None}}
     assert SegmenterConfig(device="cuda", batch_size=3, images_per_pass=8,
                            text_cache_size=5).settings() == SegmenterConfig().settings()
 

@@ -85,3 +85,24 @@ def test_the_copy_computes_openai_clips_activation_in_place(pair):
     out = InPlaceQuickGELU()(leaf)
     out.sum().backward()
     assert torch.equal(leaf.detach(), x) and leaf.grad is not None
+
+
+def test_bf16_runs_a_clip_built_from_openais_layout():
+    """#38: a state dict in OpenAI's layout builds open_clip's fp32-LayerNorm variant, whose bf16
+    copy failed on the CPU with "mixed dtype"."""
+    import open_clip
+    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+    from open_clip.transformer import LayerNormFp32
+
+    from zsris.backbones import ClipBackbone
+
+    torch.manual_seed(0)
+    vision = CLIPVisionCfg(layers=4, width=64, head_width=32, patch_size=16, image_size=64)
+    model = CLIP(32, vision, CLIPTextCfg(width=64, heads=2, layers=2), quick_gelu=True, cast_dtype=torch.float16)
+    assert any(isinstance(m, LayerNormFp32) for m in model.modules())
+    backbone = ClipBackbone(model.eval(), open_clip.get_tokenizer("ViT-B-32"), "tiny", "random", 64)
+    image = _image()
+    fp32 = Segmenter(backbone, ClassicalProposals(max_proposals=4)).segment(image, "the red circle")
+    bf16 = Segmenter(backbone, ClassicalProposals(max_proposals=4), precision="bf16").segment(image, "the red circle")
+    assert np.isfinite(bf16.scores.fused).all()
+    np.testing.assert_allclose(bf16.scores.fused, fp32.scores.fused, atol=0.05)

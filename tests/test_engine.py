@@ -154,7 +154,11 @@ def test_an_image_whose_proposals_fail_is_counted_and_the_run_goes_on(refcoco_mi
         failed = [json.loads(r[0]) for r in connection.execute("SELECT record FROM predictions")]
     failed = [r for r in failed if r.get("error")]
     assert failed and all(r["image_id"] == ids[1] and "malformed proposal" in r["error"] for r in failed)
-    assert "## Time" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "## Time" in report
+    errors = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]  # #38: named, not counted
+    assert [e["image_id"] for e in errors] == [ids[1]] and "malformed proposal" in errors[0]["error"]
+    assert f"image {ids[1]} ({len(failed)} sentences" in report and "errors.jsonl" in proc.stderr
 
 
 def test_a_generator_loaded_here_serves_the_in_process_engine_only(images):

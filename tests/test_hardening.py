@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
 import textwrap
@@ -317,3 +318,106 @@ def test_expressions_without_a_visible_character_are_empty(text):
     with pytest.raises(ExpressionError):
         ExpressionParser()(text)
     assert check_expression("a\u200bcat") == "a\u200bcat"
+
+
+def test_paths_that_are_not_files_say_what_they_are(tmp_path):
+    """#38: a link loop read as "no such file"; a folder, a FIFO or a link to /dev/zero as --weights
+    read as "does not exist"."""
+    from zsris.backbones import load_backbone
+    from zsris.errors import WeightsError
+    from zsris.images import load_image
+
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    os.mkfifo(tmp_path / "fifo.pt")
+    (tmp_path / "zero.pt").symlink_to("/dev/zero")
+    (tmp_path / "folder.pt").mkdir()
+    (tmp_path / "gone.pt").symlink_to(tmp_path / "nowhere.pt")
+    expected = {"a": "a loop of symbolic links", "fifo.pt": "not a regular file", "zero.pt": "not a regular file",
+                "folder.pt": "is a directory: pass the weights file in it", "gone.pt": "a symbolic link to nothing"}
+    for name, words in expected.items():
+        with pytest.raises(WeightsError, match=re.escape(words)):
+            load_backbone("ViT-B/32", weights=str(tmp_path / name))
+    with pytest.raises(ImageError, match="a loop of symbolic links"):
+        load_image(tmp_path / "a")
+
+
+def test_a_report_names_what_failed_and_forgets_it_once_mended(tmp_path):
+    """#38: an eval whose image failed showed only "images failed 1"."""
+    from zsris.report import write_report
+
+    good = {"image_id": 1, "iou": 0.5, "intersection": 1, "union": 2}
+    bad = {"image_id": 2, "iou": 0.0, "intersection": 0, "union": 9, "error": "2.jpg: truncated"}
+    written = write_report(tmp_path, {"images failed": 1}, {}, [good, bad, dict(bad)], "t")
+    assert tmp_path / "errors.jsonl" in written
+    assert [json.loads(line) for line in (tmp_path / "errors.jsonl").read_text().splitlines()] == [
+        {"image_id": 2, "error": "2.jpg: truncated", "sentences": 2}]
+    assert "- image 2 (2 sentences, counted as misses): 2.jpg: truncated" in (tmp_path / "report.md").read_text()
+    write_report(tmp_path, {"images failed": 0}, {}, [good], "t")  # the rerun that mended it
+    assert not (tmp_path / "errors.jsonl").exists() and "What failed" not in (tmp_path / "report.md").read_text()
+
+
+def test_an_annotated_size_the_image_does_not_have_is_not_drawn(refcoco_mini, tiny_vit, tmp_path):
+    """#38: instances.json giving an image 100000 x 100000 pixels made eval allocate until memory ran out."""
+    from zsris.jobs.evaluation import ImageEvaluator
+    from zsris.segmenter import Segmenter
+
+    (tmp_path / "refcoco").mkdir()
+    (tmp_path / "images").symlink_to((refcoco_mini / "images").resolve())
+    (tmp_path / "refcoco" / "refs(unc).p").symlink_to((refcoco_mini / "refcoco" / "refs(unc).p").resolve())
+    instances = json.loads((refcoco_mini / "refcoco" / "instances.json").read_text())
+    dataset = ReferDataset(refcoco_mini, "refcoco")
+    image_id = next(iter(dataset.refs_by_image("train", 1)))
+    for image in instances["images"]:
+        if image["id"] == image_id:
+            image["height"] = image["width"] = 30_000  # 900 MB a mask, over the 40 MP pixel limit
+    (tmp_path / "refcoco" / "instances.json").write_text(json.dumps(instances))
+    bigger = ReferDataset(tmp_path, "refcoco")
+    evaluator = ImageEvaluator(Segmenter(tiny_vit, ClassicalProposals(max_proposals=2)), bigger)
+    records = evaluator(image_id, bigger.refs_by_image("train", 1)[image_id])
+    assert records and all(r["union"] == 0 and "annotations say 30000x30000" in r["error"] for r in records)
+
+
+def test_a_cache_entry_that_does_not_hold_together_is_made_anew(tmp_path):
+    """#38: an entry without scores (or with masks of mixed sizes) failed every sentence on every run."""
+    from zsris.masks import encode_rle
+
+    Image.fromarray(np.zeros((6, 8, 3), np.uint8)).save(tmp_path / "a.png")
+    cache = ProposalCache(tmp_path / "cache", "test-generator")
+    masks = np.zeros((2, 6, 8), bool)
+    masks[0, :3], masks[1, 3:] = True, True
+    made = []
+
+    def make() -> Proposals:
+        made.append(1)
+        return Proposals(masks, np.array([0.9, 0.8], np.float32))
+
+    cache.get_or_make(tmp_path / "a.png", make, (6, 8))
+    entry_path = next(cache.folder.glob("a-*.json"))
+    good = json.loads(entry_path.read_text())
+    broken = [{k: v for k, v in good.items() if k != "scores"},  # no scores
+              {**good, "masks": [good["masks"][0], encode_rle(np.zeros((5, 8), bool))]},  # mixed sizes
+              {**good, "scores": [0.9, float("nan")]},  # not finite
+              {**good, "scores": [0.9]}]  # another count
+    for entry in broken:
+        entry_path.write_text(json.dumps(entry))
+        before = len(made)
+        proposals, _ = cache.get_or_make(tmp_path / "a.png", make, (6, 8))
+        assert len(made) == before + 1 and len(proposals) == 2
+    assert len(made) == 5
+    cache.get_or_make(tmp_path / "a.png", make, (6, 8))
+    assert len(made) == 5  # the remade entry is used
+    cache.get_or_make(tmp_path / "a.png", make, (7, 8))  # the image is not the size the entry says
+    assert len(made) == 6
+
+
+def test_a_mask_edited_inside_a_proposals_folder_changes_its_cache_key(tmp_path):
+    """#38: the key held the folder's time only, so an edited mask left stale proposals in use."""
+    (tmp_path / "a").mkdir()
+    mask = tmp_path / "a" / "0.png"
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(mask)
+    first = FileProposals(tmp_path).cache_key
+    assert FileProposals(tmp_path).cache_key == first
+    Image.fromarray(np.full((4, 4), 255, np.uint8)).save(mask)
+    os.utime(mask, ns=(1, 1))
+    assert FileProposals(tmp_path).cache_key != first

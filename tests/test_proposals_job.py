@@ -126,3 +126,36 @@ def test_the_command_writes_what_file_proposals_read(tmp_path):
     pixels = np.asarray(Image.open(folder / "img1.png").convert("RGB"))
     expected = ClassicalProposals(max_proposals=5)(pixels)
     assert np.array_equal(FileProposals(out)(pixels, "img1.png").masks, expected.masks)
+
+
+def test_a_resume_checks_the_settings_and_the_images_and_one_run_owns_the_output(tmp_path):
+    """#38: a resume with another generator mixed two generators' proposals in one file; one after
+    an image was replaced kept the old image's; two runs on one output failed on each other's file."""
+    from zsris.store import lock_file
+
+    folder = _images(tmp_path)
+    tasks = image_tasks([folder])
+    out = tmp_path / "props.json"
+    partial = tmp_path / "props.json.partial.jsonl"
+    (tmp_path / "bad.png").write_bytes(b"not a png")  # it fails, so the partial file stays
+    ProposalsJob(ShiftedBoxes(), [*tasks[:2], image_task("bad.png", tmp_path / "bad.png")], out,
+                 Execution(progress=False)).run()
+    assert json.loads(partial.read_text().split("\n")[0]) == {"generator": "shifted-v1"}
+    other = ShiftedBoxes()
+    other.cache_key = "shifted-v2"
+    with pytest.raises(ZsrisError, match="made by shifted-v1, not by this run's shifted-v2"):
+        ProposalsJob(other, tasks, out, Execution(progress=False)).run()
+    Image.fromarray(np.full((30, 40, 3), 90, np.uint8)).save(folder / "img0.png")  # replaced: another size
+    again = ShiftedBoxes()
+    summary = ProposalsJob(again, tasks, out, Execution(progress=False)).run()
+    assert summary.resumed == 1 and again.calls == 2  # img0 made again, img1 resumed, img2 new
+    masks = FileProposals(out)(np.zeros((30, 40, 3), np.uint8), "img0.png").masks
+    assert masks.shape[1:] == (30, 40)
+    handle = lock_file(tmp_path / "props.json.lock", str(out), "-o")
+    try:
+        with pytest.raises(ZsrisError, match="in use by another zsris process"):
+            ProposalsJob(ShiftedBoxes(), tasks, out, Execution(progress=False)).run()
+    finally:
+        import os
+
+        os.close(handle)

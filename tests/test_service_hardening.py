@@ -169,3 +169,37 @@ def test_page_files_are_deleted_after_their_ttl_and_at_exit(hardened):
     hardened.stop()
     assert list(hardened.temp.glob("zsris-*")) == []
     assert not json.dumps([str(p) for p in hardened.temp.glob("gradio/**/*") if p.is_file()]).count("upside-down")
+
+
+def test_a_chunked_upload_is_refused_once_it_passes_the_limit(tiny_vit):
+    """#38: a body without a Content-Length was read whole (300 MB into a temporary file) before the
+    413. The app is driven as a server drives it, counting the body chunks it pulls."""
+    import asyncio
+
+    from zsris.proposals import ClassicalProposals
+    from zsris.segmenter import Segmenter
+    from zsris.service import SegmentationService, create_app
+
+    service = SegmentationService(Segmenter(tiny_vit, ClassicalProposals(max_proposals=2)), max_request_bytes=1 << 20)
+    head = (b'--b\r\nContent-Disposition: form-data; name="expressions"\r\n\r\nx\r\n'
+            b'--b\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\nContent-Type: image/png\r\n\r\n')
+    chunks = [head, *[b"\0" * (1 << 19)] * 64, b"\r\n--b--\r\n"]  # 32 MB in 512 kB chunks
+    pulled, sent = [], []
+
+    async def receive():
+        pulled.append(1)
+        if len(pulled) > len(chunks):
+            return {"type": "http.disconnect"}
+        return {"type": "http.request", "body": chunks[len(pulled) - 1], "more_body": len(pulled) < len(chunks)}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/api/segment", "raw_path": b"/api/segment", "root_path": "", "query_string": b"",
+             "headers": [(b"host", b"127.0.0.1"), (b"content-type", b"multipart/form-data; boundary=b"),
+                         (b"transfer-encoding", b"chunked")],
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+    asyncio.run(create_app(service)(scope, receive, send))
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 413
+    assert len(pulled) <= 4  # about the limit read, not the 32 MB

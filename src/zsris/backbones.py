@@ -22,7 +22,7 @@ import open_clip
 import torch
 from torch import nn
 
-from .checkpoints import network_reachable, read_state_dict, refusal
+from .checkpoints import check_weights_file, network_reachable, read_state_dict, refusal
 from .config import DEFAULT_BACKBONE, DEFAULT_PRETRAINED, WEIGHTS_ENV
 from .errors import WeightsError, ZsrisError
 from .hf_clip import hub_id, is_hf_name, load_converted
@@ -90,7 +90,7 @@ class ClipBackbone:
         if dtype is None or dtype == torch.float32:
             return self.model
         if dtype not in self.casts:
-            self.casts[dtype] = in_place_activations(copy.deepcopy(self.model).to(dtype))
+            self.casts[dtype] = in_place_activations(_keep_fp32_norms(copy.deepcopy(self.model).to(dtype)))
         return self.casts[dtype]
 
     @property
@@ -108,6 +108,18 @@ class ClipBackbone:
     @property
     def context_length(self) -> int:
         return int(getattr(self.model, "context_length", 77))
+
+
+def _keep_fp32_norms(model: nn.Module) -> nn.Module:
+    """``model`` with open_clip's fp32 LayerNorms (the variant a state dict in OpenAI's layout
+    builds) back in fp32: they normalise in fp32 whatever their input, and a CPU refuses fp32
+    activations with half-precision weights ("mixed dtype")."""
+    from open_clip.transformer import LayerNormFp32
+
+    for module in model.modules():
+        if isinstance(module, LayerNormFp32):
+            module.float()
+    return model
 
 
 class InPlaceQuickGELU(nn.Module):
@@ -187,8 +199,7 @@ def _load_openai(path: Path) -> nn.Module:
 
 
 def _load_from_path(name: str, path: Path, quick_gelu: bool) -> nn.Module:
-    if not path.is_file():
-        raise WeightsError(f"CLIP weights file {path} does not exist")
+    check_weights_file(path, "CLIP weights file")
     errors = []
     if path.suffix == ".pt":
         try:

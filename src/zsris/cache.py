@@ -54,25 +54,30 @@ class ProposalCache:
     def _path(self, key: str) -> Path:
         return self.folder / f"{key}.json"
 
-    def get(self, key: str) -> Optional[tuple[Proposals, float]]:
-        """Cached proposals of the image with ``key`` and the seconds it took to make them, or None."""
+    def get(self, key: str, size: Optional[tuple[int, int]] = None) -> Optional[tuple[Proposals, float]]:
+        """Cached proposals of the image with ``key`` and the seconds it took to make them, or None
+        where there is no usable entry: none, another generator's, or one that does not hold
+        together (masks of mixed sizes or of another size than ``size``, the image's; scores
+        missing, of another count or not finite; boxes of another count). Such an entry is made
+        anew rather than trusted: its sentences would count as misses on every run."""
         path = self._path(key)
         try:
             entry = json.loads(path.read_text())
+            if entry.get("generator") != self.generator_key:
+                return None
+            height, width = (int(v) for v in entry["size"])
             masks = [decode_rle(rle) for rle in entry["masks"]]
-            height, width = entry["size"]
-        except (OSError, ValueError, KeyError, TypeError, RecursionError):  # not an entry of ours: made anew
-            return None
-        if entry.get("generator") != self.generator_key:
-            return None
-        stack = np.stack(masks) if masks else np.zeros((0, height, width), dtype=bool)
-        boxes = entry.get("boxes")  # a generator's own boxes (FreeSOLO's are not tight); else the masks'
-        try:
+            stack = np.stack(masks) if masks else np.zeros((0, height, width), dtype=bool)
+            scores = np.asarray(entry["scores"], dtype=np.float32).reshape(-1)
+            boxes = entry.get("boxes")  # a generator's own boxes (FreeSOLO's are not tight); else the masks'
             boxes = None if boxes is None else np.asarray(boxes, dtype=np.float32).reshape(len(stack), 4)
-        except ValueError:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):  # not an entry of ours
             return None
-        return (Proposals(stack, np.asarray(entry["scores"], dtype=np.float32), boxes),
-                float(entry.get("seconds", 0.0)))
+        if stack.shape[1:] != (height, width) or (size is not None and (height, width) != tuple(size)):
+            return None
+        if len(scores) != len(stack) or not np.isfinite(scores).all():
+            return None
+        return Proposals(stack, scores, boxes), float(entry.get("seconds", 0.0))
 
     def put(self, key: str, proposals: Proposals, seconds: float) -> None:
         entry = {
@@ -88,10 +93,12 @@ class ProposalCache:
             json.dump(entry, stream)
         os.replace(temp, self._path(key))
 
-    def get_or_make(self, image_path: str | Path, make: Callable[[], Proposals]) -> tuple[Proposals, float]:
-        """The cached proposals of the image file at ``image_path``, or ``make()``'s, then cached."""
+    def get_or_make(self, image_path: str | Path, make: Callable[[], Proposals],
+                    size: Optional[tuple[int, int]] = None) -> tuple[Proposals, float]:
+        """The cached proposals of the image file at ``image_path`` (whose pixels are ``size``,
+        where known), or ``make()``'s, then cached."""
         key = image_key(image_path)
-        cached = self.get(key)
+        cached = self.get(key, size)
         if cached is not None:
             return cached
         start = time.perf_counter()

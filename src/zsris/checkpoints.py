@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import torch
 
 from .errors import WeightsError
+from .images import file_problem
 
 if TYPE_CHECKING:
     from .proposals.configs import CheckpointSource
@@ -108,11 +109,22 @@ def refusal(path: Path, what: str, error: Exception) -> WeightsError:
                         f"zsris loads only tensors from checkpoints, never code")
 
 
+def check_weights_file(path: Path, what: str) -> None:
+    """Refuse, in one line saying what it is instead, a weights path that is not a regular file
+    (a folder, a pipe or a device, a link loop), before anything opens it."""
+    problem = file_problem(path)
+    if problem == "no such file":
+        raise WeightsError(f"{what} {path} does not exist")
+    if problem == "is a directory":
+        raise WeightsError(f"{what} {path} is a directory: pass the weights file in it")
+    if problem is not None:
+        raise WeightsError(f"{what} {path} is {problem}")
+
+
 def read_state_dict(path: Path, what: str = "checkpoint") -> dict[str, torch.Tensor]:
     """The tensors of a checkpoint: safetensors, a TorchScript archive, or a ``torch.save``d
     state dict (optionally under ``state_dict`` / ``model``, with DataParallel's ``module.``)."""
-    if not path.is_file():
-        raise WeightsError(f"{what} {path} does not exist")
+    check_weights_file(path, what)
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file

@@ -116,7 +116,7 @@ class Preparer:
                 if generator is not None:
                     make = lambda: generator(pixels, task.name)  # noqa: E731
                     if cache is not None:
-                        proposals, proposal_seconds = cache.get_or_make(task.path, make)
+                        proposals, proposal_seconds = cache.get_or_make(task.path, make, pixels.shape[:2])
                     else:
                         began = time.perf_counter()
                         proposals = make()

@@ -6,8 +6,11 @@ once, and bad files fail here with a message that names them.
 """
 from __future__ import annotations
 
+import errno
 import io
+import os
 import re
+import stat
 import warnings
 from pathlib import Path
 from typing import BinaryIO, Optional, Union
@@ -135,13 +138,31 @@ def load_image(source: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS, exif_tr
         return _decode_file(io.BytesIO(fetch_url(str(source))), max_pixels, exif_transpose, name or str(source))
     path = Path(source)
     what = name or str(path)
-    if not path.exists():
-        raise ImageError(f"{what}: no such file")
-    if path.is_dir():
-        raise ImageError(f"{what}: is a directory, not an image")
-    if not path.is_file():  # a FIFO, a socket, a device: opening one may block for ever
-        raise ImageError(f"{what}: not a regular file (a pipe, socket or device), not an image")
+    problem = file_problem(path)
+    if problem is not None:  # a FIFO, a socket, a device: opening one may block for ever
+        raise ImageError(f"{what}: {problem}" + (", not an image" if problem != "no such file" else ""))
     return _decode_file(path, max_pixels, exif_transpose, what)
+
+
+def file_problem(path: str | Path) -> Optional[str]:
+    """Why ``path`` cannot be read as a file, in a few words, or None for a regular file. Asked
+    before opening: a pipe may block for ever and a device never end; a link loop or a missing
+    link target says so, rather than "no such file" for a path that is there."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return "a loop of symbolic links"
+        if error.errno == errno.ENOENT:
+            return "a symbolic link to nothing" if os.path.islink(path) else "no such file"
+        return (error.strerror or str(error)).lower()
+    except ValueError:  # a NUL in the path
+        return "not a valid path (it holds a NUL character)"
+    if stat.S_ISDIR(mode):
+        return "is a directory"
+    if not stat.S_ISREG(mode):
+        return "not a regular file (a pipe, socket or device)"
+    return None
 
 
 def _decode_file(file: Union[Path, BinaryIO], max_pixels: int, exif_transpose: bool, what: str) -> np.ndarray:

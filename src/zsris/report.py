@@ -72,17 +72,48 @@ def iou_histogram(ious: Sequence[float], path: Path, title: str) -> None:
     plt.close(figure)
 
 
-def write_report(out: Path, summary: dict[str, Any], settings: dict[str, Any], ious: Sequence[float],
-                 title: str, timing: Optional[dict[str, Any]] = None) -> None:
-    """metrics.json, report.md and the IoU histogram; ``timing`` (per-stage seconds and how busy
-    each stage was) describes the last run of the command, not the whole resumed evaluation."""
+#: The failures report.md lists (errors.jsonl holds every one).
+REPORTED_FAILURES = 20
+
+
+def failed_images(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each failure of an evaluation, once: the image, why, and how many of its sentences it
+    cost (they count as misses), in the records' order."""
+    found: dict[tuple, dict[str, Any]] = {}
+    for record in records:
+        if record.get("error"):
+            key = (record.get("image_id"), record["error"])
+            entry = found.setdefault(key, {"image_id": record.get("image_id"), "error": record["error"],
+                                           "sentences": 0})
+            entry["sentences"] += 1
+    return list(found.values())
+
+
+def write_report(out: Path, summary: dict[str, Any], settings: dict[str, Any], records: Sequence[dict[str, Any]],
+                 title: str, timing: Optional[dict[str, Any]] = None) -> list[Path]:
+    """metrics.json, report.md, the IoU histogram of the ``records`` and, where images failed,
+    errors.jsonl (one line a failure; report.md names the first ones); ``timing`` (per-stage
+    seconds and how busy each stage was) describes the last run of the command, not the whole
+    resumed evaluation. Returns the files written."""
     out.mkdir(parents=True, exist_ok=True)
     content = {"metrics": summary, "settings": settings, **({"timing": timing} if timing else {})}
     (out / "metrics.json").write_text(json.dumps(content, indent=2))
-    iou_histogram(ious, out / "iou_histogram.png", title)
+    iou_histogram([r["iou"] for r in records], out / "iou_histogram.png", title)
     settings_table = "\n".join(f"- `{k}`: {v}" for k, v in settings.items())
+    failures = failed_images(records)
+    errors = out / "errors.jsonl"
+    if failures:
+        errors.write_text("".join(json.dumps(f) + "\n" for f in failures))
+    else:
+        errors.unlink(missing_ok=True)  # a rerun that has no failure left
+    listed = "\n".join(f"- image {f['image_id']} ({f['sentences']} sentences, counted as misses): {f['error']}"
+                        for f in failures[:REPORTED_FAILURES])
+    extra = len(failures) - REPORTED_FAILURES
+    more = f"\n- ... {extra} more in errors.jsonl" if extra > 0 else ""
     (out / "report.md").write_text(
         f"# zsris evaluation: {title}\n\n{table(summary)}\n\n![IoU histogram](iou_histogram.png)\n\n"
-        f"## Settings\n\n{settings_table}\n"
+        + (f"## What failed (every one in errors.jsonl)\n\n{listed}{more}\n\n" if failures else "")
+        + f"## Settings\n\n{settings_table}\n"
         + (f"\n## Time (the last run of the command)\n\n{table(timing)}\n" if timing else "")
     )
+    return [out / "metrics.json", out / "report.md", out / "iou_histogram.png", *([errors] if failures else [])]

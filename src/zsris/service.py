@@ -192,6 +192,24 @@ class SegmentationService:
         return self._lock
 
 
+class ApiBodyLimit:
+    """Starlette's request-body limit on the API's paths (the page's uploads have Gradio's own):
+    a body sent without a Content-Length (chunked) is refused with 413 as soon as what has arrived
+    passes the limit, rather than read whole first."""
+
+    def __init__(self, app, max_body_size: int) -> None:
+        from starlette.middleware.body_limit import RequestBodyLimitMiddleware
+
+        self.app = app
+        self.limited = RequestBodyLimitMiddleware(app, max_body_size)
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/api/"):
+            await self.limited(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
 def create_app(service: SegmentationService):
     """The FastAPI app: JSON API under /api, the Gradio page at /."""
     require_extra("serve", "the web demo and HTTP API")
@@ -214,6 +232,8 @@ def create_app(service: SegmentationService):
         description="Zero-shot referring image segmentation with global-local CLIP features. "
                     "POST an image and expressions to /api/segment; masks come back as COCO RLE.",
     )
+
+    app.add_middleware(ApiBodyLimit, max_body_size=service.max_request_bytes)
 
     @app.middleware("http")
     async def limit_request_size(request: Request, call_next):

@@ -41,14 +41,20 @@ CREATE TABLE IF NOT EXISTS image_keys (
 
 def _lock_run(folder: Path) -> int:
     """An open descriptor holding the run folder's exclusive lock; refuses if another process has it."""
-    handle = os.open(folder / RUN_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    return lock_file(folder / RUN_LOCK, str(folder), "--out")
+
+
+def lock_file(path: Path, what: str, flag: str) -> int:
+    """An open descriptor holding ``path``'s exclusive ``flock`` (the kernel releases it when the
+    process ends, however it ends); refuses, naming the owner's pid, if another process has it."""
+    handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         owner = os.pread(handle, 32, 0).decode(errors="replace").strip() or "unknown"
         os.close(handle)
-        raise ZsrisError(f"{folder} is in use by another zsris process (pid {owner}); wait for it to "
-                         f"finish, or use another --out") from None
+        raise ZsrisError(f"{what} is in use by another zsris process (pid {owner}); wait for it to "
+                         f"finish, or use another {flag}") from None
     os.ftruncate(handle, 0)
     os.pwrite(handle, f"{os.getpid()}\n".encode(), 0)
     return handle

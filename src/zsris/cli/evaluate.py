@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from ..datasets import DATASETS, GT_MASKS, SPLIT_BYS, SPLITS
@@ -72,7 +73,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from ..errors import ZsrisError
     from ..jobs.evaluation import EvalJob, check_split_images
     from ..jobs.run import writable_folder
-    from ..report import table
+    from ..report import failed_images, table
 
     execution = execution_from_args(args)
     execution.check()
@@ -90,6 +91,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if outcome.timing:
         print("\n" + table(outcome.timing, "time (this run)"))
     print(f"\nwrote {', '.join(str(path) for path in outcome.written)}")
+    failures = failed_images(outcome.records)
+    if failures:  # named, not only counted: they count as misses in every figure above
+        print(f"zsris: {len(failures)} image(s) failed and their sentences count as misses; the first: image "
+              f"{failures[0]['image_id']}: {failures[0]['error']} (every one in {Path(args.out) / 'errors.jsonl'})",
+              file=sys.stderr)
     if outcome.records and all(r.get("error") for r in outcome.records):  # metrics of failures only: no result
         raise ZsrisError(f"every one of the {len(outcome.records)} sentences failed (the first: "
                          f"{outcome.records[0]['error']}); the report counts them as misses, but it is no result")

@@ -27,6 +27,7 @@ import numpy as np
 from ..cache import file_digest
 from ..engine import Engine, ImageTask, Prepared, Preparer, image_task
 from ..errors import ZsrisError, ZsrisWarning, failure_reason
+from ..images import load_image
 from ..records import PairRecord
 from ..text import check_expression
 from ..types import DEFAULT_TOP_K, ImageFeatures
@@ -230,6 +231,32 @@ class Outputs:
                 draw_overlay(pixels, mask, box, caption(answer["expression"], answer["found"]),
                              warning=self.note).save(self.overlays / f"{name}.png")
 
+    def fill_in(self, store: "BatchStore", pairs: Sequence[Pair], max_pixels: int) -> int:
+        """The pictures this run asks for of pairs answered before, where the folder lacks them (a
+        rerun that adds ``--save-masks`` or ``--save-overlays``), from the stored answers (an
+        overlay decodes its image again); returns how many pairs got pictures."""
+        if self.masks is None and self.overlays is None:
+            return 0
+        by_id = {pair.id: pair for pair in pairs}
+        missing: dict[str, list[PairRecord]] = {}
+        for record in store.records(ok=True):
+            pair = by_id.get(record.get("id"))
+            if pair is None:
+                continue
+            name = output_name(pair)
+            if any(folder is not None and not (folder / f"{name}.png").exists()
+                   for folder in (self.masks, self.overlays)):
+                missing.setdefault(pair.path, []).append(PairRecord(pair.id, pair.image, pair.expression, record))
+        for path, records in missing.items():
+            pixels = None
+            if self.overlays is not None:
+                try:
+                    pixels = load_image(path, max_pixels)
+                except ZsrisError as error:
+                    warnings.warn(f"zsris: no overlay for {path} ({error})", ZsrisWarning, stacklevel=2)
+            self.pictures(by_id, records, pixels)
+        return sum(len(records) for records in missing.values())
+
     def append(self, results: list[dict[str, Any]], errors: list[dict[str, Any]]) -> None:
         for name, records in ((RESULTS, results), (ERRORS, errors)):
             if records:
@@ -385,6 +412,7 @@ class BatchJob:
             retried = self._resume(store)
             outputs = Outputs(out, self.save_masks, self.save_overlays, self.segmenter.backbone.is_random)
             outputs.rewrite(store)
+            outputs.fill_in(store, pairs, self.segmenter.config.max_pixels)
             done = store.done()
             pending = [pair for pair in pairs if pair.id not in done]
             images = group_by_image(p for p in pairs if p.error is None)

@@ -146,7 +146,7 @@ class CompareJob:
         title += ", RANDOM WEIGHTS: these figures mean nothing)" if first.backbone.is_random else ")"
         for job, label, found in zip(self.jobs, self.labels, records):
             summary = run_summary(found, job.segmenter.config, self.data, self.split)
-            write_report(job.out, summary, job.settings(), [r["iou"] for r in found], f"{label}: {title}")
+            write_report(job.out, summary, job.settings(), found, f"{label}: {title}")
             summaries[label] = summary
         backbones = {label: s.config.backbone for label, s in zip(self.labels, self.segmenters)}
         written += write_comparison(self.out, summaries, backbones, title, [job.out.name for job in self.jobs])

@@ -80,7 +80,7 @@ class ImageEvaluator:
 
         if self.cache is None:
             return make()
-        return self.cache.get_or_make(self.dataset.image_path(image_id), make)[0]
+        return self.cache.get_or_make(self.dataset.image_path(image_id), make, pixels.shape[:2])[0]
 
     def __call__(self, image_id: int, refs: list[Ref], prepared: Optional[Prepared] = None,
                  features: Optional[ImageFeatures] = None) -> list[dict[str, Any]]:
@@ -120,11 +120,15 @@ class ImageEvaluator:
             return self.failed(image_id, refs, str(error))
 
     def failed(self, image_id: int, refs: list[Ref], reason: str) -> list[dict[str, Any]]:
-        """Records that count an image's sentences as failures (IoU 0, no answer), saying why."""
+        """Records that count an image's sentences as failures (IoU 0, no answer), saying why. The
+        targets are counted (their pixels join the union) only where the annotations' grid is within
+        the pixel limit: a size the image does not have would have them drawn on any grid."""
+        info = self.dataset.images[image_id]
+        drawable = 0 < info.height * info.width <= self.segmenter.config.max_pixels
         records = []
         for ref in refs:
             try:
-                union = int(self.dataset.target_mask(ref).sum())
+                union = int(self.dataset.target_mask(ref).sum()) if drawable else 0
             except DatasetError:  # the object itself is malformed: nothing to count
                 union = 0
             for sentence in ref.sentences:
@@ -487,9 +491,8 @@ class EvalJob:
                 timing = run_images(self.segmenter, self.execution, self._work(groups, pending), commit)
             records = store.records(sentence_ids(groups))
         summary = run_summary(records, self.segmenter.config, self.data, self.split)
-        write_report(out, summary, settings, [r["iou"] for r in records], title, timing)
-        outcome = EvalOutcome(summary, settings, records, title,
-                              [out / "metrics.json", out / "report.md", out / "iou_histogram.png"], timing)
+        written = write_report(out, summary, settings, records, title, timing)
+        outcome = EvalOutcome(summary, settings, records, title, written, timing)
         if self.calibrate:
             self._calibrate(outcome)
         return outcome

@@ -6,7 +6,9 @@ image's file name to its proposals as COCO result records (``segmentation`` in c
 ``score``, and ``box``, the generator's own ``x1, y1, x2, y2``, which for FreeSOLO is not the
 mask's tight box), in the generator's order. Each image's proposals are appended to
 ``OUT.partial.jsonl`` as soon as they are made, so an interrupted run resumes where it stopped;
-the JSON is written, whole, at the end.
+the JSON is written, whole, at the end. The partial file starts with the generator's settings (a
+resume with other settings is refused rather than mixed in) and keeps each image's content key (an
+image replaced since is made again); ``OUT.lock`` keeps a second run off the same output.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from ..config import DEFAULT_MAX_PIXELS
 from ..engine import ImageTask
 from ..errors import ZsrisError
 from ..masks import encode_rle
+from ..store import lock_file
 from ..types import Proposals
 from .run import Execution, progress_bar
 
@@ -66,21 +69,46 @@ class ProposalsJob:
     def partial(self) -> Path:
         return self.out.with_name(self.out.name + ".partial.jsonl")
 
-    def _resumed(self) -> dict[str, list[dict[str, Any]]]:
+    @property
+    def generator_key(self) -> str:
+        """What made the proposals: the generator's cache key (its settings and version)."""
+        return str(getattr(self.generator, "cache_key", type(self.generator).__name__))
+
+    def _resumed(self, keys: dict[str, str]) -> dict[str, list[dict[str, Any]]]:
+        """The proposals a partial file holds of images whose content is still ``keys``'s (by name)."""
         done: dict[str, list[dict[str, Any]]] = {}
         if not self.partial.exists():
             return done
-        for line in self.partial.read_text().splitlines():
+        for number, line in enumerate(self.partial.read_text().split("\n")):
             try:
                 entry = json.loads(line)
-                done[entry["image"]] = entry["proposals"]
-            except (ValueError, KeyError, TypeError):
+            except ValueError:
                 continue  # a line cut short by the crash: that image is made again
+            if not isinstance(entry, dict):
+                continue
+            if number == 0 and "generator" in entry:
+                if entry["generator"] != self.generator_key:
+                    raise ZsrisError(f"{self.partial} holds proposals made by {entry['generator']}, not by this "
+                                     f"run's {self.generator_key}: delete it to start over, or write to another -o")
+                continue
+            name = entry.get("image")
+            if name in keys and entry.get("key", keys[name]) == keys[name] and isinstance(entry.get("proposals"), list):
+                done[name] = entry["proposals"]
+            elif name in done:  # a newer line for a replaced image
+                del done[name]
         return done
 
     def run(self) -> ProposalsSummary:
         self.out.parent.mkdir(parents=True, exist_ok=True)
-        done = self._resumed()
+        handle = lock_file(self.out.with_name(self.out.name + ".lock"), str(self.out), "-o")
+        try:
+            return self._run()
+        finally:
+            os.close(handle)
+
+    def _run(self) -> ProposalsSummary:
+        keys = {task.name: _content_key(task.path) for task in self.tasks}
+        done = self._resumed(keys)
         resumed = sum(1 for task in self.tasks if task.name in done)
         pending = [task for task in self.tasks if task.name not in done]
         failed: dict[str, str] = {}
@@ -91,15 +119,20 @@ class ProposalsJob:
             return (f"zsris: interrupted; the proposals of {len(done)} image(s) are saved in {self.partial}: "
                     f"run the same command again to go on")
 
+        fresh = not self.partial.exists() or self.partial.stat().st_size == 0
         with open(self.partial, "a") as stream, progress_bar(len(self.tasks), resumed, "proposals",
                                                               self.execution.progress, saved) as bar:
+            if fresh:
+                stream.write(json.dumps({"generator": self.generator_key}) + "\n")
+                stream.flush()
             for prepared in engine.iterate(pending):
                 if prepared.error is not None or prepared.proposals is None:
                     failed[prepared.key] = prepared.error or "no image"
                 else:
                     done[prepared.key] = proposal_records(prepared.proposals)
                     seconds += prepared.proposal_seconds
-                    stream.write(json.dumps({"image": prepared.key, "proposals": done[prepared.key]}) + "\n")
+                    stream.write(json.dumps({"image": prepared.key, "key": keys[prepared.key],
+                                             "proposals": done[prepared.key]}) + "\n")
                     stream.flush()
                 bar.update(1)
         ordered = {task.name: done[task.name] for task in self.tasks if task.name in done}
@@ -112,6 +145,17 @@ class ProposalsJob:
         made = len(pending) - len(failed)
         return ProposalsSummary(len(self.tasks), made, resumed, failed, sum(len(r) for r in ordered.values()),
                                 seconds / made if made else 0.0, self.out)
+
+
+def _content_key(path: Any) -> str:
+    """An image file's content key (:func:`zsris.cache.image_key`); an unreadable one's reason
+    (the image then fails when it is made)."""
+    from ..cache import image_key
+
+    try:
+        return image_key(path)
+    except OSError as error:
+        return f"unreadable: {error.strerror}"
 
 
 def image_tasks(paths: Sequence[Path]) -> list[ImageTask]:

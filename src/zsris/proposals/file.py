@@ -10,6 +10,7 @@ file name without extension.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -45,7 +46,17 @@ class FileProposals(Configured):
 
     @property
     def cache_key(self) -> str:
-        return config_key(self.name, 3, path=self.path.resolve(), mtime_ns=self.path.stat().st_mtime_ns,
+        """The file's path and modification time; a folder's, a digest of every mask PNG in it and
+        in its image folders (name, size, modification time): a folder's own time does not change
+        when a file inside it is edited."""
+        if self.path.is_file():
+            return config_key(self.name, 3, path=self.path.resolve(), mtime_ns=self.path.stat().st_mtime_ns,
+                              max_proposals=self.config.max_proposals)
+        digest = hashlib.sha1()
+        for file in sorted([*self.path.glob("*.png"), *self.path.glob("*/*.png")]):
+            status = file.stat()
+            digest.update(f"{file.relative_to(self.path)}\0{status.st_size}\0{status.st_mtime_ns}\n".encode())
+        return config_key(self.name, 3, path=self.path.resolve(), contents=digest.hexdigest()[:16],
                           max_proposals=self.config.max_proposals)
 
     @staticmethod
