@@ -199,13 +199,15 @@ def hybrid_features(model: torch.nn.Module, local: Tensor, global_: Tensor, grid
     def masked(tokens: Tensor) -> Tensor:
         return torch.cat([tokens[:, :1], tokens[:, 1:] * weights], dim=1)
 
+    # the class token attends to itself and the proposal's patches, every other token to all (made once)
+    keep = torch.cat([torch.ones(n, 1, dtype=torch.bool, device=x.device), weights[:, :, 0] != 0], dim=1)
+    length, heads = x.shape[1], blocks[0].attn.num_heads
+    bias = torch.zeros(n, length, length, dtype=x.dtype, device=x.device)
+    bias[:, 0] = torch.zeros_like(keep, dtype=x.dtype).masked_fill(~keep, float("-inf"))
+    bias = bias[:, None].expand(-1, heads, -1, -1).reshape(n * heads, length, length)
+    batch_first = getattr(visual.transformer, "batch_first", True)
+
     def attending(tokens: Tensor, each: Sequence[torch.nn.Module]) -> Tensor:
-        keep = torch.cat([torch.ones(n, 1, dtype=torch.bool, device=weights.device), weights[:, :, 0] != 0], dim=1)
-        length, heads = tokens.shape[1], each[0].attn.num_heads
-        bias = torch.zeros(n, length, length, dtype=tokens.dtype, device=tokens.device)
-        bias[:, 0] = torch.zeros_like(keep, dtype=tokens.dtype).masked_fill(~keep, float("-inf"))
-        bias = bias[:, None].expand(-1, heads, -1, -1).reshape(n * heads, length, length)
-        batch_first = getattr(visual.transformer, "batch_first", True)
         tokens = tokens if batch_first else tokens.transpose(0, 1)
         for one in each:
             tokens = one(tokens, attn_mask=bias)
@@ -335,11 +337,11 @@ class HybridGL:
         encoder = self.encoder
         cues = [self.cues(p.sentence) for p in parsed]
         text = encoder.text([*(p.sentence for p in parsed), *(c.phrase for c in cues)])
-        ensemble = self.r * text[:len(parsed)] + (1 - self.r) * text[len(parsed):]
+        ensemble = F.normalize(self.r * text[:len(parsed)] + (1 - self.r) * text[len(parsed):], dim=-1)
         visual = F.normalize(features.hybrid, dim=-1)
         scale = float(encoder.model.logit_scale.detach().exp())
-        logits = (scale * visual) @ F.normalize(ensemble, dim=-1).T  # [N, E], as the script computes it
-        cosines = (visual @ F.normalize(ensemble, dim=-1).T).T.cpu()
+        logits = (scale * visual) @ ensemble.T  # [N, E], as the script computes it
+        cosines = (visual @ ensemble.T).T.cpu()
         maps = self._maps(features, sorted({c.phrase for c in cues}))
         choices, records = [], []
         for row, cue in enumerate(cues):
