@@ -2,7 +2,7 @@
 
 - no import circle among zsris's modules, counting imports inside functions too (not those made
   for type checking alone, which never run);
-- each module imports only its own floor and the floors below it (:data:`FLOORS`, as the README's
+- each module imports only its own floor and the floors below it (:data:`FLOORS`, as docs/architecture.md's
   "Development" section states them); imports for type checking alone do not count;
 - the data, the engine, the cache, the records and the registries load no torch, scikit-image or
   SciPy, and neither does answering ``zsris --help``.
@@ -52,7 +52,7 @@ def _floor(module: str) -> int:
             if (module == name or module.startswith(name + ".")) and len(name) > best:
                 best, found = len(name), level
     if found is None:
-        raise AssertionError(f"{module} is on no floor: add it to FLOORS (and to the README's list)")
+        raise AssertionError(f"{module} is on no floor: add it to FLOORS (and to docs/architecture.md's list)")
     return found
 
 

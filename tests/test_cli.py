@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -43,6 +44,8 @@ def test_segment_writes_mask_overlay_and_json(backbone, real_image_path, tmp_pat
         assert record["top_proposals"][0]["score"] == pytest.approx(record["score"])
         assert set(record["top_proposals"][0]) == {"index", "score", "global_score", "local_score", "box", "area"}
         assert record["settings"]["backbone"] == backbone.replace("/", "-")
+        name = Path(base).name  # #37: the record names its pictures, which sit beside it
+        assert record["files"] == {"mask": f"{name}.mask.png", "overlay": f"{name}.overlay.png"}
     assert stdout.count("score") == 2
 
 

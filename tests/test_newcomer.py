@@ -181,17 +181,3 @@ def test_benchmarks_without_data_say_so_in_one_line(tmp_path):
                               capture_output=True, text=True, timeout=120)
         assert proc.returncode == 1
         assert proc.stderr.strip().count("\n") == 0 and "pass --data DIR" in proc.stderr, proc.stderr
-
-
-def _readme_blocks(language: str) -> list[str]:
-    return re.findall(rf"```{language}\n(.*?)```", (REPO / "README.md").read_text(), flags=re.S)
-
-
-@pytest.mark.slow
-def test_readme_python_snippets_run_as_written(tmp_path):
-    blocks = _readme_blocks("python")
-    assert len(blocks) >= 2
-    script = tmp_path / "readme_snippets.py"
-    script.write_text("\n".join(blocks))
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]

@@ -86,6 +86,21 @@ def test_filters_and_cap_apply(generator):
     assert len(Sam2Proposals("random", points_per_side=2, pred_iou_thresh=1e9)(image)) == 0
 
 
+def test_an_untrained_sam2_that_finds_nothing_says_which_thresholds_to_lower(tiny_vit):
+    """#37: `--sam2-checkpoint random` ended in "found nothing" with no way forward; the line now
+    names the quality thresholds, and lowering them gives masks."""
+    from zsris.errors import NoProposalsError
+    from zsris.segmenter import Segmenter
+
+    strict = Segmenter(tiny_vit, Sam2Proposals("random", points_per_side=2, pred_iou_thresh=1e9))
+    with pytest.raises(NoProposalsError, match="untrained.*--proposal-option pred_iou_thresh=0 "
+                                               "--proposal-option stability_score_thresh=0"):
+        strict.segment(EXAMPLE, "the red circle")
+    lowered = Segmenter(tiny_vit, Sam2Proposals("random", points_per_side=2, pred_iou_thresh=0,
+                                                stability_score_thresh=0))
+    assert lowered.segment(EXAMPLE, "the red circle").proposal_index is not None
+
+
 def test_missing_checkpoints_say_how_to_get_them(monkeypatch, tmp_path):
     monkeypatch.delenv("ZSRIS_SAM2_CHECKPOINT", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -117,7 +117,8 @@ def save_result(result: SegmentResult, folder: str | Path, image: Any = None, to
     given) into ``folder``; ``stem`` defaults to the expression as a slug, and a name already
     there gets ``-2``, ``-3`` ... (:mod:`zsris.names`). ``name`` is the image in the record
     (default: ``image`` where it is a path), ``extra`` joins the record (a run's settings),
-    ``warning`` is written on the overlay. Returns the files' common path stem."""
+    ``warning`` is written on the overlay. The record names its picture files (``files``: mask,
+    overlay), which sit beside it. Returns the files' common path stem."""
     from .names import RESULT_SUFFIXES, claim_stem, slug
     from .render import mask_image
 
@@ -126,7 +127,9 @@ def save_result(result: SegmentResult, folder: str | Path, image: Any = None, to
     base = claim_stem(folder, stem or slug(result.expression), RESULT_SUFFIXES)
     if name is None and isinstance(image, (str, Path)):
         name = str(image)
-    Path(f"{base}.json").write_text(json.dumps({**result.to_dict(name, top_k), **(extra or {})}, indent=2))
+    files = {"mask": f"{base.name}.mask.png", **({"overlay": f"{base.name}.overlay.png"} if image is not None else {})}
+    record = {**result.to_dict(name, top_k), **(extra or {}), "files": files}  # beside it, named as they are
+    Path(f"{base}.json").write_text(json.dumps(record, indent=2))
     mask_image(result.mask).save(f"{base}.mask.png")
     if image is not None:
         overlay(result, image, warning).save(f"{base}.overlay.png")

@@ -247,10 +247,21 @@ def _check_proposals(generator: ProposalGenerator, pixels: np.ndarray, proposals
     if len(proposals) == 0:
         raise NoProposalsError(
             f"no mask proposals in {image_id or 'the image'}: the {getattr(generator, 'name', '')} "
-            f"generator found nothing to choose from"
+            f"generator found nothing to choose from{_untrained_hint(generator)}"
         )
     if proposals.image_size != pixels.shape[:2]:
         raise ZsrisError(f"proposals are {proposals.image_size}, the image is {pixels.shape[:2]}")
+
+
+def _untrained_hint(generator: ProposalGenerator) -> str:
+    """Why an untrained generator finds nothing, and the settings that show its masks anyway: its
+    quality scores are random, so they seldom pass thresholds set for a trained model."""
+    options = getattr(generator, "quality_options", ())
+    if getattr(generator, "checkpoint", None) != "random" or not options:
+        return ""
+    lowered = " ".join(f"--proposal-option {name}=0" for name in options)
+    return (f" (it is untrained, checkpoint random, and its random quality scores seldom pass its thresholds: "
+            f"lower them to see its masks, {lowered})")
 
 
 def _within_budget(items: Sequence[Any], sizes: Sequence[int], budget: int) -> list[list[Any]]:

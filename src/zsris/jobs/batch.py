@@ -193,8 +193,10 @@ class Outputs:
     appended as pairs finish and rewritten from the store (in input order) at the start and the
     end of a run, so that whatever a kill cut short is made whole by the next run."""
 
-    def __init__(self, out: Path, save_masks: bool, save_overlays: bool, random_weights: bool) -> None:
+    def __init__(self, out: Path, save_masks: bool, save_overlays: bool, random_weights: bool,
+                 pairs: Sequence[Pair]) -> None:
         self.out = out
+        self.names = {pair.id: output_name(pair) for pair in pairs}
         self.masks = out / "masks" if save_masks else None
         self.overlays = out / "overlays" if save_overlays else None
         self.note = ""
@@ -207,8 +209,21 @@ class Outputs:
                 folder.mkdir(parents=True, exist_ok=True)
 
     def rewrite(self, store: "BatchStore") -> None:
-        _write_atomic(self.out / RESULTS, _jsonl(store.records(ok=True)))
+        _write_atomic(self.out / RESULTS, _jsonl(self.named(store.records(ok=True))))
         _write_atomic(self.out / ERRORS, _jsonl(store.records(ok=False)))
+
+    def named(self, records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The records with the pictures of their answers that OUT holds (``files``: ``mask``,
+        ``overlay``, paths relative to OUT), made by this run or an earlier one: an id such as
+        ``alpha.png#1`` does not say which ``masks/alpha.png--e1.png`` is its."""
+        named = []
+        for record in records:
+            name = self.names.get(record.get("id"))
+            files = {} if name is None else {
+                kind: f"{folder}/{name}.png" for kind, folder in (("mask", "masks"), ("overlay", "overlays"))
+                if (self.out / folder / f"{name}.png").is_file()}
+            named.append({**record, "files": files} if files else record)
+        return named
 
     def pictures(self, pairs: dict[str, Pair], records: Sequence[PairRecord], pixels: Optional[np.ndarray]) -> None:
         """Mask and overlay PNGs of the records' answers (before they are committed: a rerun
@@ -261,7 +276,7 @@ class Outputs:
         for name, records in ((RESULTS, results), (ERRORS, errors)):
             if records:
                 with open(self.out / name, "a") as stream:
-                    stream.write(_jsonl(records))
+                    stream.write(_jsonl(self.named(records) if name == RESULTS else records))
 
 
 class Commit:
@@ -410,7 +425,7 @@ class BatchJob:
         with BatchStore(out / STORE, self.settings(), on_locked=clear) as store, \
                 self.execution.session(self.segmenter.device):
             retried = self._resume(store)
-            outputs = Outputs(out, self.save_masks, self.save_overlays, self.segmenter.backbone.is_random)
+            outputs = Outputs(out, self.save_masks, self.save_overlays, self.segmenter.backbone.is_random, pairs)
             outputs.rewrite(store)
             outputs.fill_in(store, pairs, self.segmenter.config.max_pixels)
             done = store.done()

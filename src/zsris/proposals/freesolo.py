@@ -444,6 +444,7 @@ class FreeSoloProposals(Configured):
     in its order, capped at ``max_proposals``."""
 
     name = "freesolo"
+    quality_options = ("score_threshold",)
 
     def __init__(self, checkpoint: Optional[str] = None, device: str | torch.device = "cpu",
                  config: Optional[FreeSoloConfig] = None, **overrides) -> None:

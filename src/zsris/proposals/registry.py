@@ -80,6 +80,9 @@ class Configured:
     name: str
     config: Any
     registered: Optional[ProposalSpec] = None
+    #: The settings that filter its masks by the model's own quality scores: an untrained model
+    #: (checkpoint ``random``) rarely passes them, so a segmenter that gets no masks names these.
+    quality_options: tuple[str, ...] = ()
 
     @property
     def spec(self) -> ProposalSpec:

@@ -56,6 +56,7 @@ class SamProposals(Configured):
     """Mask proposals from SAM's automatic mask generator."""
 
     name = "sam"
+    quality_options = ("pred_iou_thresh", "stability_score_thresh")
 
     def __init__(self, checkpoint: Optional[str] = None, config: Optional[SamConfig] = None,
                  device: str | torch.device = "cpu", **overrides) -> None:

@@ -119,6 +119,7 @@ class Sam2Proposals(Configured):
     """Mask proposals from SAM 2.1's automatic mask generator."""
 
     name = "sam2"
+    quality_options = ("pred_iou_thresh", "stability_score_thresh")
 
     def __init__(self, checkpoint: Optional[str] = None, config: Optional[Sam2Config] = None,
                  device: str | torch.device = "cpu", **overrides) -> None:

@@ -74,6 +74,7 @@ class Sam3Proposals(Configured):
     proposals when ``with_classical``."""
 
     name = "sam3"
+    quality_options = ("score_threshold", "presence_threshold")
 
     def __init__(self, checkpoint: Optional[str] = None, config: Optional[Sam3Config] = None,
                  device: str | torch.device = "cpu", network: Any = None, **overrides) -> None:
