@@ -115,7 +115,46 @@ def _files(root: Path) -> dict[str, Path]:
     files["a link to /dev/zero"] = root / "zero.pt"
     (root / "folder.pt").mkdir()
     files["a folder"] = root / "folder.pt"
+    os.mkfifo(root / "fifo.jsonl")
+    files["manifest: a FIFO"] = root / "fifo.jsonl"
+    (root / "zero.jsonl").symlink_to("/dev/zero")
+    files["manifest: a link to /dev/zero"] = root / "zero.jsonl"
+    (root / "twice.jsonl").write_text('{"image": "shapes.png", "expression": "a", "expression": "b"}\n')
+    files["manifest: a key named twice"] = root / "twice.jsonl"
+    (root / "nul.jsonl").write_text(json.dumps({"image": "a\0b.png", "expression": "a cat"}) + "\n")
+    files["manifest: a NUL in an image path"] = root / "nul.jsonl"
+    for name, change in (("instances say 100000x100000", "huge"), ("instances.json a FIFO", "fifo"),
+                         ("instances.json nested 200000 deep", "deep")):
+        files[f"dataset: {name}"] = _refer_dataset(root / f"refer-{change}", change)
+    grefs = root / "gref" / "grefcoco"
+    grefs.mkdir(parents=True)
+    (root / "gref" / "images").mkdir()
+    (grefs / "grefs(unc).json").write_text("[" * 200_000 + "]" * 200_000)
+    (grefs / "instances.json").write_text(json.dumps({"images": [], "annotations": []}))
+    files["dataset: grefs(unc).json nested 200000 deep"] = root / "gref"
     return files
+
+
+def _refer_dataset(root: Path, change: str) -> Path:
+    """A one-image REFER dataset whose instances.json is ``change``d: an annotated size the
+    image does not have (huge), a FIFO (fifo) or nested too deeply (deep)."""
+    (root / "refcoco").mkdir(parents=True)
+    (root / "images").mkdir()
+    Image.open(EXAMPLE).save(root / "images" / "shapes.png")
+    refs = [{"ref_id": 1, "ann_id": 10, "image_id": 7, "category_id": 1, "split": "train",
+             "sentences": [{"sent_id": 100, "sent": "the red circle"}]}]
+    (root / "refcoco" / "refs(unc).p").write_bytes(pickle.dumps(refs))
+    side = 100_000 if change == "huge" else None
+    instances = {"images": [{"id": 7, "file_name": "shapes.png", "height": side or 320, "width": side or 480}],
+                 "annotations": [{"id": 10, "image_id": 7, "category_id": 1,
+                                  "segmentation": [[10, 10, 60, 10, 60, 60, 10, 60]]}],
+                 "categories": [{"id": 1, "name": "shape"}]}
+    if change == "fifo":
+        os.mkfifo(root / "refcoco" / "instances.json")
+    else:
+        (root / "refcoco" / "instances.json").write_text("[" * 200_000 + "]" * 200_000 if change == "deep"
+                                                         else json.dumps(instances))
+    return root
 
 
 def cli_cases(files: dict[str, Path], out: Path) -> list[tuple[str, list[str]]]:
@@ -186,6 +225,22 @@ def cli_cases(files: dict[str, Path], out: Path) -> list[tuple[str, list[str]]]:
     for name in ("a loop of symbolic links", "a FIFO", "a link to /dev/zero", "a folder"):
         cases.append((f"weights: {name}", [*segment, "--weights", str(files[name]), "--max-proposals", "4"]))
         cases.append((f"image: {name}", ["segment", str(files[name]), "a cat", "-o", str(out), *FAST]))
+    for name in ("a FIFO", "a link to /dev/zero"):
+        cases.append((f"proposals file: {name}", [*segment, *FAST[:2], "--proposals", "file", "--proposals-path",
+                                                  str(files[name])]))
+    for name in ("manifest: a FIFO", "manifest: a link to /dev/zero", "manifest: a key named twice",
+                 "manifest: a NUL in an image path"):
+        cases.append((name, ["batch", str(files[name]), "-o", str(out / "batch"), "--overwrite", *FAST]))
+    for name in ("dataset: instances say 100000x100000", "dataset: instances.json a FIFO",
+                 "dataset: instances.json nested 200000 deep"):
+        cases.append((f"proposals-eval {name}", ["proposals-eval", "--data", str(files[name]), "--split", "train",
+                                                 "--no-cache", "--max-proposals", "4"]))
+    cases.append(("eval dataset: instances say 100000x100000",
+                  ["eval", "--data", str(files["dataset: instances say 100000x100000"]), "--split", "train", "--out",
+                   str(out / "run-huge"), "--no-cache", *FAST]))
+    cases.append(("eval dataset: grefs(unc).json nested 200000 deep",
+                  ["eval", "--data", str(files["dataset: grefs(unc).json nested 200000 deep"]), "--dataset",
+                   "grefcoco", "--split", "train", "--out", str(out / "run"), "--weights", "random"]))
     cases += [
         ("hybridgl: on RN50", [*segment, *FAST, "--method", "hybridgl", "--backbone", "RN50"]),
         ("hybridgl: an unknown fusion", [*segment, *FAST, "--method", "hybridgl:fusion=sideways"]),

@@ -421,3 +421,88 @@ def test_a_mask_edited_inside_a_proposals_folder_changes_its_cache_key(tmp_path)
     Image.fromarray(np.full((4, 4), 255, np.uint8)).save(mask)
     os.utime(mask, ns=(1, 1))
     assert FileProposals(tmp_path).cache_key != first
+
+
+def test_dataset_and_proposal_files_are_read_only_when_regular_and_bounded(tmp_path, monkeypatch):
+    """#38: a proposals file that was a FIFO or a link to /dev/zero was looked into as a folder
+    ("no proposal masks"), a dataset's refs or instances as "no such file"; nothing capped their
+    size, and each is read whole. Each now says what it is, before it is opened."""
+    import signal
+
+    from zsris import datasets
+    from zsris.datasets import load_plain_pickle, read_json_list
+    from zsris.errors import DatasetError
+    from zsris.proposals import file as proposals_file
+
+    os.mkfifo(tmp_path / "fifo.json")
+    (tmp_path / "zero.json").symlink_to("/dev/zero")
+    (tmp_path / "large.json").write_text(json.dumps({"a.jpg": []}) + " " * 100)
+    monkeypatch.setattr(proposals_file, "MAX_PROPOSALS_FILE_BYTES", 64)
+    monkeypatch.setattr(datasets, "MAX_DATASET_FILE_BYTES", 64)
+    instances = ReferDataset.__new__(ReferDataset)
+    refused = {"fifo.json": "not a regular file .a pipe, socket or device.",
+               "zero.json": "not a regular file .a pipe, socket or device.",
+               "large.json": "113 bytes, over the limit of 64 for a file read whole"}
+    signal.alarm(20)  # a regression would hang on the FIFO: fail instead
+    try:
+        for name, words in refused.items():
+            path = tmp_path / name
+            with pytest.raises(ProposalError, match=f"{name}: {words}, not a proposals file or folder$"):
+                FileProposals(path)
+            with pytest.raises(DatasetError, match=rf"{name}: {words} \(the dataset's refs file\)$"):
+                read_json_list(path, "refs")
+            with pytest.raises(DatasetError, match=rf"{name}: {words} \(the dataset's refs file\)$"):
+                load_plain_pickle(path)
+            instances.instances_path = path
+            with pytest.raises(DatasetError, match=rf"{name}: {words} \(the dataset's instances file\)$"):
+                instances._read_instances()
+    finally:
+        signal.alarm(0)
+    with pytest.raises(ProposalError, match="nope.json: no such proposals file or folder$"):
+        FileProposals(tmp_path / "nope.json")
+    with pytest.raises(DatasetError, match="nope.json: no such refs file$"):
+        read_json_list(tmp_path / "nope.json", "refs")
+
+
+def test_a_manifest_row_naming_a_key_twice_is_refused(tmp_path):
+    """#38: a JSONL row with two "expression" keys used the last in silence (CSV's header is
+    already refused so)."""
+    from zsris.jobs.pairs import ManifestError, read_manifest
+
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text('{"image": "a.png", "expression": "the cat"}\n'
+                        '{"image": "b.png", "expression": "the cat", "expression": "the dog"}\n')
+    with pytest.raises(ManifestError, match="m.jsonl line 2: names 'expression' twice .which one is meant..$"):
+        read_manifest(manifest)
+    manifest.write_text('{"image": "a.png", "expression": "the \u2028 cat \u0085"}\n')  # one row, one expression
+    assert [pair.expression for pair in read_manifest(manifest)] == ["the \u2028 cat \u0085"]
+
+
+def test_proposal_quality_draws_no_target_of_a_failed_image_over_the_pixel_limit(tmp_path, monkeypatch, capsys):
+    """#38: zsris proposals-eval drew the targets of an image whose instances.json says 100000 x
+    100000 pixels (the image is 120 x 80, so it fails) on that grid: 10 GB a mask, a crash under
+    a memory limit. A failed image over the limit counts IoU 0 without drawing; one within it as
+    before; and a split whose every image failed is no result (it printed a table and exit 0)."""
+    from zsris.datasets import ImageInfo
+
+    dataset = _mini_refer(tmp_path, 1, BOX)
+    refs = dataset.refs_by_image("train")
+    drawn = []
+    annotation_mask = dataset.annotation_mask
+    monkeypatch.setattr(dataset, "annotation_mask", lambda *args: drawn.append(args) or annotation_mask(*args))
+    for height, width, draws in ((100_000, 100_000, 0), (60, 90, 2)):  # both fail: the image is 120 x 80
+        dataset.images[7] = ImageInfo(7, "img.png", height, width)
+        drawn.clear()
+        engine = Engine(Preparer(ProposalSpec(max_proposals=2), exif_transpose=False))
+        summary = evaluate_proposals(dataset, refs, engine, show_progress=False)
+        assert summary["images failed"] == 1 and summary["objects"] == 1 and summary["oracle mIoU"] == 0.0
+        assert len(drawn) == draws
+    instances = json.loads((tmp_path / "refcoco" / "instances.json").read_text())
+    instances["images"][0]["height"] = instances["images"][0]["width"] = 100_000
+    (tmp_path / "refcoco" / "instances.json").write_text(json.dumps(instances))
+    capsys.readouterr()
+    assert main(["proposals-eval", "--data", str(tmp_path), "--split", "train", "--no-cache"]) == 1
+    assert capsys.readouterr().err.strip().endswith("every one of the 1 images failed (the first: image 7: "
+                                                    f"{tmp_path / 'images' / 'train2014' / 'img.png'} is 120x80, but "
+                                                    "its annotations say 100000x100000); the table counts their "
+                                                    "objects as misses, but it is no result")

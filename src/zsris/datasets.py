@@ -30,6 +30,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from .errors import DatasetError
+from .images import file_problem
 from .masks import decode_rle
 
 #: Each dataset's default splitBy (PhraseCut's: its subset, see :mod:`zsris.phrasecut`).
@@ -43,6 +44,9 @@ GT_MASKS = ("refer", "union")
 #: Datasets in a layout of their own, read by a ReferDataset subclass imported when asked for.
 OTHER_LAYOUTS = {"phrasecut": "zsris.phrasecut:PhraseCutDataset"}
 IMAGE_FOLDERS = ("images/train2014", "images/mscoco/images/train2014", "train2014", "images")
+#: The largest refs or instances file read: each is read whole (COCO's train2014 instances, the
+#: largest in use, are a few hundred MB).
+MAX_DATASET_FILE_BYTES = 2 << 30
 
 
 class _PlainUnpickler(pickle.Unpickler):
@@ -53,11 +57,21 @@ class _PlainUnpickler(pickle.Unpickler):
         raise DatasetError(f"refuses to load {module}.{name}: refs files may hold only plain data")
 
 
-def load_plain_pickle(path: Path) -> Any:
+def read_dataset_file(path: Path, what: str) -> bytes:
+    """The bytes of a dataset's ``what`` file (refs, instances ...), or one line saying why not: a
+    pipe would block for ever, a link to /dev/zero or an oversized file fill the memory."""
+    problem = file_problem(path, MAX_DATASET_FILE_BYTES)
+    if problem is not None:
+        raise DatasetError(f"{path}: no such {what} file" if problem == "no such file" else
+                           f"{path}: {problem} (the dataset's {what} file)")
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except OSError as error:
         raise DatasetError(f"{path}: cannot read ({error.strerror or error})") from None
+
+
+def load_plain_pickle(path: Path) -> Any:
+    data = read_dataset_file(path, "refs")
     try:
         return _PlainUnpickler(io.BytesIO(data)).load()
     except DatasetError as error:
@@ -164,8 +178,6 @@ class ReferDataset:
         raise DatasetError(f"no COCO train2014 image folder under {self.root}; pass --images DIR")
 
     def _read_refs(self) -> list[Ref]:
-        if not self.refs_path.is_file():
-            raise DatasetError(f"{self.refs_path}: no such refs file")
         raw = load_plain_pickle(self.refs_path)
         if not isinstance(raw, list):
             raise DatasetError(f"{self.refs_path}: expected a list of refs, found {type(raw).__name__}")
@@ -183,10 +195,9 @@ class ReferDataset:
         return refs
 
     def _read_instances(self):
-        if not self.instances_path.is_file():
-            raise DatasetError(f"{self.instances_path}: no such instances file")
+        raw = read_dataset_file(self.instances_path, "instances")
         try:
-            data = json.loads(self.instances_path.read_text())
+            data = json.loads(raw)
             images = {int(i["id"]): ImageInfo(int(i["id"]), str(i["file_name"]), int(i["height"]), int(i["width"]))
                       for i in data["images"]}
             annotations = {int(a["id"]): a for a in data["annotations"]}
@@ -247,10 +258,9 @@ class ReferDataset:
 
 def read_json_list(path: Path, what: str) -> list[Any]:
     """The JSON list of ``what`` (refs, tasks, images ...) in ``path``, or one line saying why not."""
-    if not path.is_file():
-        raise DatasetError(f"{path}: no such {what} file")
+    raw = read_dataset_file(path, what)
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(raw)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise DatasetError(f"{path}: not readable JSON ({error})") from None
     except RecursionError:

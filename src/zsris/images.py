@@ -144,12 +144,13 @@ def load_image(source: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS, exif_tr
     return _decode_file(path, max_pixels, exif_transpose, what)
 
 
-def file_problem(path: str | Path) -> Optional[str]:
+def file_problem(path: str | Path, max_bytes: Optional[int] = None) -> Optional[str]:
     """Why ``path`` cannot be read as a file, in a few words, or None for a regular file. Asked
     before opening: a pipe may block for ever and a device never end; a link loop or a missing
-    link target says so, rather than "no such file" for a path that is there."""
+    link target says so, rather than "no such file" for a path that is there. ``max_bytes`` also
+    refuses a larger file, for what is read whole into memory (JSON, a pickle)."""
     try:
-        mode = os.stat(path).st_mode
+        status = os.stat(path)
     except OSError as error:
         if error.errno == errno.ELOOP:
             return "a loop of symbolic links"
@@ -158,10 +159,12 @@ def file_problem(path: str | Path) -> Optional[str]:
         return (error.strerror or str(error)).lower()
     except ValueError:  # a NUL in the path
         return "not a valid path (it holds a NUL character)"
-    if stat.S_ISDIR(mode):
+    if stat.S_ISDIR(status.st_mode):
         return "is a directory"
-    if not stat.S_ISREG(mode):
+    if not stat.S_ISREG(status.st_mode):
         return "not a regular file (a pipe, socket or device)"
+    if max_bytes is not None and status.st_size > max_bytes:
+        return f"{status.st_size:,} bytes, over the limit of {max_bytes:,} for a file read whole"
     return None
 
 

@@ -27,6 +27,22 @@ class _Absent:
 ABSENT: Any = _Absent()
 
 
+class NamedTwice(ValueError):
+    """A JSON object names a key twice; the exception's text is the key, quoted."""
+
+
+def once_each(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``object_pairs_hook`` for JSON that people write (a manifest row, a proposals file): the
+    object :mod:`json` would make, but a key named twice raises :class:`NamedTwice`, where
+    :mod:`json` keeps the last value in silence and the file would mean whichever came last."""
+    found: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in found:
+            raise NamedTwice(repr(key))
+        found[key] = value
+    return found
+
+
 def settings(segmenter: "Segmenter") -> dict[str, Any]:
     """The settings that produced a result, so a record says how to reproduce it: the config's
     (:meth:`SegmenterConfig.settings`), with what was actually loaded where the config leaves it

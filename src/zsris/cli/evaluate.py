@@ -176,6 +176,12 @@ def cmd_proposals_eval(args: argparse.Namespace) -> int:
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps({"metrics": summary, "generator": generator.cache_key}, indent=2))
+    if summary["images failed"] and summary["images failed"] == summary["images"]:  # failures only: no result
+        raise ZsrisError(f"every one of the {summary['images']} images failed (the first: {summary['first failure']}); "
+                         f"the table counts their objects as misses, but it is no result")
+    if summary["images failed"]:
+        print(f"zsris: {summary['images failed']} image(s) failed and their objects count as misses; the first: "
+              f"{summary['first failure']}", file=sys.stderr)
     return 0
 
 

@@ -278,10 +278,13 @@ def evaluate_proposals(dataset: ReferDataset, groups: dict[int, list[Ref]], engi
 
     Also counts the referred objects (and their sentences) whose ground truth differs between
     the ``refer`` and ``union`` readings of overlapping polygons. An image that fails counts
-    its objects with IoU 0."""
+    its objects with IoU 0 (the first failure is named), their pixels in the union only where
+    the annotations' grid is within the engine's pixel limit (as :meth:`ImageEvaluator.failed`:
+    a size the image does not have, such as 100000x100000, would be drawn whatever its image is)."""
     best, inters, unions, counts, seconds = [], [], [], [], []
     differing = {"objects": 0, "sentences": 0}
     other = "union" if dataset.gt_mask == "refer" else "refer"
+    max_pixels = engine.preparer.max_pixels
     progress = tqdm(total=len(groups), desc="proposals", unit="image", disable=not show_progress, dynamic_ncols=True,
                     **bar_stream())
 
@@ -293,7 +296,14 @@ def evaluate_proposals(dataset: ReferDataset, groups: dict[int, list[Ref]], engi
         for ref in groups[prepared.key]:
             for ann_id in ref.ann_ids:  # none for a no-target expression
                 sentences_per_object[ann_id] = sentences_per_object.get(ann_id, 0) + len(ref.sentences)
+        info = dataset.images[prepared.key]
+        drawable = prepared.error is None or 0 < info.height * info.width <= max_pixels
         for ann_id, sentences in sentences_per_object.items():
+            if not drawable:  # IoU 0, nothing drawn
+                best.append(0.0)
+                inters.append(0)
+                unions.append(0)
+                continue
             target = dataset.annotation_mask(ann_id)
             if not np.array_equal(target, dataset.annotation_mask(ann_id, other)):
                 differing["objects"] += 1
@@ -310,6 +320,8 @@ def evaluate_proposals(dataset: ReferDataset, groups: dict[int, list[Ref]], engi
         progress.close()
     summary = proposal_quality(best, inters, unions, counts, seconds)
     summary["images failed"] = len(times.failed)
+    if times.failed:  # named, not only counted: its objects count as misses in every figure
+        summary["first failure"] = f"image {times.failed[0][0]}: {times.failed[0][1]}"
     summary["gt mask"] = dataset.gt_mask
     summary["objects where refer != union"] = differing["objects"]
     summary["sentences where refer != union"] = differing["sentences"]

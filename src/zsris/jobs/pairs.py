@@ -20,7 +20,7 @@ from typing import Any, Iterable, Iterator, Optional, Sequence
 
 from ..errors import ZsrisError, ZsrisWarning
 from ..names import file_part
-from ..records import PairRecord
+from ..records import NamedTwice, PairRecord, once_each
 from ..store import RUN_LOCK
 from ..types import DEFAULT_TOP_K, SegmentResult
 
@@ -180,9 +180,11 @@ def _jsonl_rows(path: Path, text: str) -> Iterator[tuple[int, dict]]:
         if not content.strip():
             continue
         try:
-            row = json.loads(content)
+            row = json.loads(content, object_pairs_hook=once_each)
         except json.JSONDecodeError as error:
             raise ManifestError(f"{path} line {line}: not JSON ({error.msg})") from None
+        except NamedTwice as twice:  # json would keep the last one's value, silently
+            raise ManifestError(f"{path} line {line}: names {twice} twice (which one is meant?)") from None
         except RecursionError:
             raise ManifestError(f"{path} line {line}: not a manifest row (nested too deeply to read)") from None
         if not isinstance(row, dict):

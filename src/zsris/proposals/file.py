@@ -20,10 +20,15 @@ import numpy as np
 from PIL import Image
 
 from ..errors import ProposalError, ZsrisError
+from ..images import file_problem
 from ..masks import decode_rle
+from ..records import NamedTwice, once_each
 from .base import Proposals, check_max_proposals, config_key
 from .configs import FileConfig
 from .registry import Configured, ProposalSpec, config_of
+
+#: The largest proposals JSON read: it is read whole, and parsed it takes several times its size.
+MAX_PROPOSALS_FILE_BYTES = 2 << 30
 
 
 class FileProposals(Configured):
@@ -38,10 +43,12 @@ class FileProposals(Configured):
     def __init__(self, path: str | Path, max_proposals: Optional[int] = None) -> None:
         self.config = FileConfig(str(path), check_max_proposals(max_proposals))
         self.path = Path(path).expanduser()
-        if not self.path.exists():
-            raise ProposalError(f"{self.path}: no such proposals file or folder")
         self._records: Optional[dict[str, list[dict[str, Any]]]] = None
-        if self.path.is_file():
+        if not self.path.is_dir():  # a pipe would block for ever, a link to /dev/zero fill the memory
+            problem = file_problem(self.path, MAX_PROPOSALS_FILE_BYTES)
+            if problem is not None:
+                raise ProposalError(f"{self.path}: no such proposals file or folder" if problem == "no such file"
+                                    else f"{self.path}: {problem}, not a proposals file or folder")
             self._records = self._read_json(self.path)
 
     @property
@@ -62,10 +69,10 @@ class FileProposals(Configured):
     @staticmethod
     def _read_json(path: Path) -> dict[str, list[dict[str, Any]]]:
         try:
-            data = json.loads(path.read_text(), object_pairs_hook=_once_each)
+            data = json.loads(path.read_text(), object_pairs_hook=once_each)
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
             raise ProposalError(f"{path}: not a readable JSON proposals file ({error})") from None
-        except _NamedTwice as twice:
+        except NamedTwice as twice:
             raise ProposalError(f"{path}: {twice} is named twice in one object (which one is meant?)") from None
         except RecursionError:
             raise ProposalError(f"{path}: not a proposals file (nested too deeply to read)") from None
@@ -147,19 +154,6 @@ class FileProposals(Configured):
         if any(self.path.glob("*.png")):
             return self._from_folder(self.path, shape, image_id or "").non_empty()
         raise ProposalError(f"{self.path}: no proposal masks for image {image_id!r}")
-
-
-class _NamedTwice(ValueError):
-    """A JSON object that names one key twice (json keeps the last, silently)."""
-
-
-def _once_each(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    found: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in found:
-            raise _NamedTwice(repr(key))
-        found[key] = value
-    return found
 
 
 def _check_box(box: list[float], shape: tuple[int, int]) -> None:
