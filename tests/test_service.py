@@ -79,6 +79,25 @@ def test_each_request_chooses_among_the_servers_methods(server):
     assert wrong.status_code == 422 and "global-local, cropping" in wrong.json()["detail"]
 
 
+def test_a_request_changes_the_servers_settings_within_its_limits(server):
+    """#37: the settings the page sends go through the API alike: the generator (one the server
+    loaded), fewer proposals, spatial words, the no-target threshold and multi-target; the time."""
+    health = httpx.get(f"{server}/api/health").json()
+    assert health["proposals"] == {"classical": 6}
+    image = EXAMPLE.read_bytes()
+    answer = _segment(server, image, ["the red circle", "the blue square"], max_proposals=2, spatial="true",
+                      no_target_threshold=1, multi_target="true", multi_target_margin=0.5)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert [r["found"] for r in body["results"]] == [False, False] and body["elapsed_s"] > 0
+    used = body["settings"]
+    assert used["proposals"]["max_proposals"] == 2 and used["spatial"] == "on" and used["multi_target"] is True
+    assert _segment(server, image, ["x"], max_proposals=50).json()["settings"]["proposals"]["max_proposals"] == 6
+    wrong = _segment(server, image, ["x"], proposals="sam")
+    assert wrong.status_code == 422 and "it has classical" in wrong.json()["detail"]
+    assert _segment(server, image, ["x"], no_target_threshold=1.5).status_code == 422
+
+
 def test_the_endpoint_says_it_takes_post(server):
     response = httpx.get(f"{server}/api/segment")
     assert response.status_code == 405 and response.headers["allow"] == "POST"
@@ -194,4 +213,53 @@ def test_page_in_headless_chromium(server, real_image_path, tmp_path):
         page.click("#zsris-submit")
         page.wait_for_function("document.querySelector('#zsris-status').innerText.includes('non-empty expression')",
                                timeout=60_000)
+        browser.close()
+
+
+def _absent(selector: str) -> str:
+    """A page condition: no element matches ``selector``."""
+    return f"!document.querySelector({selector!r})"
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_page_settings_clear_examples_and_a_wide_image(server, tmp_path):
+    """#37: the settings the server allows, the time and the combined download with the answers,
+    a 4000 x 300 panorama shown readable (not fitted into a strip), an example that clears the
+    last answers, a threshold that answers 'no such object', and Clear."""
+    from playwright.sync_api import sync_playwright
+
+    wide = tmp_path / "panorama.png"
+    Image.fromarray(np.tile(np.asarray(Image.open(EXAMPLE).convert("RGB").resize((500, 300))), (1, 8, 1))).save(wide)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                             args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1300, "height": 1000})
+        page.goto(server + "/", wait_until="load")
+        page.wait_for_selector("#zsris-submit", timeout=60_000)
+        assert page.locator("#zsris-max-proposals").is_visible() and page.locator("#zsris-spatial").is_visible()
+        assert not page.locator("#zsris-proposals").is_visible()  # one generator: no menu
+        page.set_input_files("#zsris-image input[type=file]", str(wide))
+        page.wait_for_selector("#zsris-image img", timeout=60_000)
+        page.fill("#zsris-expressions textarea", "the red circle\nthe blue square")
+        page.click("#zsris-submit")
+        page.wait_for_function("document.querySelector('#zsris-elapsed').innerText.includes('Answered in')",
+                               timeout=300_000)
+        page.wait_for_function("(i => i && i.complete && i.naturalWidth > 0)"
+                               "(document.querySelector('#zsris-overlay img.base-image'))", timeout=60_000)
+        shown = page.locator("#zsris-overlay img.base-image").bounding_box()
+        assert shown["height"] >= 250 and shown["width"] > 3000, shown  # its own height, scrolled sideways
+        assert "all-expressions.labels.png" in page.inner_text("#zsris-files").replace("\n.", ".")
+        page.click("#zsris-examples tbody tr")  # the bundled example: the panorama's answers go
+        page.wait_for_function(_absent("#zsris-overlay img.base-image") + " && " + _absent("#zsris-tabs") + " && "
+                               + "document.querySelector('#zsris-elapsed').innerText.trim() === ''", timeout=30_000)
+        assert "the blue square" in page.input_value("#zsris-expressions textarea")
+        page.fill("#zsris-threshold input[type=number]", "1")
+        page.press("#zsris-threshold input[type=number]", "Enter")
+        page.click("#zsris-submit")
+        page.wait_for_function("document.querySelector('#zsris-status').innerText.includes('No such object')",
+                               timeout=300_000)
+        page.click("#zsris-clear")
+        page.wait_for_function(" && ".join(_absent(s) for s in ("#zsris-image img", "#zsris-overlay img.base-image",
+                                                                "#zsris-tabs", "#zsris-files a")), timeout=30_000)
+        assert page.input_value("#zsris-expressions textarea") == "" and page.inner_text("#zsris-status").strip() == ""
         browser.close()

@@ -21,6 +21,9 @@ from conftest import Server
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "src" / "zsris" / "examples" / "shapes.png"
 TTL = 2
+#: The page's settings after image, expressions and top-k (one method, one generator: no menus):
+#: max proposals, spatial words, no-target threshold (-1: always answer), multi-target and its margin.
+RUN_SETTINGS = [4, False, -1, False, 0.01]
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
@@ -128,7 +131,7 @@ def test_page_reads_back_only_its_own_uploads(hardened, tmp_path):
     secret = tmp_path / "secret.png"
     Image.fromarray(np.full((12, 16, 3), 200, np.uint8)).save(secret)
     for api_name, data in (("show_preview", [_file_data(str(secret))]),
-                           ("run", [_file_data(str(secret)), "the thing", 3])):
+                           ("run", [_file_data(str(secret)), "the thing", 3, *RUN_SETTINGS])):
         event, payload = _call(hardened, api_name, data)
         assert event == "error" or "Error" in payload, (api_name, event, payload)
         assert "secret" not in payload and str(tmp_path) not in payload
@@ -155,7 +158,8 @@ def test_page_files_are_deleted_after_their_ttl_and_at_exit(hardened):
     Image.fromarray(np.asarray(Image.open(EXAMPLE).convert("RGB"))[::-1].copy()).save(photo, format="PNG")
     uploaded = _upload(hardened, "upside-down.png", photo.getvalue())
     path = Path(uploaded.json()[0])
-    event, payload = _call(hardened, "run", [_file_data(str(path), "upside-down.png"), "the red circle", 2])
+    event, payload = _call(hardened, "run",
+                           [_file_data(str(path), "upside-down.png"), "the red circle", 2, *RUN_SETTINGS])
     assert event == "complete" and "Segmented 1" in payload, payload
     outputs = list(hardened.temp.glob("zsris-serve-*/*/*"))
     assert path.is_file() and len(outputs) == 2  # the mask PNG and the JSON record of this request
@@ -163,7 +167,8 @@ def test_page_files_are_deleted_after_their_ttl_and_at_exit(hardened):
     time.sleep(TTL + 3)
     assert not path.exists(), "the upload outlived --file-ttl"
     again = _upload(hardened, "upside-down.png", photo.getvalue()).json()[0]
-    event, _ = _call(hardened, "run", [_file_data(again, "upside-down.png"), "the blue square", 2])  # prunes the old
+    event, _ = _call(hardened, "run",  # prunes the old
+                     [_file_data(again, "upside-down.png"), "the blue square", 2, *RUN_SETTINGS])
     assert event == "complete"
     assert all(not p.exists() for p in outputs)
     hardened.stop()

@@ -50,3 +50,7 @@ class ZsrisWarning(UserWarning):
 
 class MethodError(ZsrisError):
     """A method that is not there: not registered, or not loaded by the server asked."""
+
+
+class SettingError(ZsrisError):
+    """A request's setting out of its range (a server's page or API: a no-target threshold above 1 ...)."""

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Optional
 from .types import DEFAULT_TOP_K, SegmentResult
 
 if TYPE_CHECKING:
+    from .config import SegmenterConfig
     from .segmenter import Segmenter
 
 
@@ -43,13 +44,14 @@ def once_each(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return found
 
 
-def settings(segmenter: "Segmenter") -> dict[str, Any]:
+def settings(segmenter: "Segmenter", config: Optional["SegmenterConfig"] = None) -> dict[str, Any]:
     """The settings that produced a result, so a record says how to reproduce it: the config's
-    (:meth:`SegmenterConfig.settings`), with what was actually loaded where the config leaves it
-    open: the backbone's canonical name, the weights it resolved to, the proposal generator's
-    cache key (its settings and version) and the spaCy pipeline that parsed the expressions."""
+    (:meth:`SegmenterConfig.settings`; ``config``, where a server's request changed some of the
+    segmenter's), with what was actually loaded where the config leaves it open: the backbone's
+    canonical name, the weights it resolved to, the proposal generator's cache key (its settings
+    and version) and the spaCy pipeline that parsed the expressions."""
     return {
-        **segmenter.config.settings(),
+        **(config or segmenter.config).settings(),
         "backbone": segmenter.backbone.name,
         "weights": segmenter.backbone.weights,
         "proposal_generator": getattr(segmenter.proposals, "cache_key", type(segmenter.proposals).__name__),

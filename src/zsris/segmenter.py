@@ -11,6 +11,7 @@ is :mod:`zsris.jobs`'.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import warnings
 from pathlib import Path
@@ -78,10 +79,7 @@ class Segmenter:
         self.encoder = ClipEncoder.create(backbone, preprocess, self.config)
         self.preprocessor = Preprocessor(preprocess, backbone.input_size, backbone.device)
         self.method: Method = create_method(self.config, self.encoder)
-        if getattr(self.method, "chooses", False) and prompting(proposals).prompted:
-            raise ZsrisError(f"the {self.method.name} method chooses among every proposal of an image; the "
-                             f"{getattr(proposals, 'name', 'prompted')} generator's proposals depend on each "
-                             f"expression: choose another generator")
+        _check_generator(self.method, proposals)
         self.parser = parser or ExpressionParser(model=self.config.spacy_model, cache_size=self.config.text_cache_size)
         self.policy = Policy.from_config(self.config)
         self._last_features: Optional[tuple[Any, Any]] = None
@@ -157,13 +155,27 @@ class Segmenter:
                 answers[position] = features
         return answers
 
-    def score(self, features: Any, expressions: Sequence[str]) -> list[SegmentResult]:
+    def over(self, proposals: ProposalGenerator) -> "Segmenter":
+        """This segmenter over another proposal generator: the same CLIP, encoder, method and
+        parser (a server that offers several generators loads each model once), the config's
+        proposal spec the generator's own."""
+        _check_generator(self.method, proposals)
+        other = copy.copy(self)
+        other.proposals, other._last_features = proposals, None
+        spec = getattr(proposals, "spec", None)
+        if isinstance(spec, ProposalSpec):
+            other.config = self.config.replace(proposals=spec)
+        return other
+
+    def score(self, features: Any, expressions: Sequence[str], policy: Optional[Policy] = None) -> list[SegmentResult]:
         """Score every proposal against every expression; each result keeps all the scores and
-        holds the answer the segmenter's policy (:func:`zsris.decide.decide`) gives among the
-        candidates the generator allows the expression (:mod:`zsris.scoring`)."""
+        holds the answer the policy (:func:`zsris.decide.decide`; default the segmenter's own,
+        a server's request may bring its own) gives among the candidates the generator allows
+        the expression (:mod:`zsris.scoring`)."""
+        policy = policy or self.policy
         parsed = self.parser.parse_many(expressions)
-        table = self.method.scores(features, parsed, self.policy.spatial)
-        return results(table, parsed, features.proposals, self.policy, prompting(self.proposals))
+        table = self.method.scores(features, parsed, policy.spatial)
+        return results(table, parsed, features.proposals, policy, prompting(self.proposals))
 
     @overload
     def segment(self, image: ImageInput, expression: str, image_id: Optional[str] = None) -> SegmentResult: ...
@@ -232,6 +244,14 @@ def features_in_steps(segmenter: Segmenter, pixels: np.ndarray, proposals: Propo
             part = proposals.select(np.arange(start, min(start + per_step, len(proposals))))
             parts.append(segmenter.method.features([tensors], [part])[0])
     return segmenter.method.join(proposals, parts)
+
+
+def _check_generator(method: Method, proposals: ProposalGenerator) -> None:
+    """Refuse a method that chooses among all of an image's proposals over a prompted generator."""
+    if getattr(method, "chooses", False) and prompting(proposals).prompted:
+        raise ZsrisError(f"the {method.name} method chooses among every proposal of an image; the "
+                         f"{getattr(proposals, 'name', 'prompted')} generator's proposals depend on each "
+                         f"expression: choose another generator")
 
 
 def _load(image: ImageInput, image_id: Optional[str], max_pixels: int) -> tuple[np.ndarray, Optional[str]]:

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from ..errors import ZsrisError
-from .flags import add_model_flags, build_segmenters, positive_int
+from ..proposals import PROPOSAL_REGISTRY
+from .flags import add_model_flags, build_segmenters, config_from_args, positive_int
 
 DEFAULT_PORT = 7860
 
@@ -20,14 +22,35 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.max_request_mb < 1 or args.decode_slots < 1 or args.file_ttl < 1:
         raise ZsrisError("--max-request-mb, --decode-slots and --file-ttl must be at least 1")
     segmenters = build_segmenters(args, text_cache_size=args.text_cache)
-    service = SegmentationService(next(iter(segmenters.values())), args.max_request_mb * 1024 * 1024,
-                                  decode_slots=args.decode_slots, file_ttl=args.file_ttl, methods=segmenters)
+    first = next(iter(segmenters.values()))
+    service = SegmentationService(first, args.max_request_mb * 1024 * 1024, decode_slots=args.decode_slots,
+                                  file_ttl=args.file_ttl, methods=segmenters,
+                                  generators=offered_generators(args, first.device))
     app = create_app(service)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"zsris: serving on {args.host}: reachable from other machines", flush=True)
     print(f"zsris: open http://{args.host}:{args.port}/ (API docs at /docs, schema at /openapi.json)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")  # the app's lifespan cleans up
     return 0
+
+
+def offered_generators(args: argparse.Namespace, device: Any) -> dict[str, Any]:
+    """The generators of --offer-proposals beside --proposals, each built once from the same
+    flags (its own options: --sam-checkpoint ...; the same --max-proposals)."""
+    from ..proposals import create_proposals
+
+    names = [n.strip() for n in (args.offer_proposals or "").split(",") if n.strip() and n.strip() != args.proposals]
+    unknown = [n for n in names if n not in PROPOSAL_REGISTRY]
+    if unknown:
+        raise ZsrisError(f"--offer-proposals: no generator {', '.join(unknown)}; there are "
+                         f"{', '.join(PROPOSAL_REGISTRY)}")
+    generators = {}
+    for name in dict.fromkeys(names):
+        spec = config_from_args(argparse.Namespace(**{**vars(args), "proposals": name})).proposals
+        if spec.name != name:  # a preset fixes its generator
+            raise ZsrisError(f"--offer-proposals {name}: --preset {args.preset} uses {spec.name} proposals only")
+        generators[name] = create_proposals(spec, device)
+    return generators
 
 
 def register(commands) -> None:
@@ -54,5 +77,9 @@ def register(commands) -> None:
     serve.add_argument("--text-cache", type=positive_int, default=DEFAULT_TEXT_CACHE, metavar="N",
                        help="parsed expressions and text features kept for reuse, least recently used out first: "
                             "what new sentences can make the server hold (default: %(default)s)")
+    serve.add_argument("--offer-proposals", default=None, metavar="NAME[,NAME...]",
+                       help="further proposal generators a request may choose (the page's Proposals menu, the "
+                            "API's proposals field), each loaded at start with its flags below; --proposals is "
+                            "the default")
     add_model_flags(serve)
     serve.set_defaults(run=cmd_serve, max_pixels=DEFAULT_SERVE_MAX_PIXELS)  # a server's own, lower limit
