@@ -9,8 +9,8 @@ Runs the real command line (`zsris segment` with five model configurations, `zsr
 manifest with COCO export, and `zsris eval`) and the HTTP API's answers (`POST /api/segment`, in
 this process) with random weights, and records every mask (COCO RLE), score, box, ranking and
 noun phrase exactly (floats by ``repr``); settings are left out, since their layout may change
-(and so is the hash of them that names each `zsris segment` record), and so is the API's
-``elapsed_s``, a time.
+(and so is the hash of them that names each `zsris segment` record, and the records' ``files``,
+which carry it), and so is the API's ``elapsed_s``, a time.
 """
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ def _exact(value):
     if isinstance(value, list):
         return [_exact(v) for v in value]
     if isinstance(value, dict):
-        return {k: _exact(v) for k, v in value.items() if k not in ("settings", "elapsed_s")}
+        return {k: _exact(v) for k, v in value.items() if k not in ("settings", "elapsed_s", "files")}
     return value
 
 
