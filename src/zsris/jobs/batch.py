@@ -196,7 +196,7 @@ class Outputs:
     def __init__(self, out: Path, save_masks: bool, save_overlays: bool, random_weights: bool,
                  pairs: Sequence[Pair]) -> None:
         self.out = out
-        self.names = {pair.id: output_name(pair) for pair in pairs}
+        self.pairs = {pair.id: pair for pair in pairs}
         self.masks = out / "masks" if save_masks else None
         self.overlays = out / "overlays" if save_overlays else None
         self.note = ""
@@ -218,14 +218,15 @@ class Outputs:
         ``alpha.png#1`` does not say which ``masks/alpha.png--e1.png`` is its."""
         named = []
         for record in records:
-            name = self.names.get(record.get("id"))
+            pair = self.pairs.get(record.get("id"))
+            name = None if pair is None else output_name(pair)
             files = {} if name is None else {
                 kind: f"{folder}/{name}.png" for kind, folder in (("mask", "masks"), ("overlay", "overlays"))
                 if (self.out / folder / f"{name}.png").is_file()}
             named.append({**record, "files": files} if files else record)
         return named
 
-    def pictures(self, pairs: dict[str, Pair], records: Sequence[PairRecord], pixels: Optional[np.ndarray]) -> None:
+    def pictures(self, records: Sequence[PairRecord], pixels: Optional[np.ndarray]) -> None:
         """Mask and overlay PNGs of the records' answers (before they are committed: a rerun
         rewrites them), the masks decoded from the records themselves."""
         if self.masks is None and self.overlays is None:
@@ -237,7 +238,7 @@ class Outputs:
         for record in records:
             if not record.ok:
                 continue
-            answer, name = record.result, output_name(pairs[record.id])
+            answer, name = record.result, output_name(self.pairs[record.id])
             mask = decode_rle(answer["mask"])
             if self.masks is not None:
                 mask_image(mask).save(self.masks / f"{name}.png")
@@ -246,16 +247,15 @@ class Outputs:
                 draw_overlay(pixels, mask, box, caption(answer["expression"], answer["found"]),
                              warning=self.note).save(self.overlays / f"{name}.png")
 
-    def fill_in(self, store: "BatchStore", pairs: Sequence[Pair], max_pixels: int) -> int:
+    def fill_in(self, store: "BatchStore", max_pixels: int) -> int:
         """The pictures this run asks for of pairs answered before, where the folder lacks them (a
         rerun that adds ``--save-masks`` or ``--save-overlays``), from the stored answers (an
         overlay decodes its image again); returns how many pairs got pictures."""
         if self.masks is None and self.overlays is None:
             return 0
-        by_id = {pair.id: pair for pair in pairs}
         missing: dict[str, list[PairRecord]] = {}
         for record in store.records(ok=True):
-            pair = by_id.get(record.get("id"))
+            pair = self.pairs.get(record.get("id"))
             if pair is None:
                 continue
             name = output_name(pair)
@@ -269,7 +269,7 @@ class Outputs:
                     pixels = load_image(path, max_pixels)
                 except ZsrisError as error:
                     warnings.warn(f"zsris: no overlay for {path} ({error})", ZsrisWarning, stacklevel=2)
-            self.pictures(by_id, records, pixels)
+            self.pictures(records, pixels)
         return sum(len(records) for records in missing.values())
 
     def append(self, results: list[dict[str, Any]], errors: list[dict[str, Any]]) -> None:
@@ -300,7 +300,7 @@ class Commit:
         self.bar.update(1)
 
     def _commit(self, records: Sequence[PairRecord], pixels: Optional[np.ndarray]) -> None:
-        self.outputs.pictures(self.by_id, records, pixels)
+        self.outputs.pictures(records, pixels)
         rows = [(r.id, self.position[r.id], r.image, r.expression, r.ok, r.to_dict()) for r in records]
         files = {self.by_id[r.id].image: self.by_id[r.id].path for r in records if r.ok}
         keys = {image: file_key(path) for image, path in files.items()}  # once an image, read just now
@@ -427,7 +427,7 @@ class BatchJob:
             retried = self._resume(store)
             outputs = Outputs(out, self.save_masks, self.save_overlays, self.segmenter.backbone.is_random, pairs)
             outputs.rewrite(store)
-            outputs.fill_in(store, pairs, self.segmenter.config.max_pixels)
+            outputs.fill_in(store, self.segmenter.config.max_pixels)
             done = store.done()
             pending = [pair for pair in pairs if pair.id not in done]
             images = group_by_image(p for p in pairs if p.error is None)
