@@ -58,6 +58,7 @@ def segment_outputs(images: list[Path], work: Path) -> dict[str, dict]:
             for record_path in sorted(out.glob("*.json")):
                 record = json.loads(record_path.read_text())
                 record.pop("settings")
+                record.pop("files", None)  # named with the settings' hash, as the file itself
                 found[f"{name}/{_untagged(record_path.name)}"] = {k: repr(v) if isinstance(v, float) else v
                                                                   for k, v in record.items()}
     return found
